@@ -1,0 +1,95 @@
+"""The factorised LoRA forward: y = x W + b + sum_i w_i s_i (x A_i) B_i, never W + BA.
+
+Adapters are injected into an unmodified Flax model by intercepting `nn.Dense.__call__`: models know
+nothing of LoRA, and any dense layer of any family can be targeted. The delta's [in, out] product is
+never formed (a tested invariant): the rank-r intermediate is scaled, then projected by B.
+
+Several adapters stack, each with a weight that is array data (a blend weight or a strength), so
+changing it does not recompile; a weight of 0 adds exactly zero. Every module an adapter names must
+be reached by the forward, or the context raises: an adapter that silently adapts nothing is the
+defect this project exists to avoid.
+"""
+
+import contextlib
+import dataclasses
+import zlib
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lora_jax.lora.adapter import Adapter
+
+
+class UnusedAdapterError(RuntimeError):
+  """An adapter names modules that the forward never called."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Active:
+  """One adapter in a forward: its weight (data) and its train-time dropouts (static)."""
+
+  adapter: Adapter
+  weight: Any = 1.0
+  dropout: float = 0.0  # dropout on the adapter's input
+  module_dropout: float = 0.0  # probability of skipping this adapter in a whole module
+
+
+def _path_seed(keys: tuple[str, ...]) -> int:
+  return zlib.crc32("/".join(keys).encode()) & 0x7FFFFFFF
+
+
+def _delta(x, a, b, scale, weight):
+  h = x @ a.astype(x.dtype)
+  h = h * (scale * weight).astype(x.dtype)
+  return h @ b.astype(x.dtype)
+
+
+@contextlib.contextmanager
+def inject(actives: Sequence[Active], rng: jax.Array | None = None):
+  """Within this context, Flax dense layers add the active adapters' deltas.
+
+  `rng` drives the adapters' dropout and module dropout; without it both are off (evaluation).
+  """
+  tables = [a.adapter.modules() for a in actives]
+  used: set[tuple[str, ...]] = set()
+
+  def interceptor(next_fn, args, kwargs, context):
+    if not (isinstance(context.module, nn.Dense) and context.method_name == "__call__"):
+      return next_fn(*args, **kwargs)
+    keys = tuple(context.module.path)
+    y = next_fn(*args, **kwargs)
+    x = args[0]
+    for i, (active, table) in enumerate(zip(actives, tables)):
+      if keys not in table:
+        continue
+      used.add(keys)
+      a, b, scale = table[keys]
+      h = x
+      weight = jnp.asarray(active.weight, jnp.float32)
+      if rng is not None and (active.dropout > 0 or active.module_dropout > 0):
+        key = jax.random.fold_in(jax.random.fold_in(rng, i), _path_seed(keys))
+        drop_key, module_key = jax.random.split(key)
+        if active.dropout > 0:
+          keep = jax.random.bernoulli(drop_key, 1.0 - active.dropout, h.shape)
+          h = jnp.where(keep, h / (1.0 - active.dropout), 0).astype(h.dtype)
+        if active.module_dropout > 0:
+          weight = weight * jax.random.bernoulli(module_key, 1.0 - active.module_dropout)
+      y = y + _delta(h, a, b, scale, weight).astype(y.dtype)
+    return y
+
+  with nn.intercept_methods(interceptor):
+    yield
+  missing = sorted(set().union(*map(set, tables)) - used) if tables else []
+  if missing:
+    names = ", ".join(".".join(k) for k in missing[:6])
+    raise UnusedAdapterError(
+        f"{len(missing)} adapted modules were never called by the forward: {names}")
+
+
+def apply(model: nn.Module, base_params: Any, actives: Sequence[Active], *args,
+          rng: jax.Array | None = None, **kwargs):
+  """`model.apply({'params': base_params}, *args, **kwargs)` with the adapters injected."""
+  with inject(actives, rng):
+    return model.apply({"params": base_params}, *args, **kwargs)

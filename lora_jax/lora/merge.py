@@ -1,0 +1,146 @@
+"""Folding adapters into the base tree, blends, and saving a blend as one adapter.
+
+Every blend is an exact sum of scaled deltas against the untouched base, in float32:
+    W' = cast(W + sum_i w_i s_i A_i B_i)
+never a weighted sum of A's and B's separately (which makes cross terms), and never computed in
+the base's low-precision dtype. The seed's blend modes are weight formulas on top of that sum:
+additive uses (a, b) as given, interpolative uses (a, b) / (a + b).
+"""
+
+import functools
+import re
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lora_jax import tree_paths
+from lora_jax.lora.adapter import Adapter
+from lora_jax.lora.spec import LoraSpec
+
+BLEND_MODES = ("additive", "interpolative")
+
+
+def blend_weights(mode: str, weights: Sequence[float]) -> jax.Array:
+  """Per-adapter weights of a blend mode: additive as given, interpolative normalised to sum 1."""
+  w = jnp.asarray(weights, jnp.float32)
+  if mode == "additive":
+    return w
+  if mode == "interpolative":
+    total = float(np.sum(np.asarray(weights, np.float64)))
+    if total == 0.0:
+      raise ValueError(f"interpolative blend needs weights that do not sum to 0, got {list(weights)}")
+    return w / jnp.float32(total)
+  raise ValueError(f"unknown blend mode {mode!r}; choose one of {', '.join(BLEND_MODES)}")
+
+
+def _delta_f32(a, b, scale):
+  return (a.astype(jnp.float32) * scale.astype(jnp.float32)) @ b.astype(jnp.float32)
+
+
+def _summed_deltas(adapters: Sequence[Adapter], weights) -> dict[tuple[str, ...], jax.Array]:
+  deltas: dict[tuple[str, ...], jax.Array] = {}
+  for i, adapter in enumerate(adapters):
+    for keys, (a, b, scale) in adapter.modules().items():
+      d = weights[i] * _delta_f32(a, b, scale)
+      deltas[keys] = deltas[keys] + d if keys in deltas else d
+  return deltas
+
+
+def _fold(base_params, adapters, weights, sign):
+  flat = tree_paths.flatten(base_params)
+  for keys, d in _summed_deltas(adapters, weights).items():
+    kernel_keys = keys + ("kernel",)
+    if kernel_keys not in flat:
+      raise KeyError(f"adapter module {tree_paths.dotted(keys)} has no kernel in the base tree")
+    w = flat[kernel_keys]
+    flat[kernel_keys] = (w.astype(jnp.float32) + sign * d).astype(w.dtype)
+  return tree_paths.unflatten(flat)
+
+
+@functools.partial(jax.jit, static_argnames=("sign",))
+def _fold_jit(base_params, adapters, weights, sign):
+  return _fold(base_params, adapters, weights, sign)
+
+
+@functools.partial(jax.jit, static_argnames=("sign",), donate_argnums=(0,))
+def _fold_jit_donated(base_params, adapters, weights, sign):
+  return _fold(base_params, adapters, weights, sign)
+
+
+def _nonzero(adapters: Sequence[Adapter], weights) -> tuple[tuple[Adapter, ...], jax.Array]:
+  # An adapter of weight exactly 0 is left out of the compiled sum, so the result is bit-identical
+  # to the blend without it (XLA may fuse a sum of two deltas differently from one).
+  w = np.ones(len(adapters), np.float32) if weights is None else np.asarray(weights, np.float32)
+  if w.shape != (len(adapters),):
+    raise ValueError(f"{len(adapters)} adapters but weights of shape {w.shape}")
+  keep = [i for i in range(len(adapters)) if w[i] != 0.0]
+  return tuple(adapters[i] for i in keep), jnp.asarray(w[keep])
+
+
+def merge(base_params: Any, adapters: Sequence[Adapter], weights=None, *,
+          donate: bool = False) -> Any:
+  """Base tree with `sum_i weights[i] * delta_i` folded into each adapted kernel.
+
+  With `donate=True` the base buffers are reused for the result (the caller's base is consumed).
+  """
+  adapters, weights = _nonzero(adapters, weights)
+  fn = _fold_jit_donated if donate else _fold_jit
+  return fn(base_params, adapters, weights, 1.0)
+
+
+def unmerge(merged_params: Any, adapters: Sequence[Adapter], weights=None) -> Any:
+  """Undo `merge` with the same adapters and weights (exact up to float rounding)."""
+  adapters, weights = _nonzero(adapters, weights)
+  return _fold_jit(merged_params, adapters, weights, -1.0)
+
+
+def concat(adapters: Sequence[Adapter], weights=None) -> Adapter:
+  """One adapter whose delta is exactly the weighted sum: factors concatenated along the rank.
+
+  A = [A_1 | A_2 | ...], B = [w_1 s_1 B_1; w_2 s_2 B_2; ...], scale 1. Modules only some adapters
+  touch get only those adapters' factors.
+  """
+  weights = np.ones(len(adapters), np.float32) if weights is None else np.asarray(
+      weights, np.float32)
+  parts: dict[tuple[str, ...], list] = {}
+  for w, adapter in zip(weights, adapters):
+    for keys, (a, b, scale) in adapter.modules().items():
+      b_scaled = (b.astype(jnp.float32) * (scale * w)).astype(b.dtype)
+      parts.setdefault(keys, []).append((a, b_scaled))
+  params = {k: {"lora_A": jnp.concatenate([a for a, _ in v], axis=1),
+                "lora_B": jnp.concatenate([b for _, b in v], axis=0)} for k, v in parts.items()}
+  scales = {k: jnp.ones((), jnp.float32) for k in parts}
+  return Adapter(tree_paths.unflatten(params), tree_paths.unflatten(scales))
+
+
+def _compress_one(a, b, scale, rank):
+  # delta = (s A) B = Qa Ra Rb^T Qb^T; an SVD of the small core gives the best rank-k factors.
+  qa, ra = jnp.linalg.qr(a.astype(jnp.float32) * scale)
+  qb, rb = jnp.linalg.qr(b.astype(jnp.float32).T)
+  u, s, vt = jnp.linalg.svd(ra @ rb.T, full_matrices=False)
+  k = min(rank, s.shape[0])
+  root = jnp.sqrt(s[:k])
+  return (qa @ u[:, :k]) * root, (root[:, None] * vt[:k]) @ qb.T
+
+
+def svd_compress(adapter: Adapter, rank: int) -> Adapter:
+  """Best rank-`rank` approximation of each module's delta (exact when rank >= its rank), scale 1.
+
+  Used to save a blend (see `concat`) as one adapter of a chosen rank.
+  """
+  params, scales = {}, {}
+  for keys, (a, b, scale) in adapter.modules().items():
+    new_a, new_b = _compress_one(a, b, scale, rank)
+    params[keys] = {"lora_A": new_a.astype(a.dtype), "lora_B": new_b.astype(b.dtype)}
+    scales[keys] = jnp.ones((), jnp.float32)
+  return Adapter(tree_paths.unflatten(params), tree_paths.unflatten(scales))
+
+
+def unit_scale_spec(adapter: Adapter) -> LoraSpec:
+  """A spec that describes a `concat` or `svd_compress` result exactly: per-module rank, scale 1."""
+  ranks = {tree_paths.dotted(k): a.shape[1] for k, (a, _, _) in adapter.modules().items()}
+  exact = {"^" + re.escape(p) + "$": r for p, r in sorted(ranks.items())}
+  return LoraSpec(rank=1, alpha=1.0, include=tuple(exact), rank_pattern=exact,
+                  alpha_pattern={k: float(v) for k, v in exact.items()})

@@ -1,0 +1,83 @@
+"""Cached sampling from a decoder: one token per step, keys and values kept in the `cache` collection.
+
+The loop is one jitted `fori_loop`; adapters are injected inside it, with their weights as data, so
+sampling with another blend weight does not recompile.
+"""
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lora_jax.lora import forward as lora_forward
+
+
+def init_cache(model: nn.Module, batch_size: int) -> Any:
+  """Zeroed key/value cache for `batch_size` sequences."""
+  tokens = jnp.zeros((batch_size, 1), jnp.int32)
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), tokens, decode=True))["cache"]
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def filter_logits(logits_BxV: jax.Array, temperature, top_k: int, top_p) -> jax.Array:
+  """Temperature, then top-k (0 = off), then nucleus top-p (1 = off) on last-axis logits."""
+  logits_BxV = logits_BxV / jnp.maximum(temperature, 1e-6)
+  if top_k:
+    kth = jax.lax.top_k(logits_BxV, top_k)[0][..., -1:]
+    logits_BxV = jnp.where(logits_BxV < kth, -jnp.inf, logits_BxV)
+  sorted_desc = -jnp.sort(-logits_BxV, axis=-1)
+  probs = jax.nn.softmax(sorted_desc, axis=-1)
+  # Keep the smallest prefix whose mass reaches top_p (always at least the best token).
+  before = jnp.cumsum(probs, axis=-1) - probs
+  cutoff = jnp.min(jnp.where(before < top_p, sorted_desc, jnp.inf), axis=-1, keepdims=True)
+  return jnp.where(logits_BxV < cutoff, -jnp.inf, logits_BxV)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "length", "top_k", "greedy"))
+def _sample(model, base_params, adapters, weights, prompt_BxP, rng, temperature, top_p, *,
+            length, top_k, greedy):
+  b, p = prompt_BxP.shape
+  total = p + length
+  tokens = jnp.zeros((b, total), jnp.int32).at[:, :p].set(prompt_BxP)
+  actives = [lora_forward.Active(a, w) for a, w in zip(adapters, weights)]
+
+  def body(i, carry):
+    tokens, cache = carry
+    with lora_forward.inject(actives):
+      logits, mutated = model.apply({"params": base_params, "cache": cache},
+                                    jax.lax.dynamic_slice_in_dim(tokens, i, 1, axis=1),
+                                    decode=True, mutable=["cache"])
+    logits_BxV = logits[:, 0, :]
+    if greedy:
+      nxt = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    else:
+      nxt = jax.random.categorical(
+          jax.random.fold_in(rng, i), filter_logits(logits_BxV, temperature, top_k, top_p)
+      ).astype(jnp.int32)
+    keep_prompt = i + 1 < p
+    column = jnp.where(keep_prompt, jax.lax.dynamic_slice_in_dim(tokens, i + 1, 1, 1)[:, 0], nxt)
+    tokens = jax.lax.dynamic_update_slice_in_dim(tokens, column[:, None], i + 1, axis=1)
+    return tokens, mutated["cache"]
+
+  cache = init_cache(model, b)
+  tokens, _ = jax.lax.fori_loop(0, total - 1, body, (tokens, cache))
+  return tokens
+
+
+def sample(model: nn.Module, base_params: Any, prompt_BxP: jax.Array, length: int, *,
+           adapters: Sequence = (), weights: Sequence[float] = (), rng: jax.Array | None = None,
+           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+  """`length` new tokens after each prompt row; temperature 0 decodes greedily."""
+  if len(weights) != len(adapters):
+    raise ValueError(f"{len(adapters)} adapters but {len(weights)} weights")
+  max_len = model.config.max_len
+  if prompt_BxP.shape[1] + length > max_len:
+    raise ValueError(f"prompt {prompt_BxP.shape[1]} + length {length} exceeds max_len {max_len}")
+  greedy = temperature == 0
+  return _sample(model, base_params, tuple(adapters), jnp.asarray(weights, jnp.float32).reshape(-1),
+                 jnp.asarray(prompt_BxP, jnp.int32), rng if rng is not None else jax.random.key(0),
+                 jnp.float32(temperature), jnp.float32(top_p), length=length, top_k=top_k,
+                 greedy=greedy)

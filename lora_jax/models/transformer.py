@@ -1,0 +1,144 @@
+"""Decoder-only transformer over MIDI event tokens: the base of the hierarchical style adapters.
+
+Pre-LN blocks; attention with separate `q_proj`/`k_proj`/`v_proj`/`out_proj` and a two-layer
+feed-forward `ff.in`/`ff.out`, so the seeds' LoRA target names mean what they say. Every linear
+layer is a plain `nn.Dense`: LoRA is injected from outside (`lora_jax.lora.forward`), so this file
+knows nothing of adapters or training.
+
+With `decode=True` the attention keeps a key/value cache in the `cache` collection and the model is
+called one token at a time (see `lora_jax.models.decode`).
+"""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Size of the symbolic music transformer."""
+
+  vocab_size: int = 512
+  d_model: int = 256
+  n_heads: int = 4
+  n_layers: int = 4
+  d_ff: int = 1024
+  max_len: int = 512
+  dropout: float = 0.1
+  dtype: str = "float32"  # compute dtype; parameters stay float32 unless cast by the caller
+
+  def __post_init__(self):
+    if self.d_model % self.n_heads:
+      raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+
+
+def _dtype(config: TransformerConfig):
+  return jnp.dtype(config.dtype)
+
+
+class Attention(nn.Module):
+  """Causal multi-head self-attention with an optional key/value cache."""
+
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD, *, deterministic: bool, decode: bool = False):
+    cfg = self.config
+    b, t, d = x_BxTxD.shape
+    h, dh = cfg.n_heads, cfg.d_model // cfg.n_heads
+    dense = lambda name: nn.Dense(d, dtype=_dtype(cfg), name=name)
+    q_BxTxHxK = dense("q_proj")(x_BxTxD).reshape(b, t, h, dh)
+    k_BxTxHxK = dense("k_proj")(x_BxTxD).reshape(b, t, h, dh)
+    v_BxTxHxK = dense("v_proj")(x_BxTxD).reshape(b, t, h, dh)
+
+    if decode:
+      # One new position per call; keys and values of earlier positions come from the cache.
+      is_initialized = self.has_variable("cache", "key")
+      shape = (b, cfg.max_len, h, dh)
+      cached_k = self.variable("cache", "key", jnp.zeros, shape, k_BxTxHxK.dtype)
+      cached_v = self.variable("cache", "value", jnp.zeros, shape, v_BxTxHxK.dtype)
+      index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+      if is_initialized:
+        if t != 1:
+          raise ValueError(f"cached decoding takes one token per call, got {t}")
+        i = index.value
+        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_BxTxHxK, (0, i, 0, 0))
+        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_BxTxHxK, (0, i, 0, 0))
+        index.value = i + 1
+        k_BxTxHxK, v_BxTxHxK = cached_k.value, cached_v.value
+        mask_BxHxTxS = (jnp.arange(cfg.max_len) <= i)[None, None, None, :]
+        out_BxTxHxK = jax.nn.dot_product_attention(
+            q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, mask=mask_BxHxTxS)
+      else:
+        out_BxTxHxK = jax.nn.dot_product_attention(
+            q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, is_causal=True)
+    else:
+      out_BxTxHxK = jax.nn.dot_product_attention(
+          q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, is_causal=True)
+    out_BxTxD = out_BxTxHxK.reshape(b, t, d)
+    out_BxTxD = nn.Dropout(cfg.dropout)(out_BxTxD, deterministic=deterministic)
+    return dense("out_proj")(out_BxTxD)
+
+
+class FeedForward(nn.Module):
+  """Two-layer GELU feed-forward: `in` widens to d_ff, `out` projects back."""
+
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD, *, deterministic: bool):
+    cfg = self.config
+    h_BxTxF = nn.Dense(cfg.d_ff, dtype=_dtype(cfg), name="in")(x_BxTxD)
+    h_BxTxF = nn.gelu(h_BxTxF, approximate=False)
+    h_BxTxF = nn.Dropout(cfg.dropout)(h_BxTxF, deterministic=deterministic)
+    return nn.Dense(cfg.d_model, dtype=_dtype(cfg), name="out")(h_BxTxF)
+
+
+class Block(nn.Module):
+  """Pre-LN transformer block: x + attn(ln1(x)), then x + ff(ln2(x))."""
+
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD, *, deterministic: bool, decode: bool = False):
+    cfg = self.config
+    drop = nn.Dropout(cfg.dropout)
+    h = nn.LayerNorm(epsilon=1e-5, dtype=_dtype(cfg), name="ln1")(x_BxTxD)
+    h = Attention(cfg, name="attn")(h, deterministic=deterministic, decode=decode)
+    x_BxTxD = x_BxTxD + drop(h, deterministic=deterministic)
+    h = nn.LayerNorm(epsilon=1e-5, dtype=_dtype(cfg), name="ln2")(x_BxTxD)
+    h = FeedForward(cfg, name="ff")(h, deterministic=deterministic)
+    return x_BxTxD + drop(h, deterministic=deterministic)
+
+
+class MusicTransformer(nn.Module):
+  """Token ids [B, T] to next-token logits [B, T, vocab_size] (float32)."""
+
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, tokens_BxT, *, deterministic: bool = True, decode: bool = False,
+               positions_BxT=None):
+    cfg = self.config
+    b, t = tokens_BxT.shape
+    if positions_BxT is None:
+      if decode and self.has_variable("cache", "position"):
+        pos = self.variable("cache", "position", lambda: jnp.zeros((), jnp.int32))
+        positions_BxT = jnp.broadcast_to(pos.value, (b, t))
+        pos.value = pos.value + t
+      else:
+        if decode:
+          self.variable("cache", "position", lambda: jnp.zeros((), jnp.int32))
+        positions_BxT = jnp.broadcast_to(jnp.arange(t), (b, t))
+    if t > cfg.max_len:
+      raise ValueError(f"sequence length {t} exceeds max_len {cfg.max_len}")
+    x_BxTxD = nn.Embed(cfg.vocab_size, cfg.d_model, name="tok_emb")(tokens_BxT)
+    x_BxTxD = x_BxTxD + nn.Embed(cfg.max_len, cfg.d_model, name="pos_emb")(positions_BxT)
+    x_BxTxD = nn.Dropout(cfg.dropout)(x_BxTxD, deterministic=deterministic).astype(_dtype(cfg))
+    for i in range(cfg.n_layers):
+      x_BxTxD = Block(cfg, name=f"blocks_{i}")(x_BxTxD, deterministic=deterministic, decode=decode)
+    x_BxTxD = nn.LayerNorm(epsilon=1e-5, dtype=_dtype(cfg), name="ln_f")(x_BxTxD)
+    logits_BxTxV = nn.Dense(cfg.vocab_size, dtype=_dtype(cfg), name="head")(x_BxTxD)
+    return logits_BxTxV.astype(jnp.float32)

@@ -1,0 +1,135 @@
+"""The factorised forward: equals the merged model, never materialises W + BA, stacks, and refuses
+adapters the forward never reaches."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from lora_jax import lora
+import testlib
+
+SPEC = lora.LoraSpec(rank=4, alpha=8, target_modules=("q_proj", "v_proj", "out_proj", "ff.in",
+                                                       "ff.out"))
+
+
+class ForwardTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_factorised_forward_equals_merged_weights(self):
+    model, params = testlib.tiny_model()
+    adapter = testlib.random_adapter(params, SPEC, seed=1)
+    x = testlib.tokens()
+    fwd = self.variant(lambda ad, w: lora.apply(model, params, [lora.Active(ad, w)], x))
+    y = fwd(adapter, 0.7)
+    merged = lora.merge(params, [adapter], [0.7])
+    np.testing.assert_allclose(y, model.apply({"params": merged}, x), atol=2e-5)
+    assert np.abs(y - model.apply({"params": params}, x)).max() > 0.1  # the adapter does something
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_weight_zero_is_bit_exact_bypass(self):
+    model, params = testlib.tiny_model()
+    adapter = testlib.random_adapter(params, SPEC, seed=2)
+    x = testlib.tokens()
+    y0 = self.variant(lambda ad: lora.apply(model, params, [lora.Active(ad, 0.0)], x))(adapter)
+    plain = self.variant(lambda: lora.apply(model, params, [], x))()
+    np.testing.assert_array_equal(y0, plain)
+
+
+def test_stacked_child_weight_zero_equals_parent_alone_bitwise():
+  model, params = testlib.tiny_model()
+  parent = testlib.random_adapter(params, SPEC, seed=3)
+  child = testlib.random_adapter(params, lora.LoraSpec(rank=2, target_modules=("q_proj",)), seed=4)
+  x = testlib.tokens()
+  both = jax.jit(lambda w: lora.apply(
+      model, params, [lora.Active(parent, 1.0), lora.Active(child, w)], x))
+  alone = jax.jit(lambda: lora.apply(model, params, [lora.Active(parent, 1.0)], x))
+  np.testing.assert_array_equal(both(0.0), alone())
+  assert np.abs(both(1.0) - alone()).max() > 1e-3
+
+
+def test_new_weight_or_scale_does_not_recompile():
+  model, params = testlib.tiny_model()
+  adapter = testlib.random_adapter(params, SPEC, seed=5)
+  x = testlib.tokens()
+  fwd = jax.jit(lambda ad, w: lora.apply(model, params, [lora.Active(ad, w)], x))
+  fwd(adapter, 1.0)
+  other_alpha = adapter.replace(scales=jax.tree.map(lambda s: s * 3, adapter.scales))
+  fwd(other_alpha, 0.25)
+  assert fwd._cache_size() == 1
+
+
+def test_training_forward_never_forms_the_full_delta():
+  model, params = testlib.tiny_model()
+  adapter = testlib.random_adapter(params, SPEC, seed=6)
+  x = testlib.tokens()
+
+  def loss(lora_params):
+    ad = adapter.replace(params=lora_params)
+    logits = lora.apply(model, params, [lora.Active(ad, 1.0, dropout=0.1)], x,
+                        rng=jax.random.key(0))
+    return jnp.mean(logits ** 2)
+
+  jaxpr = jax.make_jaxpr(jax.grad(loss))(adapter.params)
+  kernel_shapes = {(t.in_dim, t.out_dim) for t in lora.resolve(SPEC, params)}
+  kernel_shapes |= {(o, i) for i, o in kernel_shapes}
+  seen = set()
+
+  def walk(jpr):
+    for eqn in jpr.eqns:
+      for v in eqn.outvars:
+        seen.add(tuple(v.aval.shape))
+      for p in eqn.params.values():
+        if hasattr(p, "jaxpr"):
+          walk(p.jaxpr)
+
+  walk(jaxpr.jaxpr)
+  assert not (seen & kernel_shapes), f"a [in, out] LoRA delta was formed: {seen & kernel_shapes}"
+  # Sanity: the same walk does see one when the merge is written the naive way.
+  naive = jax.make_jaxpr(lambda p: lora.merge(params, [adapter.replace(params=p)]))(adapter.params)
+  seen.clear()
+  walk(naive.jaxpr)
+  assert seen & kernel_shapes
+
+
+def test_dropout_needs_rng_and_changes_training_forward():
+  model, params = testlib.tiny_model()
+  adapter = testlib.random_adapter(params, SPEC, seed=7)
+  x = testlib.tokens()
+  active = lora.Active(adapter, 1.0, dropout=0.5, module_dropout=0.3)
+  eval_out = lora.apply(model, params, [active], x)
+  np.testing.assert_allclose(eval_out, lora.apply(model, params, [lora.Active(adapter)], x),
+                             atol=1e-6)
+  a = lora.apply(model, params, [active], x, rng=jax.random.key(1))
+  b = lora.apply(model, params, [active], x, rng=jax.random.key(2))
+  assert np.abs(a - b).max() > 1e-4
+
+
+def test_adapter_for_modules_the_forward_never_calls_is_an_error():
+  model, params = testlib.tiny_model()
+  adapter = testlib.random_adapter(params, SPEC, seed=8)
+  extra = dict(adapter.params)
+  extra["not_a_layer"] = {"lora_A": jnp.ones((4, 2)), "lora_B": jnp.ones((2, 4))}
+  scales = dict(adapter.scales)
+  scales["not_a_layer"] = jnp.float32(1)
+  bad = lora.Adapter(extra, scales)
+  with pytest.raises(lora.UnusedAdapterError, match="not_a_layer"):
+    lora.apply(model, params, [lora.Active(bad)], testlib.tokens())
+
+
+def test_lora_shardings_follow_the_base_kernel():
+  _, params = testlib.tiny_model()
+  targets = lora.resolve(SPEC, params)
+  mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ("fsdp", "model"))
+  base_shardings = jax.tree.map(
+      lambda x: NamedSharding(mesh, P("fsdp", "model") if x.ndim == 2 else P()), params)
+  shard = lora.shardings(targets, base_shardings)
+  q = shard["blocks_0"]["attn"]["q_proj"]
+  assert q["lora_A"].spec == P("fsdp", None)
+  assert q["lora_B"].spec == P(None, "model")
+  # Initialise straight into the shardings: nothing is built on one device and moved.
+  adapter_params = jax.jit(
+      lambda k: lora.init_params(targets, SPEC, k), out_shardings=shard)(jax.random.key(0))
+  assert adapter_params["blocks_1"]["ff"]["out"]["lora_B"].sharding.spec == P(None, "model")
