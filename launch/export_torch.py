@@ -1,0 +1,51 @@
+"""Flax-native base file (with adapters folded in, if given) to PyTorch; or an adapter to PEFT.
+
+python launch/export_torch.py --config=configs/music_transformer.py \
+  --input=base.safetensors --output=base_torch.pt
+python launch/export_torch.py --config=configs/music_transformer.py --input=base.safetensors \
+  --adapters=pop.lora,dance_pop.lora --weights=1.0,0.5 --blend_mode=additive --output=merged.pt
+python launch/export_torch.py --peft_adapter=pop.lora --output=pop_peft/
+"""
+
+from absl import flags, logging
+from ml_collections import config_flags
+
+from lora_jax import cli
+from lora_jax.interop import export
+from lora_jax.models import config_convert
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "model config, e.g. "
+                                          "configs/music_transformer.py:tiny")
+_INPUT = flags.DEFINE_string("input", None, "Flax-native .safetensors base file to read")
+_OUTPUT = flags.DEFINE_string("output", None, "file to write: .safetensors, .pt or .pth; a folder "
+                              "with --peft_adapter")
+_ADAPTERS = flags.DEFINE_list("adapters", [], ".lora files to fold into the base")
+_WEIGHTS = flags.DEFINE_list("weights", [], "one weight per adapter (default 1 each)")
+_BLEND = flags.DEFINE_enum("blend_mode", "additive", ["additive", "interpolative"],
+                           "additive: base + sum w_i d_i; interpolative: weights normalised to 1")
+_ALLOW_OTHER_BASE = flags.DEFINE_bool("allow_other_base", False, "merge adapters trained on "
+                                      "another base (fingerprint mismatch)")
+_PEFT_ADAPTER = flags.DEFINE_string("peft_adapter", None, "export this .lora adapter as a PEFT "
+                                    "adapter folder instead of a merged model")
+_FAMILY = "music_lm"
+flags.mark_flags_as_required(["output"])
+
+
+def main(argv):
+  del argv
+  if _PEFT_ADAPTER.value:
+    export.export_adapter_peft(_PEFT_ADAPTER.value, _OUTPUT.value)
+  else:
+    if _CONFIG.value is None or _INPUT.value is None:
+      raise ValueError("--config and --input are required to export a base model")
+    abstract = config_convert.abstract_params(
+        config_convert.transformer_config_from(_CONFIG.value.model))
+    weights = [float(w) for w in _WEIGHTS.value] or [1.0] * len(_ADAPTERS.value)
+    export.export_merged(_INPUT.value, abstract, _ADAPTERS.value, weights, _OUTPUT.value,
+                         model_family=_FAMILY, blend_mode=_BLEND.value,
+                         allow_other_base=_ALLOW_OTHER_BASE.value)
+  logging.info("wrote %s", _OUTPUT.value)
+
+
+if __name__ == "__main__":
+  cli.run(main, "export_torch")

@@ -1,0 +1,141 @@
+"""Adapters in PEFT's format: `adapter_config.json` + `adapter_model.safetensors`.
+
+PEFT keys are `base_model.model.<module>.lora_A.weight` [r, in] and `.lora_B.weight` [out, r], the
+transposes of our A [in, r] and B [r, out]. Export spells every module out in `target_modules`,
+`rank_pattern` and `alpha_pattern`, so PEFT rebuilds exactly our per-module ranks and scales.
+Import reads PEFT's own rules (suffix list or full-match regex, patterns matched as PEFT matches them)
+and refuses features it cannot represent (DoRA, biases, fan_in_fan_out) rather than dropping them.
+"""
+
+import json
+import os
+import re
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+import safetensors.numpy
+
+from lora_jax import atomic, tree_paths
+from lora_jax.lora.adapter import Adapter
+from lora_jax.lora.adapter_file import AdapterRecord
+from lora_jax.lora.spec import LoraSpec
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PREFIX = "base_model.model."
+
+
+class PeftFormatError(ValueError):
+  """A PEFT adapter folder this project cannot read faithfully."""
+
+
+def export_peft(record: AdapterRecord, folder: str, *, base_model_name: str | None = None) -> None:
+  """Write `record` as a PEFT LoRA adapter folder that `PeftModel.from_pretrained` loads."""
+  tensors, ranks, alphas = {}, {}, {}
+  for keys, (a, b, scale) in record.adapter.modules().items():
+    name = tree_paths.dotted(keys)
+    rank = a.shape[1]
+    # PEFT's scale is alpha / r (or alpha / sqrt(r)); choose alpha so it equals ours exactly.
+    ranks[name] = rank
+    alphas[name] = float(scale) * (np.sqrt(rank) if record.spec.use_rslora else rank)
+    tensors[f"{PREFIX}{name}.lora_A.weight"] = np.ascontiguousarray(np.asarray(a).T)
+    tensors[f"{PREFIX}{name}.lora_B.weight"] = np.ascontiguousarray(np.asarray(b).T)
+  names = sorted(ranks)
+  config = {
+      "peft_type": "LORA",
+      "task_type": None,
+      "base_model_name_or_path": base_model_name,
+      "r": ranks[names[0]],
+      "lora_alpha": alphas[names[0]],
+      "lora_dropout": record.spec.dropout,
+      "use_rslora": record.spec.use_rslora,
+      "target_modules": names,
+      "rank_pattern": {re.escape(n): r for n, r in ranks.items()},
+      "alpha_pattern": {re.escape(n): a for n, a in alphas.items()},
+      "bias": "none",
+      "fan_in_fan_out": False,
+      "init_lora_weights": True,
+      "inference_mode": True,
+      "modules_to_save": None,
+  }
+  os.makedirs(folder, exist_ok=True)
+  atomic.write_text(os.path.join(folder, CONFIG_NAME), json.dumps(config, indent=2, sort_keys=True))
+  with atomic.atomic_path(os.path.join(folder, WEIGHTS_NAME)) as tmp:
+    safetensors.numpy.save_file(tensors, tmp, metadata={"format": "pt"})
+
+
+def _peft_pattern(patterns: dict, module: str, default):
+  # PEFT matches a pattern key against the end of the module name at a dot boundary.
+  for key, value in patterns.items():
+    if re.match(rf"(.*\.)?({key})$", module):
+      return value
+  return default
+
+
+def _read_weights(folder: str) -> dict[str, np.ndarray]:
+  path = os.path.join(folder, WEIGHTS_NAME)
+  if os.path.exists(path):
+    return safetensors.numpy.load_file(path)
+  bin_path = os.path.join(folder, "adapter_model.bin")
+  if os.path.exists(bin_path):
+    import torch  # only for the legacy format, and never unpickling arbitrary objects
+    state = torch.load(bin_path, map_location="cpu", weights_only=True)
+    return {k: v.float().numpy() for k, v in state.items()}
+  raise PeftFormatError(f"{folder} has neither {WEIGHTS_NAME} nor adapter_model.bin")
+
+
+def import_peft(folder: str, base_params: Any, *, model_family: str,
+                base_fingerprint: str = "") -> AdapterRecord:
+  """Read a PEFT LoRA adapter folder as an AdapterRecord for `base_params`."""
+  config_path = os.path.join(folder, CONFIG_NAME)
+  try:
+    with open(config_path) as f:
+      config = json.load(f)
+  except FileNotFoundError:
+    raise PeftFormatError(f"{config_path} does not exist") from None
+  except json.JSONDecodeError as e:
+    raise PeftFormatError(f"{config_path} is not valid JSON: {e}") from None
+  if config.get("peft_type") != "LORA":
+    raise PeftFormatError(f"{folder} is a {config.get('peft_type')} adapter, not LORA")
+  for flag, bad in (("use_dora", True), ("fan_in_fan_out", True)):
+    if config.get(flag) == bad:
+      raise PeftFormatError(f"{folder} sets {flag}={bad}, which lora_jax cannot represent")
+  if config.get("bias", "none") != "none" or config.get("modules_to_save"):
+    raise PeftFormatError(f"{folder} trains biases or whole modules; only LoRA factors import")
+  tensors = _read_weights(folder)
+  base_modules = {tree_paths.dotted(k[:-1]): k[:-1]
+                  for k in tree_paths.flatten(base_params) if k[-1] == "kernel"}
+  use_rslora = bool(config.get("use_rslora", False))
+  params, scales = {}, {}
+  pattern = re.compile(r"^(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$")
+  found: dict[str, dict[str, np.ndarray]] = {}
+  for key, value in tensors.items():
+    m = pattern.match(key)
+    if not m:
+      raise PeftFormatError(f"{folder}: unexpected tensor {key}")
+    found.setdefault(m.group(1), {})[m.group(2)] = value
+  for module, pair in sorted(found.items()):
+    if module not in base_modules:
+      raise PeftFormatError(f"{folder}: module {module} does not exist in this base (wrong base?)")
+    if set(pair) != {"A", "B"}:
+      raise PeftFormatError(f"{folder}: module {module} lacks lora_A or lora_B")
+    a, b = pair["A"].T, pair["B"].T
+    rank = a.shape[1]
+    alpha = float(_peft_pattern(config.get("alpha_pattern") or {}, module, config["lora_alpha"]))
+    keys = base_modules[module]
+    params[keys] = {"lora_A": jnp.asarray(a, jnp.float32), "lora_B": jnp.asarray(b, jnp.float32)}
+    scales[keys] = jnp.float32(alpha / (np.sqrt(rank) if use_rslora else rank))
+  if not params:
+    raise PeftFormatError(f"{folder} holds no LoRA tensors")
+  names = sorted(found)
+  exact = {"^" + re.escape(n) + "$": found[n]["A"].shape[0] for n in names}
+  spec = LoraSpec(
+      rank=int(config["r"]), alpha=float(config["lora_alpha"]),
+      dropout=float(config.get("lora_dropout") or 0.0), include=tuple(exact),
+      rank_pattern=exact, use_rslora=use_rslora,
+      alpha_pattern={"^" + re.escape(n) + "$": float(
+          _peft_pattern(config.get("alpha_pattern") or {}, n, config["lora_alpha"])) for n in names})
+  adapter = Adapter(tree_paths.unflatten(params), tree_paths.unflatten(scales))
+  return AdapterRecord(adapter, spec, base_fingerprint, model_family,
+                       os.path.basename(os.path.normpath(folder)), {"imported_from": "peft"})
