@@ -1,0 +1,215 @@
+"""LoRA train-step throughput against PyTorch + PEFT, FLOP/s against the matmul peak, and memory.
+
+  .venv/bin/python bench/lora_step_bench.py                 # 4 layers, d=256, T=512, batch 8, r=16
+  .venv/bin/python bench/lora_step_bench.py --layers=2 --seq_len=256 --steps=5   # quicker
+
+Everything is measured in this one run, in float32, on this machine's CPU:
+  1. the hardware matmul peak: the best of jnp, numpy and torch on a 2048^3 float32 matmul;
+  2. our LoRA train step (the project's own jitted step from lora_jax.train) in tokens/s;
+  3. PyTorch + PEFT on the PyTorch twin of the same model: same rank, targets, batch, AdamW, and
+     torch's fused scaled_dot_product_attention; tokens/s, and our ratio to it;
+  4. achieved FLOP/s of our step, counted from the model's shapes (below), against the peak;
+  5. peak memory of a LoRA step against full fine-tuning at ~110M parameters, batch 1, from XLA's
+     compiled memory analysis (arguments + outputs + temporaries; aliased donations not counted
+     twice), and the same for torch from resident-set growth.
+
+FLOPs of one LoRA step (multiply-add = 2): the forward's matmuls (projections, feed-forward, head,
+attention scores and values at the full T x T, as the kernel computes them), the backward's
+activation gradients (one more forward's worth, without the embedding) and the LoRA factor
+gradients. No weight gradients of the frozen base: that is the point of LoRA.
+"""
+
+import argparse
+import gc
+import os
+import resource
+import sys
+import time
+
+os.environ.setdefault("XLA_FLAGS", "")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from lora_jax import families  # noqa: E402
+from lora_jax.train import config as config_lib  # noqa: E402
+from lora_jax.train import mesh as mesh_lib  # noqa: E402
+from lora_jax.train import state as state_lib  # noqa: E402
+from lora_jax.train import step as step_lib  # noqa: E402
+
+CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "music_lm.py")
+TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "ff.in", "ff.out")
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> dict[str, float]:
+  """GFLOP/s of an n^3 float32 matmul in jnp, numpy and torch (best of `repeats` each)."""
+  a = np.random.default_rng(0).standard_normal((n, n), np.float32)
+  flops = 2 * n ** 3
+  out = {}
+  ja = jnp.asarray(a)
+  mm = jax.jit(lambda x: x @ x)
+  mm(ja).block_until_ready()
+  ta = torch.from_numpy(a)
+  for name, fn in (("jnp", lambda: mm(ja).block_until_ready()), ("numpy", lambda: a @ a),
+                   ("torch", lambda: ta @ ta)):
+    fn()
+    best = min(_timed(fn) for _ in range(repeats))
+    out[name] = flops / best / 1e9
+  return out
+
+
+def _timed(fn) -> float:
+  t = time.perf_counter()
+  fn()
+  return time.perf_counter() - t
+
+
+def step_flops(layers: int, d: int, d_ff: int, vocab: int, t: int, batch: int, rank: int) -> float:
+  """Counted FLOPs of one LoRA train step (see the module docstring)."""
+  tokens = batch * t
+  per_token = layers * (2 * 4 * d * d + 2 * 2 * d * d_ff + 2 * 2 * t * d) + 2 * d * vocab
+  lora_shapes = [(d, d)] * 4 + [(d, d_ff), (d_ff, d)]
+  lora_fwd = layers * sum(2 * rank * (i + o) for i, o in lora_shapes)
+  forward = tokens * (per_token + lora_fwd)
+  backward_activations = forward  # input gradients through every matmul
+  lora_grads = tokens * lora_fwd  # dA and dB
+  return forward + backward_activations + lora_grads
+
+
+def jax_setup(args, training_type: str, batch: int, d: int, layers: int, d_ff: int):
+  overrides = {
+      "model.vocab_size": args.vocab, "model.d_model": d, "model.n_heads": args.heads,
+      "model.n_layers": layers, "model.d_ff": d_ff, "model.max_len": args.seq_len,
+      "model.seq_len": args.seq_len, "model.dropout": 0.0, "lora.rank": args.rank,
+      "lora.alpha": 2.0 * args.rank, "lora.dropout": 0.0, "lora.target_modules": TARGETS,
+      "data.batch_size": batch, "training.type": training_type, "mesh.data": 1,
+      "training.steps": 1000, "opt.warmup_steps": 0, "opt.clip_norm": 0.0,
+      "data.synthetic_examples": 64,  # unused here: the bench feeds its own batches
+  }
+  config = config_lib.load(CONFIG, None, overrides)
+  family = families.lookup(config.family).make(config.model, config.training.precision)
+  mesh = mesh_lib.make_mesh(config.mesh, jax.devices()[:1])
+  setup = state_lib.setup(config, family, mesh)
+  fn = step_lib.jit_train_step(setup.step_config, mesh, setup.state_shardings,
+                               setup.frozen_shardings)
+  return setup, fn
+
+
+def jax_batch(batch: int, t: int, vocab: int) -> dict:
+  rng = np.random.default_rng(0)
+  return {"tokens": rng.integers(0, vocab, (1, batch, t)).astype(np.int32),
+          "mask": np.ones((1, batch, t), np.float32)}
+
+
+def bench_jax(args) -> float:
+  setup, fn = jax_setup(args, "lora", args.batch, args.d_model, args.layers, args.d_ff)
+  batch = jax_batch(args.batch, args.seq_len, args.vocab)
+  state = setup.state
+  for _ in range(2):  # compile and warm up
+    state, metrics = fn(state, setup.frozen, batch)
+  jax.block_until_ready(metrics)
+  t = time.perf_counter()
+  for _ in range(args.steps):
+    state, metrics = fn(state, setup.frozen, batch)
+  jax.block_until_ready(metrics)
+  return args.steps * args.batch * args.seq_len / (time.perf_counter() - t)
+
+
+def bench_peft(args) -> float:
+  import peft
+  from lora_jax.models.transformer import TransformerConfig
+  from third_party.music_transformer_torch import MusicTransformer
+  config = TransformerConfig(vocab_size=args.vocab, d_model=args.d_model, n_heads=args.heads,
+                             n_layers=args.layers, d_ff=args.d_ff, max_len=args.seq_len,
+                             dropout=0.0)
+  torch.manual_seed(0)
+  model = peft.get_peft_model(MusicTransformer(config), peft.LoraConfig(
+      r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0, target_modules=list(TARGETS)))
+  model.train()
+  opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3,
+                          weight_decay=0.01)
+  x = torch.randint(0, args.vocab, (args.batch, args.seq_len))
+
+  def step():
+    logits = model(x)
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, args.vocab),
+                                             x[:, 1:].reshape(-1))
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+  for _ in range(2):
+    step()
+  t = time.perf_counter()
+  for _ in range(args.steps):
+    step()
+  return args.steps * args.batch * args.seq_len / (time.perf_counter() - t)
+
+
+def jax_step_memory(args, training_type: str) -> float:
+  """Bytes XLA plans for one step at the memory size: live arguments, outputs and temporaries."""
+  setup, fn = jax_setup(args, training_type, 1, args.mem_d_model, args.mem_layers,
+                        4 * args.mem_d_model)
+  batch = jax_batch(1, args.mem_seq_len, args.vocab)
+  compiled = fn.lower(setup.state, setup.frozen, batch).compile()
+  m = compiled.memory_analysis()
+  n_params = sum(x.size for x in jax.tree.leaves(setup.frozen.base or setup.state.params))
+  total = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes \
+      + m.temp_size_in_bytes
+  del setup, fn, compiled
+  gc.collect()
+  return total, n_params
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--layers", type=int, default=4)
+  p.add_argument("--d_model", type=int, default=256)
+  p.add_argument("--d_ff", type=int, default=1024)
+  p.add_argument("--heads", type=int, default=4)
+  p.add_argument("--vocab", type=int, default=512)
+  p.add_argument("--seq_len", type=int, default=512)
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--rank", type=int, default=16)
+  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--mem_layers", type=int, default=8)
+  p.add_argument("--mem_d_model", type=int, default=1024)
+  p.add_argument("--mem_seq_len", type=int, default=128)
+  p.add_argument("--skip_memory", action="store_true")
+  args = p.parse_args()
+  torch.set_num_threads(os.cpu_count() or 1)
+
+  print(f"machine: {os.cpu_count()} CPU cores; jax {jax.__version__} on "
+        f"{jax.devices()[0].platform}; torch {torch.__version__}")
+  peak = matmul_peak()
+  best_name = max(peak, key=peak.get)
+  print("float32 matmul 2048^3, GFLOP/s: " + ", ".join(f"{k} {v:.1f}" for k, v in peak.items())
+        + f"  -> peak {peak[best_name]:.1f} ({best_name})")
+  print(f"model: {args.layers} layers, d={args.d_model}, d_ff={args.d_ff}, vocab={args.vocab}, "
+        f"T={args.seq_len}, batch {args.batch}, LoRA rank {args.rank} on {', '.join(TARGETS)}")
+  jax_tps = bench_jax(args)
+  peft_tps = bench_peft(args)
+  flops = step_flops(args.layers, args.d_model, args.d_ff, args.vocab, args.seq_len, args.batch,
+                     args.rank)
+  achieved = flops * jax_tps / (args.batch * args.seq_len) / 1e9
+  print(f"lora_jax LoRA step: {jax_tps:,.0f} tokens/s")
+  print(f"PyTorch + PEFT:     {peft_tps:,.0f} tokens/s")
+  print(f"ratio lora_jax / PEFT: {jax_tps / peft_tps:.2f}x")
+  print(f"lora_jax achieved {achieved:.1f} GFLOP/s = {100 * achieved / peak[best_name]:.0f}% of "
+        f"the measured peak ({flops / 1e9:.1f} GFLOP counted per step)")
+  if not args.skip_memory:
+    lora_bytes, n = jax_step_memory(args, "lora")
+    full_bytes, _ = jax_step_memory(args, "full")
+    print(f"memory at {n / 1e6:.0f}M parameters ({args.mem_layers} layers, d={args.mem_d_model}), "
+          f"batch 1, T={args.mem_seq_len}: LoRA step {lora_bytes / 2**20:,.0f} MiB, full "
+          f"fine-tuning {full_bytes / 2**20:,.0f} MiB -> LoRA/full = "
+          f"{100 * lora_bytes / full_bytes:.0f}%")
+  print(f"max resident set of this process: "
+        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:,.0f} MiB")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,119 @@
+r"""python launch/train.py --config=configs/music_lm.py --config.data.path=data/lm_windows.npz --workdir=runs/music_lm
+
+LoRA fine-tuning of the MusicTransformer language model on windows of MIDI event tokens.
+
+Variants (`--config=configs/music_lm.py:<variant>`):
+  (none)  a 4-layer, 256-wide model on `data.path` (an .npz of token windows; required).
+  tiny    a 2-layer, 32-wide model on synthetic Markov-chain tokens: seconds on a CPU (tests).
+  full    full fine-tuning instead of LoRA.
+Single values: `--config.lora.rank=16`, `--config.training.steps=5000`.
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The music_lm training config; `arg` picks a variant."""
+  variant = arg or "base"
+  if variant not in ("base", "tiny", "full"):
+    raise ValueError(f"unknown variant {variant!r} of configs/music_lm.py: base, tiny or full")
+  config = ml_collections.ConfigDict()
+  config.family = "music_lm"  # lora_jax.families registry name
+  config.name = "music_lm_lora"  # recorded in the exported adapter
+
+  config.model = ml_collections.ConfigDict()
+  config.model.vocab_size = 512  # MIDI event vocabulary
+  config.model.d_model = 256
+  config.model.n_heads = 4
+  config.model.n_layers = 4
+  config.model.d_ff = 1024
+  config.model.max_len = 512  # positions the base was trained with
+  config.model.dropout = 0.1  # the base model's own dropout while training
+  config.model.seq_len = 256  # tokens per training window (<= max_len)
+
+  config.lora = ml_collections.ConfigDict()
+  config.lora.rank = 8
+  config.lora.alpha = 16.0  # scale = alpha / rank
+  config.lora.dropout = 0.05  # on the adapter's input
+  config.lora.module_dropout = 0.0  # probability of skipping an adapted module in a step
+  config.lora.target_modules = ("q_proj", "v_proj")  # dotted-path suffixes of dense layers
+  config.lora.include = ()  # regexes over module paths, added to target_modules
+  config.lora.exclude = ()  # regexes removing modules again
+  config.lora.rank_pattern = ()  # ((regex, rank), ...): first match wins
+  config.lora.alpha_pattern = ()  # ((regex, alpha), ...)
+  config.lora.use_rslora = False  # scale = alpha / sqrt(rank)
+  config.lora.init = "zeros"  # B = 0, A kaiming-uniform (PEFT); or 'gaussian'
+
+  config.opt = ml_collections.ConfigDict()
+  config.opt.learning_rate = 1e-3  # peak
+  config.opt.warmup_steps = 100  # linear from 0
+  config.opt.decay = "cosine"  # 'cosine', 'linear' or 'constant'
+  config.opt.final_lr_fraction = 0.1  # end of decay, as a fraction of the peak
+  config.opt.weight_decay = 0.01  # AdamW, on >= 2-D parameters only
+  config.opt.b1 = 0.9
+  config.opt.b2 = 0.999
+  config.opt.eps = 1e-8
+  config.opt.clip_norm = 1.0  # global-norm clipping; 0 turns it off
+  config.opt.grad_accum_steps = 1  # micro-batches per optimiser step
+  config.opt.lr_groups = ()  # ((regex over trainable paths, lr multiplier), ...)
+
+  config.data = ml_collections.ConfigDict()
+  config.data.path = ""  # .npz with tokens int32 [N, seq_len] and mask float32 [N, seq_len]
+  config.data.val_path = ""  # '' holds out val_fraction of data.path
+  config.data.val_fraction = 0.1
+  config.data.synthetic_examples = 0  # > 0 trains on synthetic tokens instead of data.path
+  config.data.batch_size = 32  # examples per optimiser step, all devices
+  config.data.eval_batch_size = 32
+
+  config.ckpt = ml_collections.ConfigDict()
+  config.ckpt.every_steps = 500  # plus after each evaluation, on SIGTERM/SIGINT, at the end
+  config.ckpt.keep_last = 2
+  config.ckpt.keep_best = 1  # by validation loss
+
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1  # -1: the devices the other axes leave
+  config.mesh.fsdp = 1
+  config.mesh.model = 1
+
+  config.training = ml_collections.ConfigDict()
+  config.training.type = "lora"  # 'lora' or 'full'
+  config.training.steps = 5000  # optimiser steps
+  config.training.seed = 0  # data order, initialisation, dropout
+  config.training.precision = "float32"  # 'float32', 'bfloat16' or 'float16' (loss-scaled)
+  config.training.base_dtype = "float32"  # frozen base storage: 'float32' or 'bfloat16'
+  config.training.base_params = ""  # Flax safetensors of the base; '' = random (smoke runs)
+  config.training.parent_adapter = ""  # .lora this adapter is trained on top of (child)
+  config.training.eval_every = 250  # steps; also at each epoch end
+  config.training.patience = 0  # evaluations without improvement before stopping; 0 = never
+  config.training.log_every = 50  # steps per CSV/TensorBoard/console line
+  config.training.max_nonfinite_in_a_row = 20  # skipped steps in a row that stop the run
+
+  if variant == "tiny":
+    config.name = "music_lm_tiny"
+    config.model.vocab_size = 32
+    config.model.d_model = 32
+    config.model.n_heads = 4
+    config.model.n_layers = 2
+    config.model.d_ff = 64
+    config.model.max_len = 32
+    config.model.dropout = 0.0
+    config.model.seq_len = 16
+    config.lora.rank = 4
+    config.lora.alpha = 8.0
+    config.lora.dropout = 0.0
+    config.lora.target_modules = ("q_proj", "v_proj", "ff.in", "ff.out", "head")
+    config.opt.learning_rate = 3e-2
+    config.opt.warmup_steps = 2
+    config.data.synthetic_examples = 256
+    config.data.val_fraction = 0.125
+    config.data.batch_size = 16
+    config.data.eval_batch_size = 16
+    config.ckpt.every_steps = 10
+    config.training.steps = 20
+    config.training.eval_every = 10
+    config.training.log_every = 5
+  if variant == "full":
+    config.name = "music_lm_full"
+    config.training.type = "full"
+    config.opt.learning_rate = 1e-4
+  return config

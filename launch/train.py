@@ -1,0 +1,43 @@
+r"""Train a LoRA adapter (or a whole model) for any model family.
+
+python launch/train.py --config=configs/music_lm.py:tiny --workdir=runs/tiny
+
+Running it again with the same workdir resumes from the last checkpoint. SIGTERM or Ctrl-C
+checkpoints and exits cleanly.
+"""
+
+import os
+import sys
+
+# `python launch/train.py` puts launch/ first on sys.path, where a sibling script can shadow a
+# package the libraries import (launch/humanize.py shadows the `humanize` that Orbax imports).
+if sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
+  sys.path.pop(0)
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from lora_jax.train import config as config_lib
+from lora_jax.train import loop
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and exports.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = config_lib.from_config_dict(_CONFIG.value)
+  logging.info("JAX %s on %d devices: %s", jax.__version__, jax.device_count(), jax.devices())
+  result = loop.train(config, _WORKDIR.value)
+  logging.info("%s at step %d; best validation loss %s; %s", result.status, result.step,
+               result.best_val_loss, result.export_path or "no export")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,214 @@
+"""The config boundary: an ml_collections ConfigDict in, frozen dataclasses out.
+
+Code under `lora_jax/` never sees a ConfigDict. The conversion is strict both ways: a key that is
+not a field of its dataclass is an error naming it, and so is a field the config does not declare
+(every field the program reads is declared in the config file, so no default hides in code).
+The `model` group's dataclass is the family's own (`lora_jax.families.REGISTRY`).
+"""
+
+import dataclasses
+import importlib.util
+import json
+import os
+import types
+import typing
+from typing import Any, Mapping
+
+from lora_jax import families
+from lora_jax.lora.spec import LoraSpec
+
+
+class ConfigError(ValueError):
+  """A config that does not fit the dataclasses it must become."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OptConfig:
+  """AdamW, its learning-rate schedule, clipping and gradient accumulation."""
+
+  learning_rate: float
+  warmup_steps: int
+  decay: str  # 'cosine', 'linear' or 'constant' after warm-up
+  final_lr_fraction: float  # the decayed learning rate as a fraction of the peak
+  weight_decay: float  # decoupled, on parameters with two or more dimensions
+  b1: float
+  b2: float
+  eps: float
+  clip_norm: float  # global-norm clipping threshold; 0 turns clipping off
+  grad_accum_steps: int  # micro-batches per optimiser step
+  lr_groups: tuple[tuple[str, float], ...]  # (regex over trainable paths, lr multiplier)
+
+  def __post_init__(self):
+    if self.decay not in ("cosine", "linear", "constant"):
+      raise ConfigError(f"opt.decay must be 'cosine', 'linear' or 'constant', got {self.decay!r}")
+    if self.grad_accum_steps < 1:
+      raise ConfigError(f"opt.grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Where the arrays come from and how they are batched."""
+
+  path: str  # .npz holding the family's batch arrays; '' to use synthetic_examples
+  val_path: str  # .npz for validation; '' holds out val_fraction of `path`
+  val_fraction: float
+  synthetic_examples: int  # > 0: the family's learnable synthetic set of this size (no path)
+  batch_size: int  # examples per optimiser step, over all devices and micro-batches
+  eval_batch_size: int
+
+  def __post_init__(self):
+    if bool(self.path) == (self.synthetic_examples > 0):
+      raise ConfigError(f"give exactly one of data.path ({self.path!r}) and "
+                        f"data.synthetic_examples ({self.synthetic_examples})")
+
+
+@dataclasses.dataclass(frozen=True)
+class CkptConfig:
+  """When checkpoints are written and which survive."""
+
+  every_steps: int  # also written after every evaluation, on SIGTERM/SIGINT and at the end
+  keep_last: int
+  keep_best: int  # by validation loss
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """Device mesh axis sizes; one may be -1 to take the remaining devices."""
+
+  data: int
+  fsdp: int
+  model: int
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+  """What trains, for how long, and how carefully."""
+
+  type: str  # 'lora' or 'full'
+  steps: int  # optimiser steps in the whole run
+  seed: int
+  precision: str  # 'float32', 'bfloat16' or 'float16'
+  base_dtype: str  # storage dtype of a frozen base: 'float32' or 'bfloat16'
+  base_params: str  # Flax safetensors of the base; '' initialises it from the seed (smoke runs)
+  parent_adapter: str  # .lora of a frozen parent adapter the trained one sits on; '' for none
+  eval_every: int  # steps; evaluation also runs at each epoch end
+  patience: int  # evaluations without a better validation loss before stopping; 0 never stops
+  log_every: int
+  max_nonfinite_in_a_row: int  # skipped non-finite steps in a row that stop the run
+
+  def __post_init__(self):
+    if self.type not in ("lora", "full"):
+      raise ConfigError(f"training.type must be 'lora' or 'full', got {self.type!r}")
+    if self.type == "full" and (self.base_dtype != "float32" or self.parent_adapter):
+      raise ConfigError("full fine-tuning trains the base itself: it needs base_dtype 'float32' "
+                        f"(got {self.base_dtype!r}) and no parent adapter "
+                        f"(got {self.parent_adapter!r})")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """One training run."""
+
+  family: str
+  name: str
+  model: Any  # the family's model-config dataclass
+  lora: LoraSpec
+  opt: OptConfig
+  data: DataConfig
+  ckpt: CkptConfig
+  mesh: MeshConfig
+  training: TrainingConfig
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+def _is_dataclass_type(t) -> bool:
+  return isinstance(t, type) and dataclasses.is_dataclass(t)
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+  """`value` as type `hint`: lists become tuples, ints become floats, nested groups dataclasses."""
+  if _is_dataclass_type(hint):
+    return from_mapping(hint, value, where)
+  origin = typing.get_origin(hint)
+  if origin is tuple:
+    if not isinstance(value, (tuple, list)):
+      raise ConfigError(f"{where} must be a tuple, got {type(value).__name__} {value!r}")
+    args = typing.get_args(hint)
+    if len(args) == 2 and args[1] is Ellipsis:
+      return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+    if len(args) != len(value):
+      raise ConfigError(f"{where} must have {len(args)} items, got {len(value)}: {value!r}")
+    return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+  if origin in (typing.Union, types.UnionType) or hint is Any:
+    return value
+  if hint is float and isinstance(value, int) and not isinstance(value, bool):
+    return float(value)
+  if isinstance(hint, type) and not isinstance(value, hint):
+    raise ConfigError(f"{where} must be {hint.__name__}, got {type(value).__name__} {value!r}")
+  return value
+
+
+def from_mapping(cls: type, mapping: Mapping[str, Any], where: str, **given: Any) -> Any:
+  """Build dataclass `cls` from `mapping`; unknown and undeclared keys are errors naming them."""
+  if not hasattr(mapping, "keys"):
+    raise ConfigError(f"{where} must be a group of fields for {cls.__name__}, got {mapping!r}")
+  hints = typing.get_type_hints(cls)
+  fields = [f.name for f in dataclasses.fields(cls)]
+  unknown = sorted(set(mapping.keys()) - set(fields))
+  if unknown:
+    raise ConfigError(f"{', '.join(f'{where}.{k}' for k in unknown)}: no such field in "
+                      f"{cls.__name__}; its fields are {', '.join(fields)}")
+  missing = [f for f in fields if f not in mapping and f not in given]
+  if missing:
+    raise ConfigError(f"{where} does not declare {', '.join(missing)} (fields of "
+                      f"{cls.__name__}); every field is declared in the config file")
+  values = {f: _convert(mapping[f], hints[f], f"{where}.{f}") for f in fields if f not in given}
+  try:
+    return cls(**values, **given)
+  except ConfigError:
+    raise
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"{where}: {e}") from e
+
+
+def from_config_dict(config: Mapping[str, Any]) -> TrainConfig:
+  """The frozen `TrainConfig` of an ml_collections ConfigDict (or any nested mapping)."""
+  for key in ("family", "model"):
+    if key not in config:
+      raise ConfigError(f"config has no `{key}` field")
+  entry = families.lookup(config["family"])
+  model = from_mapping(entry.config_cls, config["model"], "config.model")
+  rest = {k: config[k] for k in config.keys() if k != "model"}
+  return from_mapping(TrainConfig, rest, "config", model=model)
+
+
+def load_config_dict(path: str, variant: str | None = None, overrides: Mapping[str, Any] = {}):
+  """`get_config(variant)` of a config file, with dotted overrides as `--config.a.b=v` gives them.
+
+  An override of a key the config does not declare is an error, as it is on the command line.
+  """
+  name = os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(f"lora_jax_config_{name}", path)
+  if spec is None or spec.loader is None:
+    raise ConfigError(f"cannot load config file {path}")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(variant)
+  for dotted, value in overrides.items():
+    *groups, leaf = dotted.split(".")
+    node = config
+    for g in groups:
+      if g not in node:
+        raise ConfigError(f"override {dotted}: config has no group {g!r}")
+      node = node[g]
+    if leaf not in node:
+      raise ConfigError(f"override {dotted}: config has no field {leaf!r}")
+    node[leaf] = value
+  return config
+
+
+def load(path: str, variant: str | None = None, overrides: Mapping[str, Any] = {}) -> TrainConfig:
+  """The frozen `TrainConfig` of a config file, a variant and overrides (tests, notebooks)."""
+  return from_config_dict(load_config_dict(path, variant, overrides))

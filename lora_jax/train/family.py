@@ -1,0 +1,82 @@
+"""The surface through which a model family plugs into the one training loop.
+
+A family is data, not a subclass: a frozen `Family` names the Flax model, the batch it eats, how the
+batch feeds the model, the loss, and how its parameters are sharded. Everything else (LoRA
+injection, precision, sharding of the batch, optimiser, checkpoints, metrics) is the loop's.
+
+The contract a family's model keeps:
+  - `model.apply({'params': p}, *[batch[k] for k in inputs], deterministic=bool,
+    rngs={'dropout': key})` runs the forward; every linear layer LoRA may adapt is an `nn.Dense`.
+  - `loss_fn(outputs, batch)` is pure and returns a float32 scalar loss (a mean over what the
+    batch holds) and a dict of float32 scalar metrics; it never hides an empty batch behind a zero
+    (divide by the real count: an empty mask gives NaN, which the loop counts and skips).
+  - `batch_spec` gives each batch array's per-example shape and dtype (no batch axis); the loop
+    checks data against it and initialises the model from it.
+  - `partition_rules` are (regex, PartitionSpec) over dotted parameter paths
+    (`blocks.0.attn.q_proj.kernel`, see `lora_jax.tree_paths`); the first rule that `re.search`es
+    a path wins, every parameter must match a rule and every rule must match a parameter. Axis
+    names are the mesh's: 'data', 'fsdp', 'model'.
+
+To add a family, write `lora_jax/families/<name>.py` with a frozen model-config dataclass and
+`make(model_config, compute_dtype) -> Family`, and list it in `lora_jax/families/__init__.py`.
+"""
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import PartitionSpec
+
+Batch = Mapping[str, jax.Array]
+LossFn = Callable[[Any, Batch], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  """Shape (without the batch axis) and dtype of one batch array."""
+
+  shape: tuple[int, ...]
+  dtype: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """One model family: model, batch, loss, sharding. See the module docstring for the contract."""
+
+  name: str  # recorded in adapters and checkpoints, e.g. 'music_lm'
+  model: nn.Module
+  batch_spec: Mapping[str, Example]  # every array a batch holds
+  inputs: tuple[str, ...]  # batch keys passed positionally to the model, in order
+  loss_fn: LossFn
+  partition_rules: tuple[tuple[str, PartitionSpec], ...]
+  # Optional: `synthetic(n, seed)` -> a learnable data set of n examples shaped like batch_spec,
+  # for smoke runs and tests (`config.data.synthetic_examples`).
+  synthetic: Callable[[int, int], dict[str, np.ndarray]] | None = None
+
+  def __post_init__(self):
+    missing = [k for k in self.inputs if k not in self.batch_spec]
+    if missing:
+      raise ValueError(f"family {self.name}: model inputs {missing} are not in its batch_spec "
+                       f"{sorted(self.batch_spec)}")
+
+  def abstract_batch(self, *leading: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """The batch's abstract arrays with `leading` axes, e.g. (batch,) or (accum, micro)."""
+    return {k: jax.ShapeDtypeStruct(tuple(leading) + e.shape, np.dtype(e.dtype))
+            for k, e in self.batch_spec.items()}
+
+  def model_args(self, batch: Batch) -> tuple:
+    """The model's positional arguments taken from a batch."""
+    return tuple(batch[k] for k in self.inputs)
+
+  def check_arrays(self, arrays: Mapping[str, np.ndarray], source: str) -> None:
+    """Raise unless `arrays` holds exactly the batch_spec's keys with its shapes and dtypes."""
+    if set(arrays) != set(self.batch_spec):
+      raise ValueError(f"{source} holds arrays {sorted(arrays)}, family {self.name} needs "
+                       f"{sorted(self.batch_spec)}")
+    for k, e in self.batch_spec.items():
+      a = arrays[k]
+      if tuple(a.shape[1:]) != e.shape or a.dtype != np.dtype(e.dtype):
+        raise ValueError(f"{source}: array {k!r} is {a.dtype}{list(a.shape)}, family {self.name} "
+                         f"needs {e.dtype}[N, {', '.join(map(str, e.shape))}]")

@@ -1,0 +1,259 @@
+"""The one training loop every model family shares, read top to bottom in `_train`.
+
+Before the first step the untrained model is evaluated (row 0 of the CSV: the bar to beat).
+Per step: draw a batch, dispatch the jitted train step, then read back the previous step's
+metrics, so the host never waits for the device it just fed. Every `eval_every` steps and at each
+epoch end: evaluate, track the best validation loss, checkpoint with it, and stop early after
+`patience` evaluations in a row without a better one. SIGTERM/SIGINT (from the moment `train`
+starts) finish the step, checkpoint and return `stopped`. Too many non-finite steps in a row fail
+the run before anything of that state is checkpointed. At the end the trained adapter
+(`adapter.lora`) or model (`params.safetensors`) is exported into the workdir.
+"""
+
+import dataclasses
+import os
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from absl import logging
+
+from lora_jax import families, lora
+from lora_jax.interop import flax_weights
+from lora_jax.train import batches
+from lora_jax.train import checkpoint
+from lora_jax.train import mesh as mesh_lib
+from lora_jax.train import metrics as metrics_lib
+from lora_jax.train import precision
+from lora_jax.train import preemption
+from lora_jax.train import state as state_lib
+from lora_jax.train import step as step_lib
+from lora_jax.train.config import TrainConfig
+
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+class NonFiniteError(RuntimeError):
+  """Too many train steps in a row had a non-finite loss or gradient."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+  """How a call to `train` ended."""
+
+  status: str  # 'finished', 'early_stopped' or 'stopped' (a signal or `stop_after`)
+  step: int
+  val_loss: float | None  # the last evaluation's
+  best_val_loss: float | None
+  params: Any  # the trainable tree, on the host
+  export_path: str  # '' unless the run finished
+  compiles: dict[str, int]  # backend compilations of train_step and eval_step in this call
+
+
+@dataclasses.dataclass
+class _Record:
+  """A dispatched step whose metrics are still on the device."""
+
+  step: int
+  epoch: int
+  metrics: dict
+  val: dict | None  # host metrics of an evaluation after this step
+  log: bool
+
+
+class _CompileCounter:
+  """Counts XLA compilations per function name while open (jax.monitoring events)."""
+
+  def __init__(self):
+    self.counts: dict[str, int] = {}
+
+  def _listen(self, event: str, duration: float, **kwargs) -> None:
+    del duration
+    if event == COMPILE_EVENT:
+      name = str(kwargs.get("fun_name", ""))
+      self.counts[name] = self.counts.get(name, 0) + 1
+
+  def __enter__(self) -> "_CompileCounter":
+    jax.monitoring.register_event_duration_secs_listener(self._listen)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    jax.monitoring.unregister_event_duration_listener(self._listen)
+
+  def of(self, name: str) -> int:
+    return self.counts.get(f"jit({name})", 0)
+
+
+def metadata(config: TrainConfig, family_name: str, fingerprint: str) -> dict:
+  """What a checkpoint records about the run it belongs to."""
+  return {"family": family_name, "base_fingerprint": fingerprint,
+          "lora_spec": config.lora.to_json() if config.training.type == "lora" else None,
+          "training_type": config.training.type,
+          "parent_adapter": config.training.parent_adapter,
+          "config": config.to_json()}
+
+
+def _evaluate(eval_fn, params, frozen, val_batches: list[dict], sharding) -> dict[str, float]:
+  """Mean of the eval step's metrics over the validation batches (all dispatched, then read)."""
+  outs = [eval_fn(params, frozen, jax.device_put(b, sharding)) for b in val_batches]
+  host = jax.device_get(outs)
+  return {k: float(np.mean([o[k] for o in host])) for k in host[0]}
+
+
+def _export(workdir: str, config: TrainConfig, setup: state_lib.Setup, params: Any,
+            family_name: str, step: int) -> str:
+  if config.training.type == "full":
+    path = os.path.join(workdir, "params.safetensors")
+    flax_weights.save_params(params, path, {"model_family": family_name, "name": config.name,
+                                            "base_fingerprint": setup.base_fingerprint})
+    return path
+  path = os.path.join(workdir, "adapter.lora")
+  extra = {"steps": step}
+  if setup.parent is not None:
+    extra.update(parent_adapter=config.training.parent_adapter, parent_name=setup.parent.name)
+  scales = jax.tree.map(np.asarray, jax.device_get(setup.frozen.scales))
+  lora.save_adapter(path, lora.AdapterRecord(lora.Adapter(params, scales), config.lora,
+                                             setup.base_fingerprint, family_name, config.name,
+                                             extra))
+  return path
+
+
+def train(config: TrainConfig, workdir: str, *, devices: Sequence[jax.Device] | None = None,
+          stop_after: int | None = None) -> Result:
+  """Train (or resume training) as `config` says, writing everything under `workdir`.
+
+  `stop_after` stops after that many steps of this call, as a signal would: checkpointed and
+  resumable (a time-sliced scheduler's hook, and how tests interrupt a run).
+  """
+  os.makedirs(workdir, exist_ok=True)
+  metrics_lib.quiet_orbax()
+  with _CompileCounter() as compiles, preemption.StopRequest() as stop:
+    try:
+      return _train(config, workdir, devices, stop_after, stop, compiles)
+    except BaseException as e:
+      metrics_lib.write_status(workdir, state="failed", message=f"{type(e).__name__}: {e}")
+      raise
+
+
+def _check_batches(config: TrainConfig, mesh) -> None:
+  accum = config.opt.grad_accum_steps
+  if config.data.batch_size % accum:
+    raise ValueError(f"data.batch_size {config.data.batch_size} is not divisible by "
+                     f"opt.grad_accum_steps {accum}")
+  mesh_lib.check_batch_size(config.data.batch_size // accum, mesh,
+                            "micro-batch size (data.batch_size / opt.grad_accum_steps)")
+  mesh_lib.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
+
+
+def _train(config: TrainConfig, workdir: str, devices, stop_after: int | None,
+           stop: preemption.StopRequest, compiles: _CompileCounter) -> Result:
+  tc, total, accum = config.training, config.training.steps, config.opt.grad_accum_steps
+  pol = precision.policy(tc.precision, tc.base_dtype)
+  family = families.lookup(config.family).make(config.model, pol.compute_dtype)
+  mesh = mesh_lib.make_mesh(config.mesh, devices)
+  logging.info("mesh %s over %d %s devices", dict(mesh.shape), mesh.size,
+               mesh.devices.flat[0].platform)
+  _check_batches(config, mesh)
+  train_arrays, val_arrays = batches.load(config.data, family, tc.seed)
+  val_batches = batches.eval_batches(val_arrays, config.data.eval_batch_size)
+
+  setup = state_lib.setup(config, family, mesh)
+  if setup.targets:
+    logging.info(lora.describe(setup.targets))
+  meta = metadata(config, family.name, setup.base_fingerprint)
+  ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config.ckpt)
+  state, frozen = setup.state, setup.frozen
+  loop_state = checkpoint.LoopState(batches.Position(0, 0), None, 0)
+  latest = ckpts.latest_step()
+  if latest is not None:
+    checkpoint.check_resumable(ckpts.metadata(latest), meta)
+    state, loop_state, _ = ckpts.restore(latest, setup.abstract_state())
+    logging.info("resumed from step %d at epoch %d batch %d", latest,
+                 loop_state.position.epoch, loop_state.position.index)
+
+  train_fn = step_lib.jit_train_step(setup.step_config, mesh, setup.state_shardings,
+                                     setup.frozen_shardings)
+  eval_fn = step_lib.jit_eval_step(setup.step_config, mesh, setup.state_shardings.params,
+                                   setup.frozen_shardings)
+  train_sharding, eval_sharding = mesh_lib.batch_sharding(mesh, 1), mesh_lib.batch_sharding(mesh)
+  evaluate = lambda params: _evaluate(eval_fn, params, frozen, val_batches, eval_sharding)
+  family_metrics = sorted(k for k in jax.eval_shape(
+      eval_fn, setup.abstract_state().params, frozen,
+      family.abstract_batch(config.data.eval_batch_size)) if k != "loss")
+  start = step = int(state.step)
+  progress = metrics_lib.Progress(workdir, family_metrics, total, step)
+  iterator = batches.BatchIterator(train_arrays, config.data.batch_size, tc.seed,
+                                   loop_state.position)
+  best, bad_evals = loop_state.best_val_loss, loop_state.evals_without_improvement
+  last_val: float | None = None
+  status = lambda name, **extra: progress.status(name, step, iterator.position.epoch, last_val,
+                                                 best, **extra)
+
+  def finish(record: _Record) -> None:
+    """Read a dispatched step's metrics; fail on too many non-finite steps in a row."""
+    m = {k: v.item() for k, v in jax.device_get(record.metrics).items()}
+    if m["skipped_in_a_row"] >= tc.max_nonfinite_in_a_row:
+      raise NonFiniteError(
+          f"{m['skipped_in_a_row']} steps in a row up to step {record.step} had a non-finite "
+          f"loss or gradient (last loss {m['loss']}, loss scale {m['loss_scale']}, "
+          f"training.max_nonfinite_in_a_row {tc.max_nonfinite_in_a_row}); stopping without a "
+          f"checkpoint of this state")
+    if progress.add(record.step, record.epoch, m, record.val, record.log):
+      status("running")
+
+  status("running")
+  if step == 0:  # the untrained model: row 0, and the bar the first evaluation must beat
+    baseline = evaluate(state.params)
+    last_val = best = baseline["loss"]
+    progress.baseline(baseline)
+  ended = "finished"
+  pending: _Record | None = None
+  try:
+    while step < total:
+      batch, epoch, end_of_epoch = next(iterator)
+      state, step_metrics = train_fn(
+          state, frozen, jax.device_put(batches.micro_batches(batch, accum), train_sharding))
+      step += 1
+      if pending is not None:  # step N is on its way: now read step N - 1
+        finish(pending)
+      pending = _Record(step, epoch, step_metrics, None, step % tc.log_every == 0 or step == total)
+      if step % tc.eval_every == 0 or end_of_epoch or step == total:
+        pending.val = evaluate(state.params)
+        last_val = pending.val["loss"]
+        if best is None or last_val < best:
+          best, bad_evals = last_val, 0
+        else:
+          bad_evals += 1
+      early = tc.patience > 0 and bad_evals >= tc.patience
+      interrupted = stop.requested or (stop_after is not None and step - start >= stop_after)
+      if (step % config.ckpt.every_steps == 0 or pending.val is not None or early or interrupted
+          or step == total):
+        finish(pending)  # a non-finite failure must surface before this state is saved
+        ckpts.save(step, state, checkpoint.LoopState(iterator.position, best, bad_evals), meta,
+                   val_loss=last_val if pending.val is not None else None)
+        pending = None
+      if interrupted:
+        ended = "stopped"
+        logging.info("stopping at step %d (%s); checkpoint written", step,
+                     stop.signal_name or f"stop_after={stop_after}")
+        break
+      if early:
+        ended = "early_stopped"
+        logging.info("early stopping at step %d: %d evaluations without a validation loss below "
+                     "%.4f", step, bad_evals, best)
+        break
+    if pending is not None:
+      finish(pending)
+    ckpts.wait()
+    best_step = ckpts.best_step()
+  finally:  # in-flight saves complete, files close, also when the run fails
+    ckpts.close()
+    progress.close()
+  params = state_lib.host_params(state.params)
+  export_path = ""
+  if ended != "stopped":
+    export_path = _export(workdir, config, setup, params, family.name, step)
+    logging.info("exported %s", export_path)
+  status(ended, best_step=best_step, export_path=export_path)
+  return Result(ended, step, last_val, best, params, export_path,
+                {"train_step": compiles.of("train_step"), "eval_step": compiles.of("eval_step")})

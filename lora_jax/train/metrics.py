@@ -1,0 +1,172 @@
+"""What a run tells the world: a CSV row and TensorBoard scalars per logging step, a console line,
+and `status.json`, rewritten atomically so another process (a UI, a scheduler) can follow along.
+
+CSV columns are fixed when the run starts: `step, epoch, train_loss, val_loss, lr`, then the
+family's metrics as `train_<name>` and `val_<name>`, then `grad_norm, skipped, loss_scale,
+steps_per_s`. A validation column is empty on rows without an evaluation. On resume, rows past
+the checkpoint's step (written before an interruption) are dropped, so the file reads as one run.
+"""
+
+import csv
+import datetime
+import io
+import json
+import logging as py_logging
+import math
+import os
+import time
+
+import numpy as np
+import tensorboardX
+from absl import logging
+
+from lora_jax import atomic
+
+FIXED = ("step", "epoch", "train_loss", "val_loss", "lr")
+TRAILING = ("grad_norm", "skipped", "loss_scale", "steps_per_s")
+
+
+def columns(family_metrics: list[str]) -> list[str]:
+  """The CSV header for a family with these metric names."""
+  return (list(FIXED) + [f"train_{m}" for m in family_metrics]
+          + [f"val_{m}" for m in family_metrics] + list(TRAILING))
+
+
+def _cell(value) -> str:
+  if value is None:
+    return ""
+  if isinstance(value, float):
+    return repr(value)
+  return str(value)
+
+
+class MetricsWriter:
+  """CSV + TensorBoard + console for one run (appending when it resumes)."""
+
+  def __init__(self, workdir: str, header: list[str], resume_step: int):
+    self.path = os.path.join(workdir, "metrics.csv")
+    self.header = header
+    if os.path.exists(self.path):
+      with open(self.path, newline="") as f:
+        rows = list(csv.reader(f))
+      if rows and rows[0] != header:
+        raise ValueError(f"{self.path} has columns {rows[0]}, this run writes {header}; "
+                         f"use a fresh workdir")
+      kept = [r for r in rows[1:] if int(r[0]) <= resume_step]
+      buffer = io.StringIO()
+      csv.writer(buffer).writerows([header] + kept)
+      atomic.write_text(self.path, buffer.getvalue())
+    else:
+      atomic.write_text(self.path, ",".join(header) + "\n")
+    self.tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def row(self, values: dict) -> None:
+    """Append one row (keys from the header; missing ones empty) and its TensorBoard scalars."""
+    unknown = sorted(set(values) - set(self.header))
+    if unknown:
+      raise ValueError(f"metrics {unknown} are not CSV columns {self.header}")
+    with open(self.path, "a", newline="") as f:
+      csv.writer(f).writerow([_cell(values.get(k)) for k in self.header])
+    step = values["step"]
+    for k, v in values.items():
+      if k not in ("step", "epoch") and v is not None:
+        split, _, name = k.partition("_") if k.startswith(("train_", "val_")) else ("", "", k)
+        self.tb.add_scalar(f"{split}/{name}" if split else k, v, step)
+    self.tb.flush()
+
+  def close(self) -> None:
+    self.tb.close()
+
+
+class Progress:
+  """The rows, console lines and status of one run, fed each step's metrics on the host.
+
+  Train columns are means over the finite steps since the last row; `lr`, `skipped` and
+  `loss_scale` are the latest step's.
+  """
+
+  def __init__(self, workdir: str, family_metrics: list[str], total_steps: int, start_step: int):
+    self.workdir = workdir
+    self.family_metrics = family_metrics
+    self.total = total_steps
+    self.writer = MetricsWriter(workdir, columns(family_metrics), start_step)
+    self.window: list[dict] = []
+    self.last_time, self.last_step, self.rate = time.time(), start_step, 0.0
+    self.train_loss: float | None = None
+
+  def baseline(self, val: dict) -> None:
+    """Row 0: the untrained model's validation metrics."""
+    self.writer.row({"step": 0, "epoch": 0, "val_loss": val["loss"],
+                     **{f"val_{k}": val[k] for k in self.family_metrics}})
+    logging.info("step 0 val %.4f (before training)", val["loss"])
+
+  def add(self, step: int, epoch: int, metrics: dict, val: dict | None, log: bool) -> bool:
+    """Take one step's metrics; write a row (and a console line) when due. True if written."""
+    self.window.append(metrics)
+    if not (log or val is not None):
+      return False
+    now = time.time()
+    self.rate = (step - self.last_step) / max(now - self.last_time, 1e-9)
+    self.last_time, self.last_step = now, step
+    finite = [w for w in self.window if w["finite"]]
+    mean = lambda k: float(np.mean([w[k] for w in finite])) if finite else float("nan")
+    row = {"step": step, "epoch": epoch, "train_loss": mean("loss"), "lr": metrics["lr"],
+           "grad_norm": mean("grad_norm"), "skipped": metrics["skipped"],
+           "loss_scale": metrics["loss_scale"], "steps_per_s": self.rate}
+    row.update({f"train_{k}": mean(k) for k in self.family_metrics})
+    if val is not None:
+      row["val_loss"] = val["loss"]
+      row.update({f"val_{k}": val[k] for k in self.family_metrics})
+    self.writer.row(row)
+    self.train_loss = row["train_loss"]
+    console(step, self.total, epoch, row["train_loss"], metrics["lr"], self.rate,
+            val["loss"] if val is not None else None)
+    self.window.clear()
+    return True
+
+  def status(self, state: str, step: int, epoch: int, val_loss: float | None,
+             best_val_loss: float | None, **extra) -> None:
+    eta = (self.total - step) / self.rate if self.rate > 0 else None
+    write_status(self.workdir, state=state, step=step, total_steps=self.total, epoch=epoch,
+                 train_loss=self.train_loss, val_loss=val_loss, best_val_loss=best_val_loss,
+                 steps_per_s=self.rate, eta_s=eta, **extra)
+
+  def close(self) -> None:
+    self.writer.close()
+
+
+def console(step: int, total: int, epoch: int, loss: float, lr: float, steps_per_s: float,
+            val_loss: float | None = None) -> None:
+  """One log line: step, epoch, loss, learning rate, speed and time left."""
+  left = (total - step) / steps_per_s if steps_per_s > 0 else math.inf
+  left_text = str(datetime.timedelta(seconds=round(left))) if math.isfinite(left) else "?"
+  val = f" val {val_loss:.4f}" if val_loss is not None else ""
+  logging.info("step %d/%d epoch %d loss %.4f%s lr %.3g %.2f steps/s %s left", step, total, epoch,
+               loss, val, lr, steps_per_s, left_text)
+
+
+def write_status(workdir: str, **fields) -> None:
+  """Rewrite `status.json` atomically with `fields` and the time."""
+  fields["updated"] = time.time()
+  clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+           for k, v in fields.items()}
+  atomic.write_text(os.path.join(workdir, "status.json"), json.dumps(clean, sort_keys=True) + "\n")
+
+
+class _OrbaxInfoFilter(py_logging.Filter):
+  """Drops Orbax's per-save INFO chatter (dozens of lines a checkpoint) and its warning that a
+  checkpoint came without metrics (periodic ones have no validation loss, by design)."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    if "/orbax/" not in record.pathname:
+      return True
+    if record.levelno == py_logging.WARNING:
+      return not str(record.msg).startswith("Requested `tracked_metric`")
+    return record.levelno > py_logging.WARNING
+
+
+def quiet_orbax() -> None:
+  """Install the Orbax INFO filter on absl's logger, once."""
+  logger = py_logging.getLogger("absl")
+  if not any(isinstance(f, _OrbaxInfoFilter) for f in logger.filters):
+    logger.addFilter(_OrbaxInfoFilter())
