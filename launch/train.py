@@ -6,15 +6,7 @@ Running it again with the same workdir resumes from the last checkpoint. SIGTERM
 checkpoints and exits cleanly.
 """
 
-import os
-import sys
-
-# `python launch/train.py` puts launch/ first on sys.path, where a sibling script can shadow a
-# package the libraries import (launch/humanize.py shadows the `humanize` that Orbax imports).
-if sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
-  sys.path.pop(0)
-
-from absl import app  # pylint: disable=g-import-not-at-top
+from absl import app
 from absl import flags
 from absl import logging
 import jax

@@ -7,7 +7,7 @@ which returns a `lora_jax.train.family.Family`. A new family adds one line here.
 import dataclasses
 from typing import Callable
 
-from lora_jax.families import music_lm
+from lora_jax.families import duv, music_lm
 from lora_jax.train.family import Family
 
 
@@ -21,6 +21,7 @@ class Entry:
 
 REGISTRY: dict[str, Entry] = {
     music_lm.NAME: Entry(music_lm.LmConfig, music_lm.make),
+    duv.NAME: Entry(duv.DuvConfig, duv.make),
 }
 
 

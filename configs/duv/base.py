@@ -1,0 +1,160 @@
+r"""python launch/train_duv.py --config=configs/duv/base.py --workdir=runs/duv_base
+
+The universal DUV base: a PhraseTransformer trained in full on every track of the DUV manifest,
+written as the bundle folder `duv.bundle` that the instrument adapters (configs/duv/<name>.py)
+and `launch/humanize_midi.py` read. Build the data first:
+
+  bash scripts/fetch_performances.sh .cache/performances
+  python launch/build_duv_manifest.py --cache=.cache/performances --out=build/duv
+
+Variants (`--config=configs/duv/base.py:<variant>`):
+  (none)  a 4-layer, 128-wide model over 256-note phrases.
+  tiny    a 2-layer, 32-wide model over 16-note phrases, 2 epochs: seconds on a CPU (tests).
+`lora_config(instrument, variant)` is the shared body of the instrument adapter configs.
+"""
+
+import ml_collections
+
+SEED_TARGETS = ("attn.q_proj", "attn.v_proj", "attn.out_proj", "ff.in", "ff.out")
+
+
+def _common(variant: str) -> ml_collections.ConfigDict:
+  if variant not in ("base", "tiny"):
+    raise ValueError(f"unknown variant {variant!r} of configs/duv: base or tiny")
+  config = ml_collections.ConfigDict()
+  config.family = "duv"  # lora_jax.families registry name
+  config.name = "duv_base"  # recorded in exports
+
+  config.model = ml_collections.ConfigDict()
+  config.model.n_features = 17  # columns of duv_features.ALL_FEATURES (section_onehot is 7)
+  config.model.d_model = 128
+  config.model.n_heads = 4
+  config.model.n_layers = 4
+  config.model.d_ff = 512
+  config.model.max_len = 256  # positions
+  config.model.dropout = 0.1  # the base model's own dropout while training
+  config.model.seq_len = 256  # notes per training window
+  config.model.vel_weight = 1.0  # loss = vel_weight * vel_loss + dur_weight * dur_loss
+  config.model.dur_weight = 1.0
+  config.model.dur_huber_delta = 1.0  # beats
+
+  config.duv = ml_collections.ConfigDict()
+  config.duv.manifest = "build/duv/duv_manifest_enriched.jsonl"  # launch/build_duv_manifest.py
+  config.duv.instrument = ""  # regex over the rows' instrument; '' = every row
+  config.duv.train_split = 0.8  # share of pieces trained on, by a hash of the piece id
+  config.duv.epochs = 20  # sets training.steps
+  config.duv.stride = 128  # notes between window starts
+  config.duv.bundle = "checkpoints/duv"  # bundle folder: written by a base run, read by adapters
+  config.duv.adapter_name = ""  # adapters only: written to <bundle>/<adapter_name>.lora
+
+  config.lora = ml_collections.ConfigDict()  # read by adapter runs (lora_config)
+  config.lora.rank = 8
+  config.lora.alpha = 16.0  # scale = alpha / rank
+  config.lora.dropout = 0.05  # on the adapter's input
+  config.lora.module_dropout = 0.0
+  config.lora.target_modules = SEED_TARGETS  # the DUV seed's list; each must match a layer
+  config.lora.include = ()
+  config.lora.exclude = ()
+  config.lora.rank_pattern = ()
+  config.lora.alpha_pattern = ()
+  config.lora.use_rslora = False
+  config.lora.init = "zeros"
+
+  config.opt = ml_collections.ConfigDict()
+  config.opt.learning_rate = 3e-4  # peak
+  config.opt.warmup_steps = 200
+  config.opt.decay = "cosine"
+  config.opt.final_lr_fraction = 0.1
+  config.opt.weight_decay = 0.01
+  config.opt.b1 = 0.9
+  config.opt.b2 = 0.999
+  config.opt.eps = 1e-8
+  config.opt.clip_norm = 1.0  # the seed's grad_clip_norm
+  config.opt.grad_accum_steps = 1
+  config.opt.lr_groups = ()
+
+  config.data = ml_collections.ConfigDict()
+  config.data.path = ""  # set by launch/train_duv*.py: train windows cut from duv.manifest
+  config.data.val_path = ""  # set likewise: the held-out pieces' windows
+  config.data.val_fraction = 0.0  # unused: validation is by piece (duv.train_split)
+  config.data.synthetic_examples = 0
+  config.data.batch_size = 64
+  config.data.eval_batch_size = 8  # small: a few held-out pieces give few windows
+
+  config.ckpt = ml_collections.ConfigDict()
+  config.ckpt.every_steps = 500  # plus after each evaluation and at the end
+  config.ckpt.keep_last = 2
+  config.ckpt.keep_best = 1
+
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1
+  config.mesh.fsdp = 1
+  config.mesh.model = 1
+
+  config.training = ml_collections.ConfigDict()
+  config.training.type = "full"  # the base trains in full
+  config.training.steps = 0  # set by launch/train_duv*.py: duv.epochs x batches per epoch
+  config.training.seed = 42
+  config.training.precision = "float32"  # 'bfloat16' on accelerators
+  config.training.base_dtype = "float32"
+  config.training.base_params = ""  # adapters: set to <duv.bundle>/model.safetensors
+  config.training.parent_adapter = ""
+  config.training.eval_every = 500  # steps; also at each epoch end
+  config.training.patience = 3  # evaluations without a better validation loss
+  config.training.log_every = 50
+  config.training.max_nonfinite_in_a_row = 20
+
+  if variant == "tiny":
+    config.name = "duv_tiny"
+    config.model.d_model = 32
+    config.model.n_heads = 4
+    config.model.n_layers = 2
+    config.model.d_ff = 64
+    config.model.max_len = 16
+    config.model.dropout = 0.0
+    config.model.seq_len = 16
+    config.duv.train_split = 0.5
+    config.duv.epochs = 2
+    config.duv.stride = 8
+    config.lora.rank = 4
+    config.lora.alpha = 8.0
+    config.lora.dropout = 0.0
+    config.opt.learning_rate = 1e-2
+    config.opt.warmup_steps = 2
+    config.data.batch_size = 8
+    config.data.eval_batch_size = 8
+    config.ckpt.every_steps = 100
+    config.training.eval_every = 100
+    config.training.log_every = 5
+  return config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The base model's config; `arg` picks a variant."""
+  return _common(arg or "base")
+
+
+def lora_config(instrument: str, manifest: str, instrument_regex: str,
+                arg: str | None = None) -> ml_collections.ConfigDict:
+  """An instrument adapter on the base bundle, with the DUV seed's trainer settings."""
+  config = _common(arg or "base")
+  config.name = f"duv_{instrument}_lora"
+  config.duv.manifest = manifest
+  config.duv.instrument = instrument_regex
+  config.duv.adapter_name = instrument
+  config.training.type = "lora"
+  if (arg or "base") == "tiny":
+    return config
+  # The seed's guide, field for field: r, alpha, dropout, target_modules above, then
+  config.duv.train_split = 0.9  # train_split
+  config.duv.epochs = 6  # epochs
+  config.data.batch_size = 64  # batch_size
+  config.opt.learning_rate = 2e-4  # lr
+  config.opt.weight_decay = 0.01  # weight_decay
+  config.opt.warmup_steps = 1000  # warmup_steps
+  config.training.patience = 2  # early_stop_patience, in epochs:
+  config.training.eval_every = 10**9  # so evaluate at epoch ends only
+  config.opt.clip_norm = 1.0  # grad_clip_norm
+  config.training.precision = "bfloat16"  # precision: bf16 ('float32' on a CPU)
+  config.training.seed = 42  # seed
+  return config

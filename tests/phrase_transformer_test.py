@@ -1,0 +1,150 @@
+"""The phrase transformer: shapes, ranges, the pad mask, dropout, and parity with its torch twin."""
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from lora_jax import tree_paths
+from lora_jax.interop import torch_convert
+from lora_jax.models.phrase_transformer import PhraseTransformer, PhraseTransformerConfig
+from third_party import phrase_transformer_torch
+
+TINY = PhraseTransformerConfig(n_features=17, d_model=32, n_heads=4, n_layers=2, d_ff=48,
+                               max_len=24, dropout=0.0)
+
+
+def _inputs(batch=3, length=20, seed=0, lengths=(20, 13, 1)):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(batch, length, TINY.n_features)).astype(np.float32)
+  mask = np.arange(length)[None, :] < np.asarray(lengths)[:, None]
+  return x, mask
+
+
+def _model(config=TINY, seed=0):
+  model = PhraseTransformer(config)
+  x, mask = _inputs()
+  return model, model.init(jax.random.key(seed), x, mask)["params"]
+
+
+def _random_twin(config=TINY, seed=0):
+  """A torch twin with every weight random (LayerNorm scales too), and its state dict."""
+  torch.manual_seed(seed)
+  twin = phrase_transformer_torch.PhraseTransformer(config).eval()
+  state = {k: torch.randn_like(v) * 0.3 for k, v in twin.state_dict().items()}
+  twin.load_state_dict(state, strict=True)
+  return twin, state
+
+
+class PhraseTransformerTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_shapes_and_ranges(self):
+    model, params = _model()
+    x, mask = _inputs()
+    out = self.variant(lambda a, m: model.apply({"params": params}, a, m))(x, mask)
+    assert sorted(out) == ["dur_beats", "velocity"]
+    for v in out.values():
+      chex.assert_shape(v, (3, 20))
+      assert v.dtype == jnp.float32
+    assert np.all((out["velocity"] > 0) & (out["velocity"] < 127))
+    assert np.all(out["dur_beats"] > 0)
+    names = set(tree_paths.leaf_paths(params))
+    for suffix in ("attn.q_proj.kernel", "attn.k_proj.kernel", "attn.v_proj.kernel",
+                   "attn.out_proj.kernel", "ff.in.kernel", "ff.out.kernel"):
+      assert f"blocks.0.{suffix}" in names and f"blocks.1.{suffix}" in names
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_padding_does_not_change_real_outputs(self):
+    model, params = _model()
+    x, mask = _inputs()
+    fwd = self.variant(lambda a, m: model.apply({"params": params}, a, m))
+    out = fwd(x, mask)
+    garbage = np.where(mask[..., None], x, 1e3 * np.random.default_rng(1).normal(size=x.shape))
+    out_garbage = fwd(garbage.astype(np.float32), mask)
+    for k in out:
+      np.testing.assert_array_equal(np.asarray(out[k])[mask], np.asarray(out_garbage[k])[mask])
+    # The first 13 notes alone, unpadded, predict what they predict inside the padded phrase.
+    alone = fwd(x[1:2, :13], mask[1:2, :13])
+    for k in out:
+      np.testing.assert_allclose(alone[k][0], out[k][1, :13], rtol=1e-5, atol=1e-5)
+    # Real notes do see each other in both directions: changing the last real note moves the first.
+    bumped = x.copy()
+    bumped[1, 12] += 3.0
+    moved = fwd(bumped, mask)
+    assert abs(float(moved["velocity"][1, 0]) - float(out["velocity"][1, 0])) > 1e-6
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_dropout_only_when_not_deterministic(self):
+    model, params = _model(dataclasses.replace(TINY, dropout=0.3))
+    x, mask = _inputs()
+    fwd = self.variant(lambda k: model.apply({"params": params}, x, mask, deterministic=False,
+                                             rngs={"dropout": k})["velocity"])
+    assert np.abs(fwd(jax.random.key(0)) - fwd(jax.random.key(1))).max() > 1e-3
+    det = self.variant(lambda: model.apply({"params": params}, x, mask)["velocity"])
+    np.testing.assert_array_equal(det(), det())
+
+
+def test_config_and_input_errors():
+  with pytest.raises(ValueError, match="d_model 30 is not divisible by n_heads 4"):
+    PhraseTransformerConfig(d_model=30, n_heads=4)
+  model, params = _model()
+  x, mask = _inputs()
+  with pytest.raises(ValueError, match="inputs have 5 feature columns, the model takes 17"):
+    model.apply({"params": params}, x[..., :5], mask)
+  with pytest.raises(ValueError, match="phrase of 30 notes exceeds max_len 24"):
+    model.apply({"params": params}, np.zeros((1, 30, 17), np.float32), np.ones((1, 30), bool))
+  with pytest.raises(ValueError, match=r"mask has shape \(3, 19\), inputs need \(3, 20\)"):
+    model.apply({"params": params}, x, mask[:, :19])
+
+
+def _compare(flax_out, torch_out, mask):
+  """Largest |difference| at real notes: velocity / 127 (its natural unit) and dur_beats."""
+  vel = np.abs(np.asarray(flax_out["velocity"]) - torch_out["velocity"].numpy())[mask] / 127.0
+  dur = np.abs(np.asarray(flax_out["dur_beats"]) - torch_out["dur_beats"].numpy())[mask]
+  return float(vel.max()), float(dur.max())
+
+
+def test_torch_parity_with_random_weights():
+  twin, state = _random_twin()
+  model, params = _model()
+  flax_params = torch_convert.state_dict_to_flax(state, jax.eval_shape(lambda: params))
+  x, mask = _inputs(lengths=(20, 13, 0))  # a phrase with no real note must stay finite too
+  out = model.apply({"params": flax_params}, x, mask)
+  with torch.no_grad():
+    ref = twin(torch.from_numpy(x), torch.from_numpy(mask))
+  vel_diff, dur_diff = _compare(out, ref, mask)
+  assert vel_diff <= 1e-5 and dur_diff <= 1e-5, (vel_diff, dur_diff)
+  assert all(np.isfinite(np.asarray(v)).all() for v in out.values())
+  assert all(torch.isfinite(v).all() for v in ref.values())
+  # And back: the Flax tree exported loads strictly into a fresh twin.
+  back = phrase_transformer_torch.PhraseTransformer(TINY)
+  back.load_state_dict(torch_convert.flax_to_state_dict(flax_params), strict=True)
+  with torch.no_grad():
+    again = back.eval()(torch.from_numpy(x), torch.from_numpy(mask))
+  for k in ref:
+    torch.testing.assert_close(again[k], ref[k], rtol=0, atol=0)
+
+
+def test_lightning_checkpoint_loads_with_prefix(tmp_path):
+  twin, state = _random_twin(seed=3)
+  path = str(tmp_path / "duv_lora_best.ckpt")
+  torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()}, "epoch": 5,
+              "global_step": 1200, "hyper_parameters": {"d_model": TINY.d_model}}, path)
+  model, params = _model()
+  abstract = jax.eval_shape(lambda: params)
+  flax_params = torch_convert.load_torch_params(path, abstract, prefix="model.")
+  x, mask = _inputs()
+  with torch.no_grad():
+    ref = twin(torch.from_numpy(x), torch.from_numpy(mask))
+  vel_diff, dur_diff = _compare(model.apply({"params": flax_params}, x, mask), ref, mask)
+  assert vel_diff <= 1e-5 and dur_diff <= 1e-5, (vel_diff, dur_diff)
+  # Without the prefix the converter finds it; a wrong prefix is an error naming it.
+  detected = torch_convert.load_torch_params(path, abstract)
+  chex.assert_trees_all_equal(detected, flax_params)
+  with pytest.raises(torch_convert.WeightFileError, match="prefix 'net.'"):
+    torch_convert.load_torch_params(path, abstract, prefix="net.")
