@@ -73,3 +73,17 @@ def test_sampling_controls():
   np.testing.assert_array_equal(keep, [[True, False, False, False]])
   with pytest.raises(ValueError, match="exceeds max_len 24"):
     decode.sample(model, params, prompt, 30)
+
+
+def test_float16_attention_matches_fused_kernel_and_differentiates_on_cpu():
+  from lora_jax.models.attention import attention
+  keys = jax.random.split(jax.random.key(0), 3)
+  q, k, v = (jax.random.normal(key, (2, 6, 4, 8)) for key in keys)
+  mask = jnp.arange(6)[None, :] <= 3
+  for kwargs in ({"is_causal": True}, {"mask": mask}):
+    want = jax.nn.dot_product_attention(q, k, v, **kwargs)
+    got = attention(q.astype(jnp.float16), k.astype(jnp.float16), v.astype(jnp.float16), **kwargs)
+    np.testing.assert_allclose(got.astype(jnp.float32), want, atol=3e-3)
+  grad = jax.grad(lambda q: attention(q, q, q, is_causal=True).astype(jnp.float32).sum())(
+      q.astype(jnp.float16))
+  assert grad.dtype == jnp.float16 and np.isfinite(np.asarray(grad, np.float32)).all()

@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lora_jax.models.attention import attention
+
 
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
@@ -69,13 +71,13 @@ class Attention(nn.Module):
         index.value = i + 1
         k_BxTxHxK, v_BxTxHxK = cached_k.value, cached_v.value
         mask_BxHxTxS = (jnp.arange(cfg.max_len) <= i)[None, None, None, :]
-        out_BxTxHxK = jax.nn.dot_product_attention(
+        out_BxTxHxK = attention(
             q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, mask=mask_BxHxTxS)
       else:
-        out_BxTxHxK = jax.nn.dot_product_attention(
+        out_BxTxHxK = attention(
             q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, is_causal=True)
     else:
-      out_BxTxHxK = jax.nn.dot_product_attention(
+      out_BxTxHxK = attention(
           q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, is_causal=True)
     out_BxTxD = out_BxTxHxK.reshape(b, t, d)
     out_BxTxD = nn.Dropout(cfg.dropout)(out_BxTxD, deterministic=deterministic)
