@@ -1,0 +1,72 @@
+r"""Train a sub-style's child adapter over the frozen base and the frozen parent adapter.
+
+python launch/train_child_adapter.py --parent=celtic_fiddle --child=reel \
+    --pack=style_packs/celtic_fiddle/reel \
+    --parent_lora=checkpoints/adapters/celtic_fiddle/celtic_fiddle.lora \
+    --base-model=assets/base_model/base_model.safetensors --epochs=8 --batch-size=16 --rank=8 \
+    --alpha=16
+
+Settings: configs/lora_adapter_config.py < configs/genres/<parent>.py <
+configs/styles/<parent>/<child>.py < these flags (and any `--config.child.<key>=value`). Writes
+<output-dir>/<parent>/<child>/<child>.lora (recording its parent) and vocab.json, with the run in
+<output-dir>/<parent>/<child>/run/; the same command again resumes.
+"""
+
+import os
+import sys
+
+# `python launch/x.py` puts launch/ first on sys.path, where launch/humanize.py shadows the
+# `humanize` package Orbax imports.
+if sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
+  sys.path.pop(0)
+
+from absl import flags  # pylint: disable=g-import-not-at-top
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from lora_jax import cli
+from lora_jax.hierarchy import argv, layout, settings, training
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(_ROOT, "configs", "lora_adapter_config.py"),
+    "Adapter defaults; genre and style files are read from beside it.", lock_config=True)
+_PARENT = flags.DEFINE_string("parent", None, "Genre name.")
+_CHILD = flags.DEFINE_string("child", None,
+                             "Sub-style name; configs/styles/<parent>/<child>.py must exist.")
+_PACK = flags.DEFINE_string("pack", None, "The sub-style's style pack folder.")
+_PARENT_LORA = flags.DEFINE_string("parent_lora", None, "The parent's .lora (default: "
+                                   "<output-dir>/<parent>/<parent>.lora).")
+_BASE = flags.DEFINE_string("base_model", "checkpoints/base_model/base_model.safetensors",
+                            "Base model file; the parent must have been trained on it.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", "checkpoints/adapters", "Root of the adapters.")
+_EPOCHS = flags.DEFINE_integer("epochs", None, "config.child.epochs")
+_BATCH = flags.DEFINE_integer("batch_size", None, "config.child.batch_size")
+_RANK = flags.DEFINE_integer("rank", None, "config.child.rank")
+_ALPHA = flags.DEFINE_float("alpha", None, "config.child.alpha")
+_LR = flags.DEFINE_float("learning_rate", None, "config.child.learning_rate")
+flags.mark_flags_as_required(["parent", "child", "pack"])
+
+
+def main(args):
+  if len(args) > 1:
+    raise ValueError(f"unexpected arguments: {args[1:]}")
+  overrides = settings.shorthand_overrides("child", {
+      "epochs": _EPOCHS.value, "batch_size": _BATCH.value, "rank": _RANK.value,
+      "alpha": _ALPHA.value, "learning_rate": _LR.value},
+      config_flags.get_override_values(flags.FLAGS["config"]))
+  defaults_path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[0]
+  config = settings.resolve(_CONFIG.value, defaults_path, _PARENT.value, _CHILD.value, overrides)
+  logging.info("JAX %s on %d devices; settings from %s", jax.__version__, jax.device_count(),
+               ", ".join(config.sources))
+  parent_lora = _PARENT_LORA.value or layout.parent_lora(_OUTPUT_DIR.value, _PARENT.value)
+  result = training.train_child(config, _PARENT.value, _CHILD.value, _PACK.value, parent_lora,
+                                _BASE.value, _OUTPUT_DIR.value)
+  logging.info("%s at step %d; best validation loss %s; %s", result.status, result.steps,
+               result.best_val_loss, result.path or "rerun the same command to resume")
+
+
+if __name__ == "__main__":
+  sys.argv = argv.underscore_flags(sys.argv)
+  cli.run(main, "train_child_adapter")

@@ -1,0 +1,64 @@
+r"""Train a genre's parent adapter over the frozen base, on the genre's whole style pack.
+
+python launch/train_parent_adapter.py --parent=celtic_fiddle --pack=style_packs/celtic_fiddle \
+    --base-model=assets/base_model/base_model.safetensors --epochs=6 --batch-size=16 --rank=16 \
+    --alpha=32 --output-dir=checkpoints/adapters
+
+Settings: configs/lora_adapter_config.py < configs/genres/<parent>.py < these flags (and any
+`--config.parent.<key>=value`). Writes <output-dir>/<parent>/<parent>.lora and vocab.json, with
+the run in <output-dir>/<parent>/run/; the same command again resumes.
+"""
+
+import os
+import sys
+
+# `python launch/x.py` puts launch/ first on sys.path, where launch/humanize.py shadows the
+# `humanize` package Orbax imports.
+if sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
+  sys.path.pop(0)
+
+from absl import flags  # pylint: disable=g-import-not-at-top
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from lora_jax import cli
+from lora_jax.hierarchy import argv, settings, training
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(_ROOT, "configs", "lora_adapter_config.py"),
+    "Adapter defaults; genre files are read from genres/ beside it.", lock_config=True)
+_PARENT = flags.DEFINE_string("parent", None, "Genre name; configs/genres/<parent>.py must exist.")
+_PACK = flags.DEFINE_string("pack", None, "The genre's style pack folder.")
+_BASE = flags.DEFINE_string("base_model", "checkpoints/base_model/base_model.safetensors",
+                            "Base model file (launch/train_base.py).")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", "checkpoints/adapters", "Root of the adapters.")
+_EPOCHS = flags.DEFINE_integer("epochs", None, "config.parent.epochs")
+_BATCH = flags.DEFINE_integer("batch_size", None, "config.parent.batch_size")
+_RANK = flags.DEFINE_integer("rank", None, "config.parent.rank")
+_ALPHA = flags.DEFINE_float("alpha", None, "config.parent.alpha")
+_LR = flags.DEFINE_float("learning_rate", None, "config.parent.learning_rate")
+flags.mark_flags_as_required(["parent", "pack"])
+
+
+def main(args):
+  if len(args) > 1:
+    raise ValueError(f"unexpected arguments: {args[1:]}")
+  overrides = settings.shorthand_overrides("parent", {
+      "epochs": _EPOCHS.value, "batch_size": _BATCH.value, "rank": _RANK.value,
+      "alpha": _ALPHA.value, "learning_rate": _LR.value},
+      config_flags.get_override_values(flags.FLAGS["config"]))
+  defaults_path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[0]
+  config = settings.resolve(_CONFIG.value, defaults_path, _PARENT.value, None, overrides)
+  logging.info("JAX %s on %d devices; settings from %s", jax.__version__, jax.device_count(),
+               ", ".join(config.sources))
+  result = training.train_parent(config, _PARENT.value, _PACK.value, _BASE.value,
+                                 _OUTPUT_DIR.value)
+  logging.info("%s at step %d; best validation loss %s; %s", result.status, result.steps,
+               result.best_val_loss, result.path or "rerun the same command to resume")
+
+
+if __name__ == "__main__":
+  sys.argv = argv.underscore_flags(sys.argv)
+  cli.run(main, "train_parent_adapter")

@@ -1,0 +1,138 @@
+"""Held-out negative log-likelihood, in bits per token, of a model with or without adapters.
+
+Scored as the training loss is (`families.music_lm.loss_fn`): position t predicts token t + 1
+where mask[t + 1] = 1, so BOS is context, never a target. Unlike the loop's validation (a mean of
+per-batch means over full batches), this is the exact token-weighted mean over every window of the
+split: the last batch is padded with rows of mask 0, which add nothing. Adapter weights are data,
+so every level reuses one compiled function per adapter count.
+"""
+
+import dataclasses
+import functools
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lora_jax import lora
+from lora_jax.data import midi_tokenizer
+from lora_jax.hierarchy import base_file, merging, windows
+
+EVAL_BATCH = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class Nll:
+  """Negative log-likelihood over a set of windows."""
+
+  bits_per_token: float
+  n_tokens: int  # scored target tokens
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _target_ce(model: nn.Module, params: Any, adapters: tuple, weights: jax.Array, tokens_BxT,
+               mask_BxT) -> jax.Array:
+  """Cross entropy (nats) of each target token [B, T - 1]; 0 where the target is masked."""
+  actives = [lora.Active(a, w) for a, w in zip(adapters, weights)]
+  logits_BxTxV = lora.apply(model, params, actives, tokens_BxT, deterministic=True)
+  ce_BxT = optax.softmax_cross_entropy_with_integer_labels(
+      logits_BxTxV[:, :-1].astype(jnp.float32), tokens_BxT[:, 1:])
+  return ce_BxT * mask_BxT[:, 1:].astype(jnp.float32)
+
+
+def target_ce(model: nn.Module, params: Any, arrays: dict[str, np.ndarray],
+              adapters: Sequence[lora.Adapter] = (), weights: Sequence[float] = ()
+              ) -> tuple[np.ndarray, np.ndarray]:
+  """(cross entropy in nats [N, T - 1], target mask [N, T - 1]) over all windows, on the host."""
+  if len(adapters) != len(weights):
+    raise ValueError(f"{len(adapters)} adapters but {len(weights)} weights")
+  tokens, mask = np.asarray(arrays["tokens"], np.int32), np.asarray(arrays["mask"], np.float32)
+  if tokens.shape[0] == 0 or mask[:, 1:].sum() == 0:
+    raise ValueError("no target tokens to score: the windows are empty")
+  n = len(tokens)
+  pad = -n % EVAL_BATCH
+  tokens = np.concatenate([tokens, np.zeros((pad, tokens.shape[1]), np.int32)])
+  mask = np.concatenate([mask, np.zeros((pad, mask.shape[1]), np.float32)])
+  w = jnp.asarray(weights, jnp.float32).reshape(-1)
+  outs = [_target_ce(model, params, tuple(adapters), w, tokens[i:i + EVAL_BATCH],
+                     mask[i:i + EVAL_BATCH]) for i in range(0, len(tokens), EVAL_BATCH)]
+  ce = np.concatenate([np.asarray(o, np.float64) for o in jax.device_get(outs)])[:n]
+  return ce, mask[:n, 1:]
+
+
+def nll(model: nn.Module, params: Any, arrays: dict[str, np.ndarray],
+        adapters: Sequence[lora.Adapter] = (), weights: Sequence[float] = ()) -> Nll:
+  """Bits per target token of `model` (with adapters at `weights`) on `tokens`/`mask` windows."""
+  ce, mask = target_ce(model, params, arrays, adapters, weights)
+  return Nll(float(ce.sum() / mask.sum() / math.log(2.0)), int(mask.sum()))
+
+
+def nll_by_kind(model: nn.Module, params: Any, arrays: dict[str, np.ndarray],
+                tokenizer: midi_tokenizer.MidiTokenizer, adapters: Sequence[lora.Adapter] = (),
+                weights: Sequence[float] = ()) -> dict[str, Nll]:
+  """`nll` per kind of target token ('Pitch', 'Program', 'Duration', ...): where the bits go."""
+  ce, mask = target_ce(model, params, arrays, adapters, weights)
+  kinds = np.asarray([name.split("_")[0] for name in tokenizer.tokens])[
+      np.asarray(arrays["tokens"])[:, 1:]]
+  out = {}
+  for kind in sorted(set(kinds[mask > 0])):
+    sel = (mask > 0) & (kinds == kind)
+    out[kind] = Nll(float(ce[sel].sum() / sel.sum() / math.log(2.0)), int(sel.sum()))
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+  """Bits per token of each level (rows) on the test windows of each pack (columns)."""
+
+  columns: tuple[str, ...]
+  rows: tuple[tuple[str, tuple[Nll, ...]], ...]
+
+  def value(self, row: str, column: int = 0) -> float:
+    return dict(self.rows)[row][column].bits_per_token
+
+  def format(self) -> str:
+    """A plain-text table, one line per level."""
+    width = max(len(r) for r, _ in self.rows)
+    cols = [max(len(c), 8) for c in self.columns]
+    lines = [" " * width + "  " + "  ".join(c.rjust(n) for c, n in zip(self.columns, cols))]
+    for row, values in self.rows:
+      lines.append(row.ljust(width) + "  " + "  ".join(
+          f"{v.bits_per_token:.4f}".rjust(n) for v, n in zip(values, cols)))
+    lines.append("(bits per token; " + ", ".join(
+        f"{c}: {v.n_tokens} tokens" for c, v in zip(self.columns, self.rows[0][1])) + ")")
+    return "\n".join(lines)
+
+
+def level_table(base_path: str, parent_path: str, child_path: str | None, merged_path: str | None,
+                pack_dirs: Sequence[str], split: str, seq_len: int, cache_dir: str) -> Table:
+  """NLL of base, base + parent, base + parent + child and the merged model on each pack's split.
+
+  Adapters are applied at weight 1 (the additive merge of weight 1 that `merged_path` holds, if
+  given). The adapters are checked against the base as a merge checks them.
+  """
+  base, adapters = merging.load_stack(base_path, parent_path, child_path)
+  merging.check(base, adapters)
+  tokenizer = base_file.load_tokenizer(base.path, base.settings)
+  splits = [windows.split_windows([d], split, tokenizer, seq_len, cache_dir) for d in pack_dirs]
+  data = [windows.load_arrays(w) for w in splits]
+  columns = tuple(f"{w.styles[0]} {split}" for w in splits)
+  model = base.model()
+  parent = [a.record.adapter for a in adapters if a.role == "parent"]
+  child = [a.record.adapter for a in adapters if a.role == "child"]
+  levels = [("base", base.params, []), ("base + parent", base.params, parent)]
+  if child:
+    levels.append(("base + parent + child", base.params, parent + child))
+  if merged_path:
+    merged = base_file.load_model(merged_path)
+    if merged.settings != base.settings:
+      raise ValueError(f"merged model {merged_path} has size {merged.settings}, the base "
+                       f"{base.settings}")
+    levels.append(("merged", merged.params, []))
+  rows = tuple((label, tuple(nll(model, params, arrays, acts, [1.0] * len(acts))
+                             for arrays in data)) for label, params, acts in levels)
+  return Table(columns, rows)
