@@ -20,12 +20,13 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from typing import Sequence
 
 import mido
 import numpy as np
 import pretty_midi
+
+from lora_jax import atomic
 
 PAD, BOS, EOS = 0, 1, 2
 DRUM_PROGRAM = 128  # program index of drum instruments
@@ -386,14 +387,7 @@ class MidiTokenizer:
     target = os.path.join(path, "vocab.json")
     payload = {"format": VOCAB_FORMAT, "config": dataclasses.asdict(self.config),
                "tokens": self.tokens}
-    fd, tmp = tempfile.mkstemp(dir=path, prefix=".vocab.", suffix=".tmp")
-    try:
-      with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=1)
-      os.replace(tmp, target)
-    except BaseException:
-      os.unlink(tmp)
-      raise
+    atomic.write_text(target, json.dumps(payload, indent=1))
     return target
 
   @classmethod

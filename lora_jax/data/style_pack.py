@@ -10,12 +10,12 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from typing import Any
 
 import numpy as np
 import pretty_midi
 
+from lora_jax import atomic
 from lora_jax.data import midi_tokenizer
 
 MANIFEST = "manifest.json"
@@ -70,16 +70,8 @@ def split_of(piece_id: str) -> str:
 
 
 def write_json_atomic(path: str, payload: Any) -> None:
-  """Writes JSON through a temporary file and os.replace, so readers never see half a file."""
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(payload, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+  """Writes JSON atomically (lora_jax.atomic), so readers never see half a file."""
+  atomic.write_text(path, json.dumps(payload, indent=1, sort_keys=True))
 
 
 def _piece(manifest_path: str, i: int, raw: Any) -> PackPiece:
