@@ -44,7 +44,7 @@ def _bundle(folder: str, pms) -> None:
   config = PhraseTransformerConfig(dropout=0.0)
   params = jax.device_get(bundle.PhraseTransformer(config).init(
       jax.random.key(0), np.zeros((1, 8, config.n_features), np.float32),
-      np.ones((1, 8), bool))["params"])
+      np.ones((1, 8), bool), np.ones((1, 8), np.float32))["params"])
   bundle.save_bundle(folder, params, config, _scaler(pms))
   spec = lora.LoraSpec(rank=8, alpha=16.0, target_modules=_TARGETS)
   targets = lora.resolve(spec, params)

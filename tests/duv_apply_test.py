@@ -59,9 +59,14 @@ def _scaler(pm) -> duv_manifest.Scaler:
 
 
 def _params(seed):
+  """Random base weights, the duration head too (it starts at zero: durations as written)."""
   x = np.zeros((1, 4, CONFIG.n_features), np.float32)
-  return jax.device_get(PhraseTransformer(CONFIG).init(jax.random.key(seed), x,
-                                                       np.ones((1, 4), bool))["params"])
+  params = jax.device_get(PhraseTransformer(CONFIG).init(
+      jax.random.key(seed), x, np.ones((1, 4), bool), np.ones((1, 4), np.float32))["params"])
+  kernel = params["dur_head"]["kernel"]
+  params["dur_head"]["kernel"] = 0.3 * np.random.default_rng(seed).normal(
+      size=kernel.shape).astype(np.float32)
+  return params
 
 
 def _adapter_record(params, seed, name="piano", family=bundle.MODEL_FAMILY):
@@ -200,7 +205,8 @@ def test_adapters_that_do_not_fit_are_errors(model_dir, tmp_path):
     bundle.load_model(str(tmp_path / "other.lora"))
   bigger = PhraseTransformerConfig(**{**CONFIG.__dict__, "d_ff": 64})
   big_params = jax.device_get(PhraseTransformer(bigger).init(
-      jax.random.key(0), np.zeros((1, 4, 17), np.float32), np.ones((1, 4), bool))["params"])
+      jax.random.key(0), np.zeros((1, 4, 17), np.float32), np.ones((1, 4), bool),
+      np.ones((1, 4), np.float32))["params"])
   lora.save_adapter(str(tmp_path / "big.lora"), _adapter_record(big_params, 3, "big"))
   with pytest.raises(bundle.BundleError, match=r"ff.in is 32x64 but the base kernel is 32x48"):
     bundle.load_model(str(tmp_path / "big.lora"))
@@ -218,10 +224,16 @@ def test_adapters_that_do_not_fit_are_errors(model_dir, tmp_path):
 def test_bundle_files_are_checked(model_dir, tmp_path):
   for name in (bundle.PARAMS_FILE, bundle.SCALER_FILE):
     (tmp_path / name).write_bytes((model_dir / name).read_bytes())
-  (tmp_path / bundle.CONFIG_FILE).write_text('{"d_model": 32, "colour": "red"}')
+  (tmp_path / bundle.CONFIG_FILE).write_text('{"d_model": 32, "colour": "red", '
+                                             '"bundle_version": 2}')
   with pytest.raises(bundle.BundleError, match=r"unknown fields \['colour'\], missing fields"):
     bundle.load_model(str(tmp_path))
-  big = {**{k: v for k, v in CONFIG.__dict__.items() if k != "dtype"}, "d_ff": 64}
+  fields = {k: v for k, v in CONFIG.__dict__.items() if k != "dtype"}
+  (tmp_path / bundle.CONFIG_FILE).write_text(json.dumps(fields))  # no bundle_version: version 1
+  with pytest.raises(bundle.BundleError, match="is a version 1 DUV bundle, this lora_jax reads "
+                                               "version 2"):
+    bundle.load_model(str(tmp_path))
+  big = {**fields, "d_ff": 64, "bundle_version": bundle.BUNDLE_VERSION}
   (tmp_path / bundle.CONFIG_FILE).write_text(json.dumps(big))
   with pytest.raises(ValueError, match="shape mismatch"):
     bundle.load_model(str(tmp_path))
@@ -244,13 +256,17 @@ def test_windows_cover_every_note_with_context():
 def test_predict_tracks_of_many_lengths_match_one_window_runs(base):
   rng = np.random.default_rng(0)
   tracks = [rng.normal(size=(n, 17)).astype(np.float32) for n in (3, 16, 9)]
-  together = predict.predict(base, tracks)
-  forward = jax.jit(lambda x, m: base.module.apply({"params": base.params}, x, m))
-  for x, (vel, dur) in zip(tracks, together):  # each track alone, as one masked 16-note phrase
-    out = forward(np.pad(x, ((0, 16 - len(x)), (0, 0)))[None], (np.arange(16) < len(x))[None])
+  written = [rng.choice([0.25, 0.5, 1.0], size=n).astype(np.float32) for n in (3, 16, 9)]
+  together = predict.predict(base, tracks, written)
+  forward = jax.jit(lambda x, m, w: base.module.apply({"params": base.params}, x, m, w))
+  for x, w, (vel, dur) in zip(tracks, written, together):  # each alone, one masked 16-note phrase
+    out = forward(np.pad(x, ((0, 16 - len(x)), (0, 0)))[None], (np.arange(16) < len(x))[None],
+                  np.pad(w, (0, 16 - len(w)))[None])
     np.testing.assert_allclose(vel, np.asarray(out["velocity"][0, :len(x)]), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(dur, np.asarray(out["dur_beats"][0, :len(x)]), rtol=1e-5,
                                atol=1e-6)
+  with pytest.raises(ValueError, match=r"track 1 has 16 notes but written durations of shape"):
+    predict.predict(base, tracks, [written[0], written[0], written[2]])
 
 
 def test_beats_to_seconds_inverts_the_grid():

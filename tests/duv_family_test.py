@@ -14,8 +14,7 @@ from lora_jax.lora.spec import count_by_rule
 from lora_jax.train import mesh as mesh_lib
 
 TINY = duv.DuvConfig(n_features=17, d_model=32, n_heads=4, n_layers=2, d_ff=48, max_len=16,
-                     dropout=0.0, seq_len=12, vel_weight=1.0, dur_weight=1.0,
-                     dur_huber_delta=1.0)
+                     dropout=0.0, seq_len=12, vel_weight=1.0, dur_weight=1.0)
 SEED_TARGETS = ("attn.q_proj", "attn.v_proj", "attn.out_proj", "ff.in", "ff.out")
 
 
@@ -34,7 +33,7 @@ def test_loss_is_a_mean_over_real_notes_only():
   targets = np.array([[[64.0, 3.0], [60.0, 0.5], [0.0, 0.0]]], np.float32)
   loss, m = family.loss_fn(outputs, {"targets": targets, "mask": mask})
   vel = (6.0 + 10.0) / 2 / 127.0
-  dur = ((2.0 - 0.5) + 0.5 * 0.25**2) / 2  # Huber, delta 1: linear past 1 beat, squared within
+  dur = (2.0 + 0.25) / 2  # L1 in beats
   np.testing.assert_allclose(m["vel_loss"], vel, rtol=1e-6)
   np.testing.assert_allclose(m["vel_mae_midi"], 8.0, rtol=1e-6)
   np.testing.assert_allclose(m["dur_loss"], dur, rtol=1e-6)
@@ -79,11 +78,13 @@ def test_missing_targets_are_errors_not_zero_losses():
 def test_family_surface():
   family, batch, params = _family()
   family.check_arrays(batch, "synthetic")
-  assert family.inputs == ("inputs", "mask")
+  assert family.inputs == ("inputs", "mask", "written_dur")
   out = family.model.apply({"params": params}, *family.model_args(batch))
   assert out["velocity"].shape == (8, TINY.seq_len)
   loss, m = family.loss_fn(out, batch)
   assert np.isfinite(loss) and sorted(m) == ["dur_loss", "vel_loss", "vel_mae_midi"]
+  # Untrained, every duration is the written one: the loss starts at "keep it as written".
+  np.testing.assert_array_equal(np.asarray(out["dur_beats"]), batch["written_dur"])
   with pytest.raises(ValueError, match="model.seq_len 20 exceeds model.max_len 16"):
     duv.make(duv.DuvConfig(**{**TINY.__dict__, "seq_len": 20}), "float32")
 

@@ -1,5 +1,6 @@
 """DUV training through the shared loop, end to end on tiny files: a base bundle, then a piano
-adapter beside it that humanize loads and that changes the output."""
+adapter beside it that humanize loads and that changes the output, both scored on a held-out song
+by the evaluation; the split they train on, and the errors of a run that cannot be prepared."""
 
 import os
 import pathlib
@@ -11,8 +12,9 @@ import pytest
 
 from lora_jax import families
 from lora_jax.data import duv_build, duv_manifest
-from lora_jax.duv import apply, bundle, training
+from lora_jax.duv import apply, bundle, evaluate, splits, training
 from lora_jax.families import duv as duv_family
+from lora_jax.train import checkpoint
 from lora_jax.train import config as config_lib
 
 _ROOT = pathlib.Path(__file__).parents[1]
@@ -53,7 +55,8 @@ def manifest(tmp_path_factory):
 
 def _config(name: str, manifest: str, folder: str, **overrides):
   path = str(_ROOT / "configs" / "duv" / name)
-  overrides = {"duv.manifest": manifest, "duv.bundle": folder, "model.n_layers": 1, **overrides}
+  overrides = {"duv.manifest": manifest, "duv.bundle": folder, "model.n_layers": 1,
+               "duv.heldout": "song5$", **overrides}
   return config_lib.load_config_dict(path, "tiny", overrides)
 
 
@@ -65,6 +68,18 @@ def test_base_then_adapter_then_humanize(manifest, tmp_path):
   assert written == folder
   base = bundle.load_model(folder)
   assert base.adapter is None and base.config.d_model == 32
+  # duv.restore_best: the bundle holds the checkpoint with the lowest validation loss.
+  ckpts = checkpoint.Checkpoints(str(tmp_path / "base" / "run" / "checkpoints"),
+                                 config_lib.CkptConfig(100, 2, 1))
+  best = ckpts.best_step()
+  ckpts.close()
+  with open(tmp_path / "base" / "run" / "metrics.csv") as f:
+    rows = [line.split(",") for line in f.read().splitlines()]
+  val = {int(r[0]): float(r[3]) for r in rows[2:] if r[3]}  # row 1 is the untrained model
+  assert best == min(val, key=val.get)
+  record = splits.read_record(str(tmp_path / "base" / splits.RECORD_FILE))
+  assert record.heldout_pieces == ("pop909/song5",) and len(record.train_pieces) == 5
+  assert record.model == folder and record.training_type == "full" and record.step == best
 
   adapter_path = training.train(_config("piano.py", manifest, folder),
                                 str(tmp_path / "piano"), "lora", one)
@@ -81,15 +96,35 @@ def test_base_then_adapter_then_humanize(manifest, tmp_path):
   vels = lambda p: [n.velocity for n in p.instruments[0].notes]
   assert ends(plain) != ends(with_lora) or vels(plain) != vels(with_lora)
 
+  # Scored on the held-out song only: baseline and base for the base, and the adapter too.
+  base_result = evaluate.evaluate_run(str(tmp_path / "base"))
+  lora_result = evaluate.evaluate_run(str(tmp_path / "piano"))
+  assert [p.piece for p in lora_result.pieces] == ["pop909/song5"]
+  assert sorted(base_result.pooled) == ["base", "baseline"]
+  assert sorted(lora_result.pooled) == ["adapted", "base", "baseline"]
+  assert lora_result.pooled["base"] == base_result.pooled["base"]
+  assert lora_result.pooled["adapted"] != lora_result.pooled["base"]
+  table = evaluate.markdown([base_result, lora_result], mean_label="mean")
+  assert "| piano | pop909/song5 | 72 | adapted |" in table and "**mean**" in table
+
 
 def test_preparation_errors(manifest, tmp_path):
   folder = str(tmp_path / "none")
-  with pytest.raises(ValueError, match=r"duv.instrument '\(\?i\)guitar' matches no row.*"
-                                       r"\['piano'\]"):
+  with pytest.raises(splits.SplitError, match=r"duv.instrument '\(\?i\)guitar' matches no "
+                                             r"row.*\['piano'\]"):
     training.prepare(_config("base.py", manifest, folder, **{"duv.instrument": "(?i)guitar"}),
                      str(tmp_path / "w"))
-  with pytest.raises(config_lib.ConfigError, match=r"duv.train_split must be in \(0, 1\)"):
-    training.prepare(_config("base.py", manifest, folder, **{"duv.train_split": 1.0}),
+  with pytest.raises(config_lib.ConfigError, match=r"duv.valid_tail must be in \(0, 1\)"):
+    training.prepare(_config("base.py", manifest, folder, **{"duv.valid_tail": 1.0}),
+                     str(tmp_path / "w"))
+  with pytest.raises(splits.SplitError, match=r"duv.heldout 'song9' matches none of the pieces"):
+    training.prepare(_config("base.py", manifest, folder, **{"duv.heldout": "song9"}),
+                     str(tmp_path / "w"))
+  with pytest.raises(splits.SplitError, match=r"duv.pieces 'maestro' matches no"):
+    training.prepare(_config("base.py", manifest, folder, **{"duv.pieces": "maestro"}),
+                     str(tmp_path / "w"))
+  with pytest.raises(config_lib.ConfigError, match=r"duv.features names 'loudness'"):
+    training.prepare(_config("base.py", manifest, folder, **{"duv.features": ("loudness",)}),
                      str(tmp_path / "w"))
   with pytest.raises(ValueError, match="do not fill one batch of 4096"):
     training.prepare(_config("base.py", manifest, folder, **{"data.batch_size": 4096}),

@@ -5,7 +5,8 @@ reads and writes with no renames: `in_proj.weight`, `pos_emb.weight`,
 `blocks.0.attn.q_proj.weight`, `blocks.0.ff.in.weight`, `vel_head.weight`, ... The feed-forward
 layers sit in an `nn.ModuleDict` because `in` is a Python keyword. Padded keys are masked the way
 `jax.nn.dot_product_attention` masks them (a large negative logit, not -inf), so a phrase with no
-real note gives finite outputs in both. It computes in the dtype of its parameters.
+real note gives finite outputs in both. It computes in the dtype of its parameters. Durations are
+a residual over the written ones (`written_dur * exp(dur_head)`), the head zero at init as in Flax.
 """
 
 import math
@@ -63,7 +64,7 @@ class EncoderBlock(nn.Module):
 
 
 class PhraseTransformer(nn.Module):
-  """Features [B, L, C] and pad mask [B, L] to {'velocity', 'dur_beats'}, float32 [B, L] each."""
+  """Features [B, L, C], pad mask [B, L], written durations [B, L] to {'velocity', 'dur_beats'}."""
 
   def __init__(self, config: PhraseTransformerConfig):
     super().__init__()
@@ -75,9 +76,11 @@ class PhraseTransformer(nn.Module):
     self.ln_f = nn.LayerNorm(config.d_model, eps=1e-5)
     self.vel_head = nn.Linear(config.d_model, 1)
     self.dur_head = nn.Linear(config.d_model, 1)
+    nn.init.zeros_(self.dur_head.weight)  # as the Flax model: untrained, durations stay written
+    nn.init.zeros_(self.dur_head.bias)
 
-  def forward(self, inputs_BxLxC: torch.Tensor,
-              mask_BxL: torch.Tensor) -> dict[str, torch.Tensor]:
+  def forward(self, inputs_BxLxC: torch.Tensor, mask_BxL: torch.Tensor,
+              written_dur_BxL: torch.Tensor) -> dict[str, torch.Tensor]:
     l = inputs_BxLxC.shape[1]
     if l > self.config.max_len:
       raise ValueError(f"phrase of {l} notes exceeds max_len {self.config.max_len}")
@@ -88,5 +91,6 @@ class PhraseTransformer(nn.Module):
       x_BxLxD = block(x_BxLxD, keymask_Bx1x1xL)
     x_BxLxD = self.ln_f(x_BxLxD)
     vel_BxL = self.vel_head(x_BxLxD)[..., 0].float()
-    dur_BxL = self.dur_head(x_BxLxD)[..., 0].float()
-    return {"velocity": VELOCITY_MAX * torch.sigmoid(vel_BxL), "dur_beats": F.softplus(dur_BxL)}
+    log_ratio_BxL = self.dur_head(x_BxLxD)[..., 0].float()
+    return {"velocity": VELOCITY_MAX * torch.sigmoid(vel_BxL),
+            "dur_beats": written_dur_BxL.float() * torch.exp(log_ratio_BxL)}

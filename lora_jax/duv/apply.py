@@ -157,7 +157,8 @@ def humanize(pm: pretty_midi.PrettyMIDI, model: bundle.DuvModel, intensity: floa
     computed = duv_features.compute_features(t.written, names)
     matrix = np.concatenate([computed[k].reshape(len(t.notes), -1) for k in names], axis=1)
     features.append(model.scaler.apply(matrix).astype(np.float32))
-  predictions = predict.predict(model, features, use_adapter) if tracks else []
+  written = [t.written.dur_beats for t in tracks]
+  predictions = predict.predict(model, features, written, use_adapter) if tracks else []
 
   out = _copy_midi(pm)
   k = float(intensity)

@@ -2,7 +2,8 @@
 
 Layout of a bundle folder:
   model.safetensors   base parameters, Flax-native (`lora_jax.interop.flax_weights`)
-  model_config.json   the `PhraseTransformerConfig` fields (inference computes in float32)
+  model_config.json   the `PhraseTransformerConfig` fields (inference computes in float32) and
+                      `bundle_version` (BUNDLE_VERSION)
   scaler.json         input feature scaler (`lora_jax.data.duv_manifest.save_scaler`)
 
 An adapter is a `.lora` file (`lora_jax.lora.save_adapter`) of model family 'duv'. A model path is
@@ -31,6 +32,9 @@ from lora_jax.models.phrase_transformer import PhraseTransformer, PhraseTransfor
 MODEL_FAMILY = "duv"
 PARAMS_FILE = "model.safetensors"
 CONFIG_FILE = "model_config.json"
+# 2: durations are written * exp(dur_head). Version 1 bundles (no `bundle_version`) read the same
+# head as softplus(dur_head) in beats: their weights would load and give wrong durations.
+BUNDLE_VERSION = 2
 SCALER_FILE = "scaler.json"
 ADAPTER_SUFFIX = ".lora"
 
@@ -59,8 +63,9 @@ def abstract_params(config: PhraseTransformerConfig) -> Any:
   """Shapes and dtypes of the model's parameters."""
   x = jnp.zeros((1, 1, config.n_features), jnp.float32)
   mask = jnp.ones((1, 1), bool)
+  written = jnp.ones((1, 1), jnp.float32)
   return jax.eval_shape(
-      lambda: PhraseTransformer(config).init(jax.random.key(0), x, mask)["params"])
+      lambda: PhraseTransformer(config).init(jax.random.key(0), x, mask, written)["params"])
 
 
 def save_bundle(folder: str, params: Any, config: PhraseTransformerConfig,
@@ -72,6 +77,7 @@ def save_bundle(folder: str, params: Any, config: PhraseTransformerConfig,
                       f"takes {config.n_features}")
   os.makedirs(folder, exist_ok=True)
   fields = {k: v for k, v in dataclasses.asdict(config).items() if k != "dtype"}
+  fields["bundle_version"] = BUNDLE_VERSION
   atomic.write_text(os.path.join(folder, CONFIG_FILE),
                     json.dumps(fields, indent=1, sort_keys=True) + "\n")
   duv_manifest.save_scaler(os.path.join(folder, SCALER_FILE), scaler, n_train_notes)
@@ -88,6 +94,11 @@ def read_config(path: str) -> PhraseTransformerConfig:
     raise BundleError(f"no model config {path}") from None
   except json.JSONDecodeError as e:
     raise BundleError(f"{path} is not JSON ({e})") from None
+  version = fields.pop("bundle_version", 1)
+  if version != BUNDLE_VERSION:
+    raise BundleError(f"{path} is a version {version} DUV bundle, this lora_jax reads version "
+                      f"{BUNDLE_VERSION} (durations as a residual over the written ones): "
+                      f"retrain it with launch/train_duv.py")
   known = [f.name for f in dataclasses.fields(PhraseTransformerConfig) if f.name != "dtype"]
   unknown = sorted(set(fields) - set(known))
   missing = [k for k in known if k not in fields]

@@ -32,9 +32,10 @@ class PredictionError(RuntimeError):
 
 
 @functools.partial(jax.jit, static_argnames=("module",))
-def _forward(module: PhraseTransformer, params: Any, adapters: tuple, inputs_BxLxC, mask_BxL):
+def _forward(module: PhraseTransformer, params: Any, adapters: tuple, inputs_BxLxC, mask_BxL,
+             written_dur_BxL):
   actives = [lora.Active(a, 1.0) for a in adapters]
-  out = lora.apply(module, params, actives, inputs_BxLxC, mask_BxL)
+  out = lora.apply(module, params, actives, inputs_BxLxC, mask_BxL, written_dur_BxL)
   return out["velocity"], out["dur_beats"]
 
 
@@ -73,9 +74,10 @@ def windows(n_notes: int, max_len: int) -> tuple[int, np.ndarray, np.ndarray]:
   return w, starts, np.stack([k, note - starts[k]], axis=1)
 
 
-def predict(model: DuvModel, tracks: Sequence[np.ndarray],
+def predict(model: DuvModel, tracks: Sequence[np.ndarray], written_durs: Sequence[np.ndarray],
             use_adapter: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
-  """(velocity [n], dur_beats [n]) float64 per track of scaled features [n, C].
+  """(velocity [n], dur_beats [n]) float64 per track of scaled features [n, C] and written
+  durations [n] (beats, unscaled).
 
   With `use_adapter` False the base alone runs even when the model holds an adapter (for
   before/after comparisons); an adapter the forward does not use raises, never passes silently.
@@ -84,10 +86,15 @@ def predict(model: DuvModel, tracks: Sequence[np.ndarray],
   adapters = (model.adapter.adapter,) if (use_adapter and model.adapter is not None) else ()
   by_length: dict[int, list[tuple[int, int]]] = {}  # w -> [(track, start)]
   layouts = []
-  for t, x in enumerate(tracks):
+  if len(written_durs) != len(tracks):
+    raise ValueError(f"{len(written_durs)} written-duration arrays for {len(tracks)} tracks")
+  for t, (x, written) in enumerate(zip(tracks, written_durs)):
     if x.ndim != 2 or x.shape[1] != cfg.n_features or len(x) == 0:
       raise ValueError(f"track {t} has features of shape {x.shape}, expected [n >= 1, "
                        f"{cfg.n_features}]")
+    if np.shape(written) != (len(x),):
+      raise ValueError(f"track {t} has {len(x)} notes but written durations of shape "
+                       f"{np.shape(written)}")
     w, starts, where = windows(len(x), cfg.max_len)
     base = len(by_length.setdefault(w, []))
     by_length[w].extend((t, int(s)) for s in starts)
@@ -99,11 +106,14 @@ def predict(model: DuvModel, tracks: Sequence[np.ndarray],
       chunk = items[first:first + b]
       inputs = np.zeros((b, w, cfg.n_features), np.float32)
       mask = np.zeros((b, w), bool)
+      written = np.zeros((b, w), np.float32)
       for i, (t, s) in enumerate(chunk):
         piece = tracks[t][s:s + w]
         inputs[i, :len(piece)] = piece
         mask[i, :len(piece)] = True
-      pending.append((w, first, _forward(model.module, model.params, adapters, inputs, mask)))
+        written[i, :len(piece)] = written_durs[t][s:s + w]
+      pending.append((w, first, _forward(model.module, model.params, adapters, inputs, mask,
+                                         written)))
 
   outputs: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
   for w, first, (vel, dur) in pending:

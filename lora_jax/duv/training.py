@@ -1,14 +1,17 @@
 """DUV training around the shared loop: manifest rows in, a DUV bundle or an adapter out.
 
 The loop (`lora_jax.train.loop`) trains any family from arrays. What is DUV's own is here:
-  before  the rows of one instrument (a regex over the manifest's `instrument`), a split by piece
-          (`train_split` of the pieces, by a hash of the piece id, as `duv_manifest.split_of`),
-          the scaler (a base fits its own on its train split; an adapter takes its base bundle's,
-          so it sees features exactly as the base saw them), phrase windows written as the
-          family's arrays, and `training.steps` from `epochs`;
+  before  the tracks (regexes over the manifest's `instrument` and `piece_id`), their split
+          (`lora_jax.duv.splits`: held-out pieces never seen, every other track trained on its
+          head and validated on its tail), the scaler (a base fits its own on its training notes;
+          an adapter takes its base bundle's, so it sees features exactly as the base saw them),
+          phrase windows written as the family's arrays, and `training.steps` from `epochs`;
   after   what `lora_jax.duv` loads: a base becomes the bundle folder, an adapter becomes
           `<bundle>/<adapter_name>.lora`, loaded back through the checks inference runs, so an
-          adapter that would not fit fails here and not in the middle of a song.
+          adapter that would not fit fails here and not in the middle of a song. With
+          `duv.restore_best` the written weights are those of the evaluation with the lowest
+          validation loss (early stopping that keeps the best, not the last, step). The split
+          record (`duv_split.json`) goes into the workdir for `lora_jax.duv.evaluate`.
 
 The config file is the loop's, plus a `duv` group (`DuvData`). The loop fields this fills are
 declared in the config as placeholders: `data.path`, `data.val_path`, `training.steps` and, for
@@ -17,16 +20,17 @@ an adapter, `training.base_params` (the bundle's weights).
 
 import dataclasses
 import os
-import re
 import shutil
 from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
-from lora_jax import atomic, families
+from lora_jax import atomic, families, lora
 from lora_jax.data import duv_features, duv_manifest
-from lora_jax.duv import bundle
+from lora_jax.duv import bundle, splits
+from lora_jax.train import checkpoint
 from lora_jax.train import config as config_lib
 from lora_jax.train import loop
 
@@ -37,17 +41,25 @@ class DuvData:
 
   manifest: str  # enriched JSONL manifest (launch/build_duv_manifest.py writes one)
   instrument: str  # regex searched in each row's `instrument`; '' keeps every row
-  train_split: float  # share of pieces trained on; the others validate
+  pieces: str  # regex searched in each row's `piece_id` ("maestro/Maestro_6"); '' keeps all
+  heldout: str  # regex over piece ids: test pieces, never trained or validated on; '' none
+  features: tuple[str, ...]  # model inputs (duv_features names); an adapter's must be its base's
+  valid_tail: float  # share of each training track's notes, at its end, that validates
   epochs: int  # passes over the train windows; sets training.steps
   stride: int  # notes between window starts (the window is model.seq_len notes)
+  restore_best: bool  # write the best-validated evaluation's weights, not the last step's
   bundle: str  # DUV bundle folder: a base run writes it, an adapter run reads its base from it
   adapter_name: str  # an adapter run writes <bundle>/<adapter_name>.lora
 
   def __post_init__(self):
-    if not 0.0 < self.train_split < 1.0:
-      raise config_lib.ConfigError(f"duv.train_split must be in (0, 1), got {self.train_split}")
+    if not 0.0 < self.valid_tail < 1.0:
+      raise config_lib.ConfigError(f"duv.valid_tail must be in (0, 1), got {self.valid_tail}")
     if self.epochs < 1:
       raise config_lib.ConfigError(f"duv.epochs must be >= 1, got {self.epochs}")
+    for name in self.features:
+      if name not in duv_features.ALL_FEATURES:
+        raise config_lib.ConfigError(f"duv.features names {name!r}; known: "
+                                     f"{list(duv_features.ALL_FEATURES)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,34 +69,17 @@ class Prepared:
   config: config_lib.TrainConfig
   data: DuvData
   scaler: duv_manifest.Scaler
+  parts: splits.Split
   n_train_notes: int
   n_windows: dict[str, int]  # per split
 
 
-def _split_rows(data: DuvData, features) -> tuple[list[dict], list[dict]]:
-  rows = duv_manifest.read_manifest(data.manifest, features)
-  pattern = re.compile(data.instrument)
-  kept = [r for r in rows if pattern.search(r["instrument"])]
-  if not kept:
-    present = sorted({r["instrument"] for r in rows})
-    raise ValueError(f"duv.instrument {data.instrument!r} matches no row of {data.manifest}; "
-                     f"its instruments are {present}")
-  valid_fraction = 1.0 - data.train_split
-  for r in kept:
-    r["split"] = duv_manifest.split_of(r["piece_id"], valid_fraction)
-  train = [r for r in kept if r["split"] == "train"]
-  valid = [r for r in kept if r["split"] == "valid"]
-  if not train or not valid:
-    pieces = len({r["piece_id"] for r in kept})
-    raise ValueError(f"duv.train_split {data.train_split} of {pieces} pieces leaves "
-                     f"{len(train)} train and {len(valid)} validation tracks; both need one")
-  return train, valid
-
-
 def _write_windows(path: str, rows, seq_len: int, stride: int, scaler) -> int:
   arrays = duv_manifest.phrase_windows(rows, seq_len, stride, scaler.features, scaler)
+  written = duv_manifest.phrase_windows(rows, seq_len, stride, ("dur_beats",))  # unscaled beats
   with atomic.atomic_path(path) as tmp, open(tmp, "wb") as f:
-    np.savez(f, inputs=arrays["inputs"], targets=arrays["targets"], mask=arrays["mask"])
+    np.savez(f, inputs=arrays["inputs"], targets=arrays["targets"], mask=arrays["mask"],
+             written_dur=written["inputs"][..., 0])
   return len(arrays["mask"])
 
 
@@ -108,47 +103,85 @@ def prepare(config_dict: Mapping[str, Any], workdir: str) -> Prepared:
   lora_run = mapping["training"]["type"] == "lora"
   model_cls = families.lookup(mapping["family"]).config_cls
   model = config_lib.from_mapping(model_cls, mapping["model"], "config.model")
-  if lora_run:
+  if lora_run:  # the base first: without it, nothing else matters
     _check_same_model(model.model_config(), data.bundle)
     scaler = duv_manifest.load_scaler(os.path.join(data.bundle, bundle.SCALER_FILE))
-    train, valid = _split_rows(data, scaler.features)
+    if scaler.features != data.features:
+      raise config_lib.ConfigError(f"duv.features {data.features} differ from the base's "
+                                   f"{scaler.features} in {data.bundle}")
     mapping["training"]["base_params"] = os.path.join(data.bundle, bundle.PARAMS_FILE)
-  else:
-    train, valid = _split_rows(data, duv_features.ALL_FEATURES)
-    scaler = duv_manifest.fit_scaler(train, duv_features.ALL_FEATURES)
+  rows = splits.select(duv_manifest.read_manifest(data.manifest, data.features),
+                       data.instrument, data.pieces)
+  parts = splits.split(rows, data.heldout, data.valid_tail)
+  if not lora_run:
+    scaler = duv_manifest.fit_scaler([{**r, "split": "train"} for r in parts.train],
+                                     data.features)
   columns = len(duv_manifest.feature_columns(scaler.features))
   if columns != model.n_features:
     raise ValueError(f"the scaler's {columns} feature columns differ from model.n_features "
                      f"{model.n_features}")
   os.makedirs(workdir, exist_ok=True)
   paths = {s: os.path.join(workdir, f"duv_{s}.npz") for s in ("train", "valid")}
-  n_windows = {s: _write_windows(paths[s], rows, model.seq_len, data.stride, scaler)
-               for s, rows in (("train", train), ("valid", valid))}
+  n_windows = {name: _write_windows(paths[name], part, model.seq_len, data.stride, scaler)
+               for name, part in (("train", parts.train), ("valid", parts.valid))}
   batch_size = mapping["data"]["batch_size"]
   steps_per_epoch = n_windows["train"] // batch_size
   if steps_per_epoch == 0:
     raise ValueError(f"{n_windows['train']} train windows do not fill one batch of {batch_size}")
   mapping["data"].update(path=paths["train"], val_path=paths["valid"])
   mapping["training"]["steps"] = data.epochs * steps_per_epoch
-  n_train_notes = sum(len(r["notes"]["onset_beats"]) for r in train)
-  return Prepared(config_lib.from_config_dict(mapping), data, scaler, n_train_notes, n_windows)
+  n_train_notes = sum(len(r["notes"]["onset_beats"]) for r in parts.train)
+  return Prepared(config_lib.from_config_dict(mapping), data, scaler, parts, n_train_notes,
+                  n_windows)
 
 
-def finish(prepared: Prepared, result: loop.Result) -> str:
-  """Write the bundle (base) or the adapter beside its base; returns what was written."""
+def _best_params(prepared: Prepared, run_dir: str, result: loop.Result) -> tuple[Any, int]:
+  """The trainable tree of the checkpoint with the lowest validation loss, and its step."""
+  ckpts = checkpoint.Checkpoints(os.path.join(run_dir, "checkpoints"), prepared.config.ckpt)
+  try:
+    step = ckpts.best_step()
+    if step is None:
+      raise RuntimeError(f"duv.restore_best: no checkpoint in {run_dir} has a validation loss")
+    restored = ckpts.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore()))
+  finally:
+    ckpts.close()
+  params = jax.tree.map(np.asarray, restored.state["params"])
+  want = jax.tree.structure(result.params)
+  if jax.tree.structure(params) != want:
+    raise RuntimeError(f"best checkpoint (step {step}) holds {jax.tree.structure(params)}, the "
+                       f"run trains {want}")
+  return params, step
+
+
+def finish(prepared: Prepared, result: loop.Result, workdir: str) -> str:
+  """Write the bundle (base) or the adapter beside its base, and the split record into
+  `workdir`; returns what was written."""
   if result.status == "stopped":
     raise RuntimeError(f"training stopped at step {result.step} before it finished; run it "
                        "again with the same workdir to resume")
   data, config = prepared.data, prepared.config
+  run_dir = os.path.join(workdir, "run")
+  params, step = (_best_params(prepared, run_dir, result) if data.restore_best
+                  else (result.params, result.step))
   if config.training.type == "full":
-    bundle.save_bundle(data.bundle, result.params, config.model.model_config(), prepared.scaler,
+    path = data.bundle
+    bundle.save_bundle(path, params, config.model.model_config(), prepared.scaler,
                        prepared.n_train_notes)
-    bundle.load_model(data.bundle)
-    return data.bundle
-  path = os.path.join(data.bundle, data.adapter_name + bundle.ADAPTER_SUFFIX)
-  with atomic.atomic_path(path) as tmp:
-    shutil.copyfile(result.export_path, tmp)
+  else:
+    path = os.path.join(data.bundle, data.adapter_name + bundle.ADAPTER_SUFFIX)
+    if data.restore_best:
+      exported = lora.load_adapter(result.export_path)
+      exported.adapter = exported.adapter.replace(params=params)
+      exported.extra = {**exported.extra, "restored_step": step}
+      lora.save_adapter(path, exported)
+    else:
+      with atomic.atomic_path(path) as tmp:
+        shutil.copyfile(result.export_path, tmp)
   bundle.load_model(path)  # the checks inference runs: right base, every module where it says
+  splits.write_record(os.path.join(workdir, splits.RECORD_FILE), splits.record(
+      config.training.type, path, step, data.bundle, data.manifest, data.instrument, data.pieces,
+      data.heldout, data.valid_tail, prepared.parts))
   return path
 
 
@@ -163,4 +196,4 @@ def train(config_dict: Mapping[str, Any], workdir: str, training_type: str,
     raise ValueError(f"this program trains training.type {training_type!r}; the config says "
                      f"{prepared.config.training.type!r}")
   result = loop.train(prepared.config, os.path.join(workdir, "run"), devices=devices)
-  return finish(prepared, result)
+  return finish(prepared, result, workdir)

@@ -1,7 +1,8 @@
 """PhraseTransformer: per-note features of a phrase in, each note's velocity and duration out.
 
 The DUV humanisation model. A phrase is L notes (a window of one track, in (onset, pitch) order),
-each a vector of C scaled features (`lora_jax.data.duv_features`), with a pad mask. An input
+each a vector of C scaled features (`lora_jax.data.duv_features`), with a pad mask and each
+note's written duration in beats (unscaled: the duration head scales it). An input
 projection and learned positions feed bidirectional pre-LN encoder blocks: every real note attends
 to every real note of its phrase, before and after it, and never to padding, so the outputs at
 real notes do not depend on what the padding holds (a tested invariant).
@@ -12,7 +13,11 @@ Projections carry the DUV seed's LoRA target names (`attn.q_proj`, `attn.k_proj`
 
 Outputs, float32 [B, L]:
   velocity   MIDI units in (0, 127): 127 * sigmoid(vel_head), bounded by construction.
-  dur_beats  beats, > 0: softplus(dur_head), linear for long notes, never negative.
+  dur_beats  beats, > 0: written_dur * exp(dur_head), a residual over the written duration. The
+             head starts at zero, so an untrained model keeps every written duration exactly:
+             "play it as written" is the default the model has to improve on, not something it
+             must learn from scratch (an absolute softplus head, tried first, ended at twice the
+             error of keeping the written duration on held-out performances).
 """
 
 import dataclasses
@@ -97,12 +102,13 @@ class EncoderBlock(nn.Module):
 
 
 class PhraseTransformer(nn.Module):
-  """Features [B, L, C] and pad mask [B, L] to {'velocity', 'dur_beats'}, float32 [B, L] each."""
+  """Features [B, L, C], pad mask [B, L] and written durations [B, L] (beats) to
+  {'velocity', 'dur_beats'}, float32 [B, L] each."""
 
   config: PhraseTransformerConfig
 
   @nn.compact
-  def __call__(self, inputs_BxLxC, mask_BxL, *, deterministic: bool = True):
+  def __call__(self, inputs_BxLxC, mask_BxL, written_dur_BxL, *, deterministic: bool = True):
     cfg = self.config
     b, l, c = inputs_BxLxC.shape
     if c != cfg.n_features:
@@ -111,6 +117,9 @@ class PhraseTransformer(nn.Module):
       raise ValueError(f"phrase of {l} notes exceeds max_len {cfg.max_len}")
     if tuple(mask_BxL.shape) != (b, l):
       raise ValueError(f"mask has shape {tuple(mask_BxL.shape)}, inputs need ({b}, {l})")
+    if tuple(written_dur_BxL.shape) != (b, l):
+      raise ValueError(f"written_dur has shape {tuple(written_dur_BxL.shape)}, inputs need "
+                       f"({b}, {l})")
     dtype = jnp.dtype(cfg.dtype)
     x_BxLxD = nn.Dense(cfg.d_model, dtype=dtype, name="in_proj")(inputs_BxLxC)
     x_BxLxD = x_BxLxD + nn.Embed(cfg.max_len, cfg.d_model, name="pos_emb")(jnp.arange(l))[None]
@@ -121,6 +130,7 @@ class PhraseTransformer(nn.Module):
                                                       deterministic=deterministic)
     x_BxLxD = nn.LayerNorm(epsilon=1e-5, dtype=dtype, name="ln_f")(x_BxLxD)
     vel_BxL = nn.Dense(1, dtype=dtype, name="vel_head")(x_BxLxD)[..., 0].astype(jnp.float32)
-    dur_BxL = nn.Dense(1, dtype=dtype, name="dur_head")(x_BxLxD)[..., 0].astype(jnp.float32)
+    log_ratio_BxL = nn.Dense(1, dtype=dtype, kernel_init=nn.initializers.zeros,
+                             name="dur_head")(x_BxLxD)[..., 0].astype(jnp.float32)
     return {"velocity": VELOCITY_MAX * jax.nn.sigmoid(vel_BxL),
-            "dur_beats": jax.nn.softplus(dur_BxL)}
+            "dur_beats": written_dur_BxL.astype(jnp.float32) * jnp.exp(log_ratio_BxL)}
