@@ -8,9 +8,11 @@ import pathlib
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from lora_jax import lora, tree_paths
+from lora_jax.families import music_lm
 from lora_jax.interop import flax_weights
 from lora_jax.train import checkpoint
 from lora_jax.train import config as config_lib
@@ -144,3 +146,47 @@ def test_early_stopping_and_full_model_export(tmp_path):
   exported = flax_weights.load_params(result.export_path, result.params)
   for k, v in flat(exported).items():
     assert np.array_equal(v, flat(result.params)[k]), k
+
+
+def test_exports_the_best_checkpoint_not_the_last_step(tmp_path):
+  # Train on the learnable chain, validate on uniform noise: the sharper the model gets, the worse
+  # it scores noise, so the best validation loss is an early evaluation, not the last step.
+  config = tiny()
+  rng = np.random.default_rng(0)
+  noise = {"tokens": rng.integers(0, config.model.vocab_size, (32, 16)).astype(np.int32),
+           "mask": np.ones((32, 16), np.float32)}
+  np.savez(tmp_path / "noise.npz", **noise)
+  np.savez(tmp_path / "chain.npz", **music_lm.synthetic(config.model, 256, 0))
+  results = {}
+  for export in ("best", "final"):
+    config = tiny(**{"data.path": str(tmp_path / "chain.npz"),
+                     "data.val_path": str(tmp_path / "noise.npz"), "data.synthetic_examples": 0,
+                     "data.val_fraction": 0.0, "training.steps": 8, "training.eval_every": 2,
+                     "ckpt.every_steps": 2, "ckpt.export": export})
+    workdir = str(tmp_path / export)
+    results[export] = (workdir, config, loop.train(config, workdir, devices=jax.devices()[:1]))
+  workdir, config, best = results["best"]
+  ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config.ckpt)
+  try:
+    best_step = ckpts.best_step()
+    saved = ckpts.manager.restore(best_step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore())).state["params"]
+  finally:
+    ckpts.close()
+  assert best.step == 8 and best.export_step == best_step < 8
+  exported = flat(lora.load_adapter(best.export_path).adapter.params)
+  assert lora.load_adapter(best.export_path).extra["export_step"] == best_step
+  for k, v in flat(saved).items():
+    assert np.array_equal(exported[k], v), k
+  assert any(not np.array_equal(exported[k], v) for k, v in flat(best.params).items())
+  _, _, final = results["final"]
+  assert final.export_step == 8
+  for k, v in flat(lora.load_adapter(final.export_path).adapter.params).items():
+    assert np.array_equal(v, flat(final.params)[k]), k
+
+
+def test_export_best_needs_a_kept_best_checkpoint():
+  with pytest.raises(config_lib.ConfigError, match="keep_best >= 1"):
+    tiny(**{"ckpt.keep_best": 0})
+  with pytest.raises(config_lib.ConfigError, match="'best' or 'final'"):
+    tiny(**{"ckpt.export": "last"})

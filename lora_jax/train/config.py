@@ -69,6 +69,14 @@ class CkptConfig:
   every_steps: int  # also written after every evaluation, on SIGTERM/SIGINT and at the end
   keep_last: int
   keep_best: int  # by validation loss
+  export: str = "best"  # what the run exports at its end: 'best' (lowest validation loss) or 'final'
+
+  def __post_init__(self):
+    if self.export not in ("best", "final"):
+      raise ConfigError(f"config.ckpt.export must be 'best' or 'final', got {self.export!r}")
+    if self.export == "best" and self.keep_best < 1:
+      raise ConfigError("config.ckpt.export 'best' needs config.ckpt.keep_best >= 1, so the "
+                        "best checkpoint survives to be exported")
 
 
 @dataclasses.dataclass(frozen=True)

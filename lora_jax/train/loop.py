@@ -7,7 +7,9 @@ epoch end: evaluate, track the best validation loss, checkpoint with it, and sto
 `patience` evaluations in a row without a better one. SIGTERM/SIGINT (from the moment `train`
 starts) finish the step, checkpoint and return `stopped`. Too many non-finite steps in a row fail
 the run before anything of that state is checkpointed. At the end the trained adapter
-(`adapter.lora`) or model (`params.safetensors`) is exported into the workdir.
+(`adapter.lora`) or model (`params.safetensors`) is exported into the workdir: the parameters of
+the checkpoint with the lowest validation loss (`ckpt.export = 'best'`, the default: after early
+stopping or overfitting the last step is not the best) or the last step's (`'final'`).
 """
 
 import dataclasses
@@ -47,6 +49,7 @@ class Result:
   best_val_loss: float | None
   params: Any  # the trainable tree, on the host
   export_path: str  # '' unless the run finished
+  export_step: int | None  # the step whose parameters were exported
   compiles: dict[str, int]  # backend compilations of train_step and eval_step in this call
 
 
@@ -101,14 +104,14 @@ def _evaluate(eval_fn, params, frozen, val_batches: list[dict], sharding) -> dic
 
 
 def _export(workdir: str, config: TrainConfig, setup: state_lib.Setup, params: Any,
-            family_name: str, step: int) -> str:
+            family_name: str, step: int, export_step: int) -> str:
   if config.training.type == "full":
     path = os.path.join(workdir, "params.safetensors")
     flax_weights.save_params(params, path, {"model_family": family_name, "name": config.name,
                                             "base_fingerprint": setup.base_fingerprint})
     return path
   path = os.path.join(workdir, "adapter.lora")
-  extra = {"steps": step}
+  extra = {"steps": step, "export_step": export_step}
   if setup.parent is not None:
     extra.update(parent_adapter=config.training.parent_adapter, parent_name=setup.parent.name)
   scales = jax.tree.map(np.asarray, jax.device_get(setup.frozen.scales))
@@ -246,14 +249,21 @@ def _train(config: TrainConfig, workdir: str, devices, stop_after: int | None,
       finish(pending)
     ckpts.wait()
     best_step = ckpts.best_step()
+    export_step = None
+    if ended != "stopped":
+      export_step = best_step if config.ckpt.export == "best" and best_step is not None else step
+      export_params = state.params
+      if export_step != step:
+        export_params = ckpts.restore(export_step, setup.abstract_state())[0].params
   finally:  # in-flight saves complete, files close, also when the run fails
     ckpts.close()
     progress.close()
   params = state_lib.host_params(state.params)
   export_path = ""
   if ended != "stopped":
-    export_path = _export(workdir, config, setup, params, family.name, step)
-    logging.info("exported %s", export_path)
-  status(ended, best_step=best_step, export_path=export_path)
-  return Result(ended, step, last_val, best, params, export_path,
+    export_path = _export(workdir, config, setup, state_lib.host_params(export_params),
+                          family.name, step, export_step)
+    logging.info("exported %s (step %d of %d)", export_path, export_step, step)
+  status(ended, best_step=best_step, export_path=export_path, export_step=export_step)
+  return Result(ended, step, last_val, best, params, export_path, export_step,
                 {"train_step": compiles.of("train_step"), "eval_step": compiles.of("eval_step")})
