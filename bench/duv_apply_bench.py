@@ -1,14 +1,15 @@
 r"""python bench/duv_apply_bench.py --files='.cache/performances/maestro/*.mid'
 
 Notes per second of DUV humanisation on this machine, for real MIDI files (fetch them with
-`bash scripts/fetch_performances.sh`). The model is the default-size PhraseTransformer with random
-weights (speed does not depend on the values) saved as a bundle, with and without a rank-8 LoRA on
-the seed's five target modules. Times are end to end (`apply_duv_to_pretty_midi`: the cached
+`bash scripts/fetch_performances.sh`). The model is the PhraseTransformer of `--config` (the size
+and input features that configs/duv/base.py trains) with random weights (speed does not depend on
+the values) saved as a bundle, with and without a rank-8 LoRA on the seed's five target modules. Times are end to end (`apply_duv_to_pretty_midi`: the cached
 bundle, features, batched prediction, blended copy), after one warm-up call per file that compiles
 its buckets; the very first call's time (load and compilation) is printed too. MIDI parsing is
 excluded.
 """
 
+import dataclasses
 import glob
 import os
 import tempfile
@@ -18,19 +19,28 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from lora_jax import lora
+from lora_jax import families, lora
 from lora_jax.data import duv_features, duv_manifest, duv_pairs
 from lora_jax.duv import apply, bundle
 from lora_jax.models.phrase_transformer import PhraseTransformerConfig
+from lora_jax.train import config as config_lib
 
+_CONFIG = flags.DEFINE_string("config", "configs/duv/base.py", "DUV config whose model is timed")
 _FILES = flags.DEFINE_string("files", ".cache/performances/maestro/*.mid", "MIDI files (glob)")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed calls per file after the warm-up")
 _PNG = flags.DEFINE_string("png", "", "also draw 8 s of the first file before/after (adapter) here")
 _TARGETS = ("attn.q_proj", "attn.v_proj", "attn.out_proj", "ff.in", "ff.out")
 
 
-def _scaler(pms) -> duv_manifest.Scaler:
-  names = duv_features.ALL_FEATURES
+def _model_config() -> tuple[PhraseTransformerConfig, tuple[str, ...]]:
+  """The model (dropout off, as humanize runs it) and input features `--config` trains."""
+  config = config_lib.load_config_dict(_CONFIG.value).to_dict()
+  model = config_lib.from_mapping(families.lookup(config["family"]).config_cls, config["model"],
+                                  "config.model")
+  return dataclasses.replace(model.model_config(), dropout=0.0), tuple(config["duv"]["features"])
+
+
+def _scaler(pms, names) -> duv_manifest.Scaler:
   mats = []
   for pm in pms:
     for inst in pm.instruments:
@@ -41,11 +51,12 @@ def _scaler(pms) -> duv_manifest.Scaler:
 
 
 def _bundle(folder: str, pms) -> None:
-  config = PhraseTransformerConfig(dropout=0.0)
+  config, features = _model_config()
+  print(f"model {config}; features {features}")
   params = jax.device_get(bundle.PhraseTransformer(config).init(
       jax.random.key(0), np.zeros((1, 8, config.n_features), np.float32),
       np.ones((1, 8), bool), np.ones((1, 8), np.float32))["params"])
-  bundle.save_bundle(folder, params, config, _scaler(pms))
+  bundle.save_bundle(folder, params, config, _scaler(pms, features))
   spec = lora.LoraSpec(rank=8, alpha=16.0, target_modules=_TARGETS)
   targets = lora.resolve(spec, params)
   adapter = lora.init_adapter(targets, spec, jax.random.key(1))

@@ -2,9 +2,14 @@ r"""python launch/humanize_midi.py --input=song.mid --output=song_human.mid \
   --model=checkpoints/duv/guitar.lora --intensity=0.9 --include='(?i)guitar'
 
 Humanises velocities and durations of a MIDI file with a DUV model: a bundle folder (the base) or
-a `.lora` adapter beside its bundle (see lora_jax.duv.bundle). Bad input ends in one error line
-and exit status 1.
+a `.lora` adapter beside its bundle (see lora_jax.duv.bundle). `--deadpan` humanises the input's
+deadpan version instead (lora_jax.data.duv_pairs.deadpan_midi: what the models train on), and
+`--pianoroll=roll.png --pianoroll_seconds=30,39` draws that passage of the humanised tracks, the
+input above the output (lora_jax.duv.pianoroll; needs matplotlib). Bad input ends in one error
+line and exit status 1; the output MIDI is written last, so a passage with no notes writes nothing.
 """
+
+import os
 
 from absl import flags
 
@@ -19,20 +24,38 @@ _INTENSITY = flags.DEFINE_float("intensity", 1.0, "0 keeps the input, 1 takes th
 _INCLUDE = flags.DEFINE_string("include", None, "regex over track names to humanise (all if unset)")
 _EXCLUDE = flags.DEFINE_string("exclude", None, "regex over track names to leave alone")
 _DRUMS = flags.DEFINE_bool("include_drums", False, "humanise drum tracks too")
+_DEADPAN = flags.DEFINE_bool("deadpan", False, "humanise the input's deadpan version (one "
+                             "velocity, onsets and durations snapped to its tempo map's grid)")
+_PIANOROLL = flags.DEFINE_string("pianoroll", None, "also draw input vs output to this PNG")
+_SECONDS = flags.DEFINE_string("pianoroll_seconds", None,
+                               "START,END of the drawn passage (default: the first 10 s)")
 
 
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments {argv[1:]}")
+  if _SECONDS.value is not None and _PIANOROLL.value is None:
+    raise ValueError("--pianoroll_seconds needs --pianoroll=<file.png>")
+  seconds = (0.0, None)
+  if _PIANOROLL.value is not None:
+    from lora_jax.duv import pianoroll  # matplotlib only when asked
+    seconds = pianoroll.parse_seconds(_SECONDS.value) if _SECONDS.value else seconds
   pm = duv_pairs.load_midi(_INPUT.value)
-  apply.select_tracks(pm, _INCLUDE.value, _EXCLUDE.value, _DRUMS.value)  # fail before loading
+  if _DEADPAN.value:
+    pm = duv_pairs.deadpan_midi(pm)
+  tracks = apply.select_tracks(pm, _INCLUDE.value, _EXCLUDE.value, _DRUMS.value)  # before loading
   model = bundle.load_model(_MODEL.value)
   out, report = apply.humanize(pm, model, _INTENSITY.value, _INCLUDE.value, _EXCLUDE.value,
                                _DRUMS.value)
+  if _PIANOROLL.value is not None:
+    source = os.path.basename(_INPUT.value) + (" (deadpan)" if _DEADPAN.value else "")
+    pianoroll.draw(pm, out, _PIANOROLL.value, *seconds, tracks=tracks,
+                   title=f"{source} humanised by {_MODEL.value}, intensity {_INTENSITY.value:g}")
   out.write(_OUTPUT.value)
   print(f"humanised {report.notes} notes of {len(report.tracks)} tracks "
         f"({report.protected} protected, mean |velocity change| "
-        f"{report.mean_abs_velocity_change:.2f}) -> {_OUTPUT.value}")
+        f"{report.mean_abs_velocity_change:.2f}) -> {_OUTPUT.value}"
+        + (f", piano roll -> {_PIANOROLL.value}" if _PIANOROLL.value else ""))
 
 
 if __name__ == "__main__":

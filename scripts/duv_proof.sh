@@ -9,11 +9,14 @@
 #   3. train the base on the classical performances, Maestro_6 and Maestro_7 held out
 #   4. train a pop LoRA on that base four times, leaving each POP909 song out in turn
 #   5. score baseline, base and adapted model on the held-out pieces: OUT/table.md (+ .json)
+#   6. draw held-out POP909_010, deadpan and humanised (scripts/duv_pianoroll.sh): the README's
+#      assets/duv_pianoroll.png for seed 42, OUT/duv_pianoroll.png for another seed
 #
 # Every run validates on the last 10% of its own training tracks; no held-out note is ever used
 # to train or to pick a checkpoint. Starts from scratch each time (OUT and the model folder are
-# removed first). Measured on the 2-core CPU, corpus cached: 158 s idle, 280-300 s while other
-# jobs share the cores (a first fetch adds a pip download of two small packages).
+# removed first). Measured on the 2-core CPU, corpus cached: 130-165 s idle, about twice that
+# while other jobs share the cores (a first fetch adds a pip download of two small packages).
+# The other seeds of the README: bash scripts/duv_proof.sh runs/duv_proof_seed1 1 (and 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,4 +51,8 @@ done
 stamp "evaluate"
 "$PYTHON" launch/eval_duv.py --runs="$runs" --mean_over='^pop_' --out="$OUT/table.md" \
   2> "$OUT/eval.log"
+PNG=assets/duv_pianoroll.png
+[[ "$SEED" == 42 ]] || PNG="$OUT/duv_pianoroll.png"
+stamp "piano roll -> $PNG"
+PYTHON="$PYTHON" bash scripts/duv_pianoroll.sh "$MODELS" "$OUT" "$PNG" > "$OUT/pianoroll.log" 2>&1
 stamp "done"

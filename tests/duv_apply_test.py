@@ -269,13 +269,6 @@ def test_predict_tracks_of_many_lengths_match_one_window_runs(base):
     predict.predict(base, tracks, [written[0], written[0], written[2]])
 
 
-def test_beats_to_seconds_inverts_the_grid():
-  grid = duv_features.BeatGrid(np.array([0.5, 1.0, 1.4, 2.0, 2.3]))
-  seconds = np.array([0.0, 0.5, 0.7, 1.4, 2.1, 2.3, 3.0])
-  np.testing.assert_allclose(apply.beats_to_seconds(grid, grid.to_beats(seconds)), seconds,
-                             atol=1e-12)
-
-
 def _humanize(*args):
   return subprocess.run([sys.executable, str(_ROOT / "launch" / "humanize_midi.py"), *args],
                         cwd=_ROOT, capture_output=True, text=True, timeout=120,
@@ -301,6 +294,33 @@ def test_cli_humanizes_and_fails_with_one_line(model_dir, tmp_path):
   lines = [line for line in result.stderr.splitlines() if line.strip()]
   assert len(lines) == 1 and lines[0].startswith("humanize: error: ") and "corrupt.mid" in lines[0]
   assert not (tmp_path / "x.mid").exists()
+
+
+def test_cli_draws_the_pianoroll_and_refuses_bad_passages(model_dir, tmp_path):
+  image = pytest.importorskip("PIL.Image")  # matplotlib's own dependency
+  song = tmp_path / "song.mid"
+  _song().write(str(song))
+  png = tmp_path / "roll.png"
+  result = _humanize(f"--input={song}", f"--output={tmp_path / 'out.mid'}", f"--model={model_dir}",
+                     "--deadpan", f"--pianoroll={png}", "--pianoroll-seconds=0.5,3")
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.strip().endswith(f"piano roll -> {png}")
+  with image.open(png) as roll:
+    roll.verify()  # a whole, readable PNG
+    assert roll.format == "PNG" and roll.size == (1200, 600)
+  velocities = {n.velocity for n in pretty_midi.PrettyMIDI(str(tmp_path / "out.mid")).instruments[
+      2].notes}  # drums, left alone: deadpan
+  assert velocities == {64}
+
+  for seconds, message in (("3,1", "need 0 <= START < END"),
+                           ("100,101", "no notes between 100.0 s and 101.0 s to draw")):
+    result = _humanize(f"--input={song}", f"--output={tmp_path / 'bad.mid'}",
+                       f"--model={model_dir}", f"--pianoroll={tmp_path / 'bad.png'}",
+                       f"--pianoroll_seconds={seconds}")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("humanize: error: ") and message in lines[0]
+  assert not (tmp_path / "bad.mid").exists() and not (tmp_path / "bad.png").exists()
 
 
 def test_pianoroll_png(base, tmp_path):

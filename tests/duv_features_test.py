@@ -77,6 +77,12 @@ def test_beat_grid_follows_tempo_changes_and_extends_past_ends():
                              [-0.5, 0.5, 2.5, 4.0, 5.0])
 
 
+def test_to_seconds_inverts_the_grid():
+  grid = duv_features.BeatGrid(np.array([0.5, 1.0, 1.4, 2.0, 2.3]))
+  seconds = np.array([0.0, 0.5, 0.7, 1.4, 2.1, 2.3, 3.0])
+  np.testing.assert_allclose(grid.to_seconds(grid.to_beats(seconds)), seconds, atol=1e-12)
+
+
 @pytest.mark.parametrize("text, label", [("Pre-Chorus 2", "prechorus"), ("VERSE", "verse"),
                                          ("chorus b", "chorus"), ("Copyright", None),
                                          ("", None)])

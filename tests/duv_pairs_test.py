@@ -4,7 +4,7 @@ import numpy as np
 import pretty_midi
 import pytest
 
-from lora_jax.data import duv_pairs, match_file
+from lora_jax.data import duv_features, duv_pairs, match_file
 
 MATCH = """info(matchFileVersion,5.0).
 info(midiClockUnits,480).
@@ -103,6 +103,25 @@ def test_tempo_map_pair_snaps_to_the_files_grid(tmp_path):
   np.testing.assert_allclose(pair.target_dur_beats, durs / 0.6, atol=0.01)  # 0.6 s a beat
   np.testing.assert_allclose(_grid_distance(pair.notes.dur_beats), 0, atol=1e-9)
   assert pair.notes.dur_beats.min() >= 0.25
+
+
+def test_deadpan_midi_reads_back_as_the_pairs_input(tmp_path):
+  rng = np.random.default_rng(2)
+  onsets = np.unique(np.cumsum(rng.choice([0.25, 0.5, 1.0], size=40)))
+  path = _write_midi(tmp_path / "p.mid", onsets + 0.25, rng.uniform(0.1, 0.5, size=len(onsets)),
+                     rng.integers(30, 110, size=len(onsets)), shift_sec=0.01)
+  pm = pretty_midi.PrettyMIDI(path)
+  pm.instruments[0].control_changes.append(pretty_midi.ControlChange(64, 127, 0.5))
+  pair, = duv_pairs.pairs_from_file(path, "pop909/p.mid", "pop909")
+  deadpan = duv_pairs.deadpan_midi(pm)
+  inst, = deadpan.instruments
+  written = duv_features.written_notes_from_instrument(deadpan, inst)
+  np.testing.assert_allclose(written.onset_beats, pair.notes.onset_beats, atol=1e-9)
+  np.testing.assert_allclose(written.dur_beats, pair.notes.dur_beats, atol=1e-9)
+  assert written.pitch.tolist() == pair.notes.pitch.tolist()
+  assert {n.velocity for n in inst.notes} == {64} and not inst.control_changes
+  assert len(pm.instruments[0].control_changes) == 1  # the input is left alone
+  assert len({n.velocity for n in pm.instruments[0].notes}) > 1
 
 
 def test_tempo_estimate_pair_is_marked_not_real(tmp_path):

@@ -10,8 +10,9 @@ and `launch/humanize_midi.py` read. Build the data first:
 Variants (`--config=configs/duv/base.py:<variant>`):
   (none)  a 2-layer, 64-wide model over 64-note phrases, trained on every piece.
   tiny    a 2-layer, 32-wide model over 16-note phrases, 2 epochs: seconds on a CPU (tests).
-`lora_config(instrument, variant)` is the shared body of the instrument adapter configs;
-configs/duv/proof.py the held-out evaluation (scripts/duv_proof.sh).
+`lora_config(instrument, manifest, instrument_regex, variant)` is the shared body of the instrument
+adapter configs (configs/duv/<instrument>.py read it with lora_jax.duv.config_files.sibling);
+configs/duv/proof.py is the held-out evaluation (scripts/duv_proof.sh).
 
 Sizes and inputs are the measured ones (bench/duv_ablation.py, scripts/duv_proof.sh): the first
 4-layer, 128-wide model over 256-note phrases was slower and no better on held-out pieces, and the
@@ -55,7 +56,6 @@ def _common(variant: str) -> ml_collections.ConfigDict:
   config.duv.valid_tail = 0.1  # the last 10% of each training track's notes validate
   config.duv.epochs = 6  # sets training.steps
   config.duv.stride = 32  # notes between window starts
-  config.duv.restore_best = True  # write the best-validated weights, not the last step's
   config.duv.bundle = "checkpoints/duv"  # bundle folder: written by a base run, read by adapters
   config.duv.adapter_name = ""  # adapters only: written to <bundle>/<adapter_name>.lora
 
@@ -97,6 +97,7 @@ def _common(variant: str) -> ml_collections.ConfigDict:
   config.ckpt.every_steps = 10**9  # only after each evaluation and at the end
   config.ckpt.keep_last = 2
   config.ckpt.keep_best = 1
+  config.ckpt.export = "best"  # at the end: 'best' (lowest validation loss) or 'final' params
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1
@@ -148,7 +149,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 def lora_config(instrument: str, manifest: str, instrument_regex: str,
                 arg: str | None = None) -> ml_collections.ConfigDict:
-  """An instrument adapter on the base bundle, with the DUV seed's trainer settings."""
+  """An instrument adapter on the base bundle, with the DUV seed's trainer settings.
+
+  r 8, alpha 16, dropout 0.05 on attn.q_proj/v_proj/out_proj and ff.in/out; the rows of `manifest`
+  whose instrument `instrument_regex` finds. Writes <duv.bundle>/<instrument>.lora; humanise with
+    python launch/humanize_midi.py --model=checkpoints/duv/<instrument>.lora --input=in.mid \
+      --output=out.mid
+  """
   config = _common(arg or "base")
   config.name = f"duv_{instrument}_lora"
   config.duv.manifest = manifest

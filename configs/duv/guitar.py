@@ -1,24 +1,17 @@
 r"""python launch/train_duv_lora.py --config=configs/duv/guitar.py --workdir=runs/duv_guitar
 
-A guitar LoRA adapter on the DUV base bundle (configs/duv/base.py trains it first), with the DUV
-seed's settings: r 8, alpha 16, dropout 0.05 on attn.q_proj/v_proj/out_proj and ff.in/out.
-Writes checkpoints/duv/guitar.lora; humanise with
-  python launch/humanize_midi.py --model=checkpoints/duv/guitar.lora --input=in.mid --output=out.mid
-Guitar rows (pretty_midi's instrument class 'guitar'). No guitar performances ship offline: build
-the manifest from your own MIDI with launch/build_duv_manifest.py --out=build/duv_guitar.
-Variant `tiny` (`--config=configs/duv/guitar.py:tiny`) is the CPU test size.
+The guitar adapter (configs/duv/base.py's lora_config: the DUV seed's settings), on the rows of
+pretty_midi's instrument class 'guitar'. No guitar performances ship offline: build a manifest from
+your own MIDI with launch/build_duv_manifest.py --out=build/duv_guitar. Variant `tiny` is the CPU
+test size (tests/duv_training_test.py trains it end to end on fixtures).
 """
 
-import importlib.util
-import os
+from lora_jax.duv import config_files
 
-_SPEC = importlib.util.spec_from_file_location(
-    "configs_duv_base", os.path.join(os.path.dirname(os.path.abspath(__file__)), "base.py"))
-base = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(base)
+base = config_files.sibling(__file__, "base")
 
 
 def get_config(arg: str | None = None):
   """The guitar adapter's config; `arg` picks a variant."""
-  return base.lora_config("guitar", "build/duv_guitar/duv_manifest_enriched.jsonl",
-                          r"(?i)guitar", arg)
+  return base.lora_config("guitar", "build/duv_guitar/duv_manifest_enriched.jsonl", r"(?i)guitar",
+                          arg)

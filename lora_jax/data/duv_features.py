@@ -197,6 +197,13 @@ class BeatGrid:
     out = np.where(seconds < t[0], (seconds - t[0]) / (t[1] - t[0]), out)
     return np.where(seconds > t[-1], b[-1] + (seconds - t[-1]) / (t[-1] - t[-2]), out)
 
+  def to_seconds(self, beats: np.ndarray) -> np.ndarray:
+    """Time of each beat position: the inverse of `to_beats`, extended the same way."""
+    t, b = self.beat_times, np.arange(len(self.beat_times), dtype=np.float64)
+    out = np.interp(beats, b, t)
+    out = np.where(beats < 0, t[0] + beats * (t[1] - t[0]), out)
+    return np.where(beats > b[-1], t[-1] + (beats - b[-1]) * (t[-1] - t[-2]), out)
+
 
 def midi_beat_grid(pm: pretty_midi.PrettyMIDI) -> tuple[BeatGrid, np.ndarray]:
   """The file's tempo-map beat grid and its downbeats in beats (get_beats, get_downbeats)."""

@@ -23,6 +23,7 @@ snapping, and a duration model learns only the de-quantisation. Mozart has real 
 Target durations are key-press durations (sustain pedal ignored), in beats of the same grid.
 """
 
+import copy
 import dataclasses
 import os
 
@@ -107,6 +108,38 @@ def _constant_tempo_grid(pm: pretty_midi.PrettyMIDI,
   return grid, np.arange(0.0, n_beats, 4.0)
 
 
+def _deadpan_beats(onset: np.ndarray, human_dur: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, float, float]:
+  """(deadpan onsets, deadpan durations, phase, fit) of one track's human notes, in beats."""
+  phase, fit = grid_phase(onset)
+  deadpan_dur = np.maximum(snap_beats(human_dur), 1.0 / max(SNAP_DIVISIONS))
+  return snap_beats(onset - phase), deadpan_dur, phase, fit
+
+
+def deadpan_midi(pm: pretty_midi.PrettyMIDI,
+                 deadpan_velocity: int = DEADPAN_VELOCITY) -> pretty_midi.PrettyMIDI:
+  """A copy of `pm` with every track deadpan as `midi_pairs` makes it on the tempo map's grid.
+
+  Onsets and durations snapped, one velocity, no control changes (pedalling is performance).
+  The notes sit at the deadpan beats themselves, not shifted back by the track's phase, so that
+  humanising the copy shows a model exactly the input `midi_pairs` trains and scores it on.
+  """
+  grid, _ = duv_features.midi_beat_grid(pm)
+  out = copy.deepcopy(pm)
+  for inst in out.instruments:
+    if not inst.notes:
+      continue
+    start = grid.to_beats(np.array([n.start for n in inst.notes]))
+    dur = grid.to_beats(np.array([n.end for n in inst.notes])) - start
+    onset, dur, _, _ = _deadpan_beats(start, dur)
+    begin, end = grid.to_seconds(onset), grid.to_seconds(onset + dur)
+    inst.notes = [pretty_midi.Note(deadpan_velocity, n.pitch, float(b), float(e))
+                  for n, b, e in zip(inst.notes, begin, end)]
+    inst.notes.sort(key=lambda n: (n.start, n.pitch))
+    inst.control_changes = []
+  return out
+
+
 def midi_pairs(path: str, rel_file: str, source: str, piece_id: str, grid_source: str,
                deadpan_velocity: int = DEADPAN_VELOCITY) -> list[DeadpanPair]:
   """One pair per instrument with notes; [] for a file without notes."""
@@ -129,9 +162,7 @@ def midi_pairs(path: str, rel_file: str, source: str, piece_id: str, grid_source
     end = np.array([n.end for n in inst.notes])
     onset = grid.to_beats(start)
     human_dur = grid.to_beats(end) - onset
-    phase, fit = grid_phase(onset)
-    deadpan_onset = snap_beats(onset - phase)
-    deadpan_dur = np.maximum(snap_beats(human_dur), 1.0 / max(SNAP_DIVISIONS))
+    deadpan_onset, deadpan_dur, phase, fit = _deadpan_beats(onset, human_dur)
     pitch = np.array([n.pitch for n in inst.notes])
     order = np.lexsort((onset, pitch, deadpan_onset))
     notes = duv_features.WrittenNotes(

@@ -106,15 +106,6 @@ def _copy_midi(pm: pretty_midi.PrettyMIDI) -> pretty_midi.PrettyMIDI:
   return out
 
 
-def beats_to_seconds(grid: duv_features.BeatGrid, beats: np.ndarray) -> np.ndarray:
-  """The inverse of `BeatGrid.to_beats`, extended linearly past both ends the same way."""
-  t = grid.beat_times
-  b = np.arange(len(t), dtype=np.float64)
-  out = np.interp(beats, b, t)
-  out = np.where(beats < 0, t[0] + beats * (t[1] - t[0]), out)
-  return np.where(beats > b[-1], t[-1] + (beats - b[-1]) * (t[-1] - t[-2]), out)
-
-
 @dataclasses.dataclass(frozen=True)
 class _Track:
   index: int  # instrument index
@@ -168,7 +159,7 @@ def humanize(pm: pretty_midi.PrettyMIDI, model: bundle.DuvModel, intensity: floa
     old_vel = t.written.velocity.astype(np.float64)
     old_end = np.array([n.end for n in notes], np.float64)
     target_vel = np.clip(vel_pred, 1.0, 127.0)
-    target_end = beats_to_seconds(grid, t.written.onset_beats + np.maximum(dur_pred, MIN_DUR_BEATS))
+    target_end = grid.to_seconds(t.written.onset_beats + np.maximum(dur_pred, MIN_DUR_BEATS))
     new_vel = np.rint(old_vel + k * (target_vel - old_vel)).astype(np.int64)
     new_end = old_end + k * (target_end - old_end)
     for note, v, e in zip(notes, new_vel.tolist(), new_end.tolist()):

@@ -16,6 +16,18 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 
+def parse_seconds(text: str) -> tuple[float, float]:
+  """'START,END' in seconds ('30,39') as two floats with 0 <= START < END."""
+  try:
+    start, end = (float(part) for part in text.split(","))
+  except ValueError:
+    raise ValueError(f"piano-roll seconds {text!r} are not START,END (e.g. 30,39)") from None
+  if not 0.0 <= start < end < float("inf"):
+    raise ValueError(f"piano-roll seconds {text!r} need 0 <= START < END, got START {start} and "
+                     f"END {end}")
+  return start, end
+
+
 def _notes(pm: pretty_midi.PrettyMIDI, tracks: Sequence[int] | None, start: float,
            end: float) -> list[pretty_midi.Note]:
   chosen = range(len(pm.instruments)) if tracks is None else tracks

@@ -8,10 +8,10 @@ The loop (`lora_jax.train.loop`) trains any family from arrays. What is DUV's ow
           phrase windows written as the family's arrays, and `training.steps` from `epochs`;
   after   what `lora_jax.duv` loads: a base becomes the bundle folder, an adapter becomes
           `<bundle>/<adapter_name>.lora`, loaded back through the checks inference runs, so an
-          adapter that would not fit fails here and not in the middle of a song. With
-          `duv.restore_best` the written weights are those of the evaluation with the lowest
-          validation loss (early stopping that keeps the best, not the last, step). The split
-          record (`duv_split.json`) goes into the workdir for `lora_jax.duv.evaluate`.
+          adapter that would not fit fails here and not in the middle of a song. The weights
+          are those the loop exported (`ckpt.export`: 'best', the evaluation with the lowest
+          validation loss, or 'final'); the split record (`duv_split.json`, with the exported
+          step) goes into the workdir for `lora_jax.duv.evaluate`.
 
 The config file is the loop's, plus a `duv` group (`DuvData`). The loop fields this fills are
 declared in the config as placeholders: `data.path`, `data.val_path`, `training.steps` and, for
@@ -25,12 +25,11 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
-from lora_jax import atomic, families, lora
+from lora_jax import atomic, families
 from lora_jax.data import duv_features, duv_manifest
 from lora_jax.duv import bundle, splits
-from lora_jax.train import checkpoint
+from lora_jax.interop import flax_weights
 from lora_jax.train import config as config_lib
 from lora_jax.train import loop
 
@@ -47,7 +46,6 @@ class DuvData:
   valid_tail: float  # share of each training track's notes, at its end, that validates
   epochs: int  # passes over the train windows; sets training.steps
   stride: int  # notes between window starts (the window is model.seq_len notes)
-  restore_best: bool  # write the best-validated evaluation's weights, not the last step's
   bundle: str  # DUV bundle folder: a base run writes it, an adapter run reads its base from it
   adapter_name: str  # an adapter run writes <bundle>/<adapter_name>.lora
 
@@ -135,53 +133,26 @@ def prepare(config_dict: Mapping[str, Any], workdir: str) -> Prepared:
                   n_windows)
 
 
-def _best_params(prepared: Prepared, run_dir: str, result: loop.Result) -> tuple[Any, int]:
-  """The trainable tree of the checkpoint with the lowest validation loss, and its step."""
-  ckpts = checkpoint.Checkpoints(os.path.join(run_dir, "checkpoints"), prepared.config.ckpt)
-  try:
-    step = ckpts.best_step()
-    if step is None:
-      raise RuntimeError(f"duv.restore_best: no checkpoint in {run_dir} has a validation loss")
-    restored = ckpts.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore()))
-  finally:
-    ckpts.close()
-  params = jax.tree.map(np.asarray, restored.state["params"])
-  want = jax.tree.structure(result.params)
-  if jax.tree.structure(params) != want:
-    raise RuntimeError(f"best checkpoint (step {step}) holds {jax.tree.structure(params)}, the "
-                       f"run trains {want}")
-  return params, step
-
-
 def finish(prepared: Prepared, result: loop.Result, workdir: str) -> str:
-  """Write the bundle (base) or the adapter beside its base, and the split record into
-  `workdir`; returns what was written."""
+  """Write the loop's export as the bundle (base) or as the adapter beside its base, and the split
+  record into `workdir`; returns what was written."""
   if result.status == "stopped":
     raise RuntimeError(f"training stopped at step {result.step} before it finished; run it "
                        "again with the same workdir to resume")
   data, config = prepared.data, prepared.config
-  run_dir = os.path.join(workdir, "run")
-  params, step = (_best_params(prepared, run_dir, result) if data.restore_best
-                  else (result.params, result.step))
   if config.training.type == "full":
     path = data.bundle
+    params = flax_weights.load_params(result.export_path, result.params)
     bundle.save_bundle(path, params, config.model.model_config(), prepared.scaler,
                        prepared.n_train_notes)
   else:
     path = os.path.join(data.bundle, data.adapter_name + bundle.ADAPTER_SUFFIX)
-    if data.restore_best:
-      exported = lora.load_adapter(result.export_path)
-      exported.adapter = exported.adapter.replace(params=params)
-      exported.extra = {**exported.extra, "restored_step": step}
-      lora.save_adapter(path, exported)
-    else:
-      with atomic.atomic_path(path) as tmp:
-        shutil.copyfile(result.export_path, tmp)
+    with atomic.atomic_path(path) as tmp:
+      shutil.copyfile(result.export_path, tmp)
   bundle.load_model(path)  # the checks inference runs: right base, every module where it says
   splits.write_record(os.path.join(workdir, splits.RECORD_FILE), splits.record(
-      config.training.type, path, step, data.bundle, data.manifest, data.instrument, data.pieces,
-      data.heldout, data.valid_tail, prepared.parts))
+      config.training.type, path, result.export_step, data.bundle, data.manifest,
+      data.instrument, data.pieces, data.heldout, data.valid_tail, prepared.parts))
   return path
 
 

@@ -26,6 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lora_jax.models.attention import attention
+
 VELOCITY_MAX = 127.0
 
 
@@ -64,8 +66,7 @@ class Attention(nn.Module):
     q_BxLxHxK = dense("q_proj")(x_BxLxD).reshape(b, l, h, dh)
     k_BxLxHxK = dense("k_proj")(x_BxLxD).reshape(b, l, h, dh)
     v_BxLxHxK = dense("v_proj")(x_BxLxD).reshape(b, l, h, dh)
-    out_BxLxHxK = jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK,
-                                               mask=keymask_Bx1x1xL)
+    out_BxLxHxK = attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask=keymask_Bx1x1xL)
     out_BxLxD = nn.Dropout(cfg.dropout)(out_BxLxHxK.reshape(b, l, d), deterministic=deterministic)
     return dense("out_proj")(out_BxLxD)
 
