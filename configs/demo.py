@@ -70,7 +70,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.overrides = ml_collections.ConfigDict()  # the genre and style files' own recipe
   if variant == "from_scratch":
     config.base.path = ""
-    # 110, as the shipped base's Essen packs: a cap of 150 selects an Essen piece whose 66/4 meter
-    # the tokenizer cannot express, and windowing its split fails.
-    config.build.max_pieces = 110
+    config.build.max_pieces = 110  # as the shipped base's Essen packs (assets/base_model/)
   return config

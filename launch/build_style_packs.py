@@ -2,11 +2,13 @@
 
   python launch/build_style_packs.py --out=style_packs --max_pieces=100 --workers=2 \
       --styles=celtic_fiddle,essen_folk
+
+Bad input ends in one error line and exit status 1.
 """
-from absl import app
 from absl import flags
 from absl import logging
 
+from lora_jax import cli
 from lora_jax.data import style_corpus
 
 _OUT = flags.DEFINE_string("out", "style_packs", "Root directory of the packs.")
@@ -19,18 +21,16 @@ _WORKERS = flags.DEFINE_integer("workers", 2, "Conversion processes.", lower_bou
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
-    stats = style_corpus.build_style_packs(_OUT.value, _STYLES.value, _MAX_PIECES.value,
-                                           _WORKERS.value)
-  except ValueError as e:
-    raise SystemExit(f"build_style_packs: {e}") from None
+    raise ValueError(f"unexpected arguments: {argv[1:]}")
+  stats = style_corpus.build_style_packs(_OUT.value, _STYLES.value, _MAX_PIECES.value,
+                                         _WORKERS.value)
   for s in stats.styles:
-    logging.info("%-26s available %5d  selected %5d  converted %5d  cached %5d  failed %3d",
-                 s.style, s.n_available, s.n_selected, s.n_converted, s.n_cached, s.n_failed)
+    logging.info("%-26s available %5d  selected %5d  converted %5d  cached %5d  failed %3d  "
+                 "dropped notes %4d  meters %3d", s.style, s.n_available, s.n_selected,
+                 s.n_converted, s.n_cached, s.n_failed, s.n_dropped_notes, s.n_dropped_meters)
   logging.info("%d failures (see <out>/<genre>/failures.json); %.1f s",
                len(stats.failures), stats.seconds)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, "build_style_packs")

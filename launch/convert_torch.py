@@ -13,7 +13,8 @@ from ml_collections import config_flags
 
 from lora_jax import cli
 from lora_jax.interop import flax_weights, torch_convert
-from lora_jax.models import config_convert
+from lora_jax.models import transformer
+from lora_jax.train import config as config_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "model config, e.g. "
                                           "configs/music_transformer.py:tiny")
@@ -26,8 +27,9 @@ flags.mark_flags_as_required(["config", "input", "output"])
 
 def main(argv):
   del argv
-  model_config = config_convert.transformer_config_from(_CONFIG.value.model)
-  abstract = config_convert.abstract_params(model_config)
+  model_config = config_lib.from_mapping(transformer.TransformerConfig, _CONFIG.value.model,
+                                         "config.model")
+  abstract = transformer.abstract_params(model_config)
   params = torch_convert.load_torch_params(_INPUT.value, abstract, prefix=_PREFIX.value)
   metadata = {"source": os.path.basename(_INPUT.value),
               "model_config": json.dumps(dataclasses.asdict(model_config))}

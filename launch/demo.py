@@ -8,24 +8,16 @@ every file went; exits 1 if the table does not show each level lowering the chil
 """
 
 import os
-import sys
 
-# `python launch/x.py` puts launch/ first on sys.path, where launch/humanize.py shadows the
-# `humanize` package Orbax imports.
-if sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
-  sys.path.pop(0)
-
-from absl import flags  # pylint: disable=g-import-not-at-top
+from absl import flags
 from absl import logging
 import jax
-from ml_collections import config_flags
 
 from lora_jax import cli
-from lora_jax.hierarchy import argv, demo
+from lora_jax.hierarchy import demo
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_CONFIG = config_flags.DEFINE_config_file("config", os.path.join(_ROOT, "configs", "demo.py"),
-                                          "Demo config file.", lock_config=True)
+_CONFIG = cli.define_config(os.path.join(_ROOT, "configs", "demo.py"), "Demo config file.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Folder for packs, models and samples.")
 
 
@@ -50,5 +42,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-  sys.argv = argv.underscore_flags(sys.argv)
   cli.run(main, "demo")

@@ -10,18 +10,12 @@ One column per pack (its `--split`, test by default), windows of --seq-len token
 """
 
 import os
-import sys
 
-# `python launch/x.py` puts launch/ first on sys.path, where launch/humanize.py shadows the
-# `humanize` package Orbax imports.
-if sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
-  sys.path.pop(0)
-
-from absl import flags  # pylint: disable=g-import-not-at-top
+from absl import flags
 
 from lora_jax import cli
 from lora_jax.data import style_pack
-from lora_jax.hierarchy import argv, evaluation
+from lora_jax.hierarchy import evaluation
 
 _BASE = flags.DEFINE_string("base_model", "checkpoints/base_model/base_model.safetensors",
                             "Base model file.")
@@ -44,5 +38,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-  sys.argv = argv.underscore_flags(sys.argv)
   cli.run(main, "evaluate_nll")

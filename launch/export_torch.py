@@ -12,7 +12,8 @@ from ml_collections import config_flags
 
 from lora_jax import cli
 from lora_jax.interop import export
-from lora_jax.models import config_convert
+from lora_jax.models import transformer
+from lora_jax.train import config as config_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "model config, e.g. "
                                           "configs/music_transformer.py:tiny")
@@ -38,8 +39,8 @@ def main(argv):
   else:
     if _CONFIG.value is None or _INPUT.value is None:
       raise ValueError("--config and --input are required to export a base model")
-    abstract = config_convert.abstract_params(
-        config_convert.transformer_config_from(_CONFIG.value.model))
+    abstract = transformer.abstract_params(config_lib.from_mapping(
+        transformer.TransformerConfig, _CONFIG.value.model, "config.model"))
     weights = [float(w) for w in _WEIGHTS.value] or [1.0] * len(_ADAPTERS.value)
     export.export_merged(_INPUT.value, abstract, _ADAPTERS.value, weights, _OUTPUT.value,
                          model_family=_FAMILY, blend_mode=_BLEND.value,

@@ -14,18 +14,12 @@ is Flax safetensors with vocab.json beside it; --create-config writes <output st
 """
 
 import os
-import sys
 
-# `python launch/x.py` puts launch/ first on sys.path, where launch/humanize.py shadows the
-# `humanize` package Orbax imports.
-if sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
-  sys.path.pop(0)
-
-from absl import flags  # pylint: disable=g-import-not-at-top
+from absl import flags
 from absl import logging
 
 from lora_jax import cli, lora
-from lora_jax.hierarchy import argv, merging
+from lora_jax.hierarchy import merging
 
 _BASE = flags.DEFINE_string("base_model", "checkpoints/base_model/base_model.safetensors",
                             "Base model file.")
@@ -63,5 +57,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-  sys.argv = argv.underscore_flags(sys.argv)
   cli.run(main, "merge_adapters")

@@ -3,15 +3,15 @@ r"""Train a LoRA adapter (or a whole model) for any model family.
 python launch/train.py --config=configs/music_lm.py:tiny --workdir=runs/tiny
 
 Running it again with the same workdir resumes from the last checkpoint. SIGTERM or Ctrl-C
-checkpoints and exits cleanly.
+checkpoints and exits cleanly. Bad input ends in one error line and exit status 1.
 """
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
 
+from lora_jax import cli
 from lora_jax.train import config as config_lib
 from lora_jax.train import loop
 
@@ -23,7 +23,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise ValueError(f"unexpected arguments: {argv[1:]}")
   config = config_lib.from_config_dict(_CONFIG.value)
   logging.info("JAX %s on %d devices: %s", jax.__version__, jax.device_count(), jax.devices())
   result = loop.train(config, _WORKDIR.value)
@@ -32,4 +32,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, "train")

@@ -8,25 +8,17 @@ Writes <output-dir>/base_model.safetensors and vocab.json; the run (checkpoints,
 """
 
 import os
-import sys
 
-# `python launch/x.py` puts launch/ first on sys.path, where launch/humanize.py shadows the
-# `humanize` package Orbax imports.
-if sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
-  sys.path.pop(0)
-
-from absl import flags  # pylint: disable=g-import-not-at-top
+from absl import flags
 from absl import logging
 import jax
-from ml_collections import config_flags
 
 from lora_jax import cli
-from lora_jax.hierarchy import argv, settings, training
+from lora_jax.hierarchy import settings, training
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(_ROOT, "configs", "base_model.py"), "Base-model config file.",
-    lock_config=True)
+_CONFIG = cli.define_config(os.path.join(_ROOT, "configs", "base_model.py"),
+                            "Base-model config file.")
 _PACKS = flags.DEFINE_list("packs", None, "Style pack folders whose train splits the base learns.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "checkpoints/base_model",
                                   "Folder for base_model.safetensors, vocab.json and run/.")
@@ -44,5 +36,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-  sys.argv = argv.underscore_flags(sys.argv)
   cli.run(main, "train_base")

@@ -10,25 +10,18 @@ the run in <output-dir>/<parent>/run/; the same command again resumes.
 """
 
 import os
-import sys
 
-# `python launch/x.py` puts launch/ first on sys.path, where launch/humanize.py shadows the
-# `humanize` package Orbax imports.
-if sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
-  sys.path.pop(0)
-
-from absl import flags  # pylint: disable=g-import-not-at-top
+from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
 
 from lora_jax import cli
-from lora_jax.hierarchy import argv, settings, training
+from lora_jax.hierarchy import settings, training
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(_ROOT, "configs", "lora_adapter_config.py"),
-    "Adapter defaults; genre files are read from genres/ beside it.", lock_config=True)
+_CONFIG = cli.define_config(os.path.join(_ROOT, "configs", "lora_adapter_config.py"),
+                            "Adapter defaults; genre files are read from genres/ beside it.")
 _PARENT = flags.DEFINE_string("parent", None, "Genre name; configs/genres/<parent>.py must exist.")
 _PACK = flags.DEFINE_string("pack", None, "The genre's style pack folder.")
 _BASE = flags.DEFINE_string("base_model", "checkpoints/base_model/base_model.safetensors",
@@ -60,5 +53,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-  sys.argv = argv.underscore_flags(sys.argv)
   cli.run(main, "train_parent_adapter")

@@ -3,10 +3,9 @@
 import dataclasses
 
 import pytest
-from absl import flags
 
 from lora_jax import lora
-from lora_jax.hierarchy import argv, settings
+from lora_jax.hierarchy import settings
 from lora_jax.train import config as config_lib
 import hierarchy_testlib
 import testlib
@@ -136,22 +135,6 @@ def test_seed_target_names_map_onto_module_suffixes():
   paths = {t.path for t in lora.resolve(spec, params)}
   assert paths == {f"blocks.{i}.{m}" for i in range(2) for m in (
       "attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj", "ff.in", "ff.out")} | {"head"}
-
-
-def test_dashed_flags_become_underscored():
-  values = flags.FlagValues()
-  flags.DEFINE_integer("batch_size", 8, "", flag_values=values)
-  flags.DEFINE_bool("create_config", False, "", flag_values=values)
-  flags.DEFINE_string("parent_lora", "", "", flag_values=values)
-  got = argv.underscore_flags(
-      ["prog", "--batch-size=4", "--batch-size", "5", "--create-config", "--no-create-config",
-       "--parent_lora=a-b.lora", "--config.parent.rank=3", "--un-known=1", "-x", "--",
-       "--batch-size=9"], values)
-  assert got == ["prog", "--batch_size=4", "--batch_size", "5", "--create_config",
-                 "--nocreate_config", "--parent_lora=a-b.lora", "--config.parent.rank=3",
-                 "--un-known=1", "-x", "--", "--batch-size=9"]
-  values(got[:got.index("--parent_lora=a-b.lora") + 1])
-  assert values.batch_size == 5 and values.create_config is False
 
 
 def test_every_shipped_genre_and_style_file_resolves():

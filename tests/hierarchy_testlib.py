@@ -5,12 +5,14 @@ lays them out); each sub-style gets its own rhythm and meter so that adapters ha
 learn, and every split holds pieces.
 """
 
+import json
 import os
 import pathlib
 
 import numpy as np
 import pretty_midi
 
+from lora_jax import atomic
 from lora_jax.data import midi_tokenizer as mt
 from lora_jax.data import style_pack as sp
 
@@ -37,9 +39,9 @@ def piece(style: str, n_bars: int, seed: int, program: int) -> pretty_midi.Prett
 
 
 def _manifest(path: str, style: str, parent: str | None, children: list[str], entries: list):
-  sp.write_json_atomic(os.path.join(path, sp.MANIFEST), {
+  atomic.write_text(os.path.join(path, sp.MANIFEST), json.dumps({
       "format": sp.PACK_FORMAT, "style": style, "parent": parent, "children": children,
-      "pieces": sorted(entries, key=lambda e: e["id"])})
+      "pieces": sorted(entries, key=lambda e: e["id"])}))
 
 
 def write_genre(root: str, genre: str, children: list[str], program: int = 40,

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from lora_jax import atomic
 from lora_jax.data import midi_tokenizer as mt
 from lora_jax.data import style_pack as sp
 from lora_jax.families import music_lm
@@ -71,6 +72,6 @@ def test_errors_name_the_pack(packs, tmp_path):
   pack = str(packs / "folk" / "waltz")
   manifest = json.loads(open(os.path.join(pack, sp.MANIFEST)).read())
   manifest["pieces"] = [e for e in manifest["pieces"] if e["split"] != "test"]
-  sp.write_json_atomic(os.path.join(pack, sp.MANIFEST), manifest)
+  atomic.write_text(os.path.join(pack, sp.MANIFEST), json.dumps(manifest))
   with pytest.raises(sp.StylePackError, match=r"waltz: split 'test' holds no pieces"):
     windows.split_windows([pack], "test", TOKENIZER, 32, cache)

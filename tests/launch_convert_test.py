@@ -11,7 +11,8 @@ import safetensors.torch
 import torch
 
 from lora_jax.interop import flax_weights, torch_convert
-from lora_jax.models import config_convert
+from lora_jax.models import transformer
+from lora_jax.train import config as config_lib
 from third_party.music_transformer_torch import MusicTransformer as TorchMusicTransformer
 
 _ROOT = pathlib.Path(__file__).parents[1]
@@ -23,7 +24,8 @@ def _tiny_config():
                                                 _ROOT / "configs" / "music_transformer.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return config_convert.transformer_config_from(module.get_config("tiny").model)
+  return config_lib.from_mapping(transformer.TransformerConfig, module.get_config("tiny").model,
+                                 "config.model")
 
 
 def _run(script: str, *args: str) -> subprocess.CompletedProcess:
@@ -48,7 +50,7 @@ def test_convert_then_export_round_trips(tmp_path, torch_state_dict):
   result = _run("convert_torch.py", f"--input={source}", f"--output={flax_file}")
   assert result.returncode == 0, result.stderr
 
-  abstract = config_convert.abstract_params(_tiny_config())
+  abstract = transformer.abstract_params(_tiny_config())
   params = flax_weights.load_params(str(flax_file), abstract)
   want = torch_convert.state_dict_to_flax(torch_state_dict, abstract)
   np.testing.assert_array_equal(params["blocks_1"]["ff"]["in"]["kernel"],
@@ -103,7 +105,7 @@ def test_export_merged_with_adapters_and_peft(tmp_path, torch_state_dict):
   from lora_jax import lora
   from lora_jax.models.transformer import MusicTransformer
   config = _tiny_config()
-  abstract = config_convert.abstract_params(config)
+  abstract = transformer.abstract_params(config)
   params = torch_convert.state_dict_to_flax(torch_state_dict, abstract)
   flax_file = tmp_path / "base.safetensors"
   flax_weights.save_params(params, str(flax_file))
@@ -136,4 +138,26 @@ def test_export_merged_with_adapters_and_peft(tmp_path, torch_state_dict):
   result = _run("export_torch.py", f"--input={tmp_path / 'other.safetensors'}",
                 f"--adapters={tmp_path / 'pop.lora'}", f"--output={tmp_path / 'x.pt'}")
   _assert_one_line_error(result, "export_torch", "was trained on base")
+  assert "pass --allow_other_base to use it anyway" in result.stderr
   assert not (tmp_path / "x.pt").exists()
+
+
+def test_config_model_must_match_the_transformer_config(tmp_path):
+  config = tmp_path / "typo.py"
+  config.write_text(
+      "import importlib.util\n"
+      f"spec = importlib.util.spec_from_file_location('base', {str(_ROOT / 'configs' / 'music_transformer.py')!r})\n"
+      "module = importlib.util.module_from_spec(spec)\n"
+      "spec.loader.exec_module(module)\n"
+      "def get_config(arg=None):\n"
+      "  config = module.get_config('tiny')\n"
+      "  model = config.model.to_dict()\n"
+      "  model['n_layer'] = model.pop('n_layers')\n"
+      "  config.model = model\n"
+      "  return config\n")
+  result = subprocess.run([sys.executable, str(_ROOT / "launch" / "convert_torch.py"),
+                           f"--config={config}", f"--input={tmp_path / 'x.pt'}",
+                           f"--output={tmp_path / 'x.safetensors'}"],
+                          cwd=_ROOT, capture_output=True, text=True, timeout=120)
+  _assert_one_line_error(result, "convert_torch", "config.model.n_layer: no such field in "
+                                                  "TransformerConfig")

@@ -82,8 +82,12 @@ def test_wrong_base_is_a_clear_error(tmp_path):
   rec = record(params)
   lora.check_adapter(params, rec, base_fingerprint=lora.fingerprint(params), model_family="music_lm")
   _, other = testlib.tiny_model(seed=1)
-  with pytest.raises(lora.IncompatibleAdapterError, match=r"trained on base \w+, this is \w+"):
+  with pytest.raises(lora.IncompatibleAdapterError,
+                     match=r"trained on base \w+, this is \w+ \(wrong base\?\)$"):
     lora.check_adapter(other, rec, base_fingerprint=lora.fingerprint(other))
+  with pytest.raises(lora.IncompatibleAdapterError, match=r"this is \w+; pass --allow_it to use "):
+    lora.check_adapter(other, rec, base_fingerprint=lora.fingerprint(other),
+                       override_flag="--allow_it")
   lora.check_adapter(other, rec, base_fingerprint=lora.fingerprint(other), allow_other_base=True)
   import dataclasses
   from lora_jax.models.transformer import TransformerConfig

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import music21
+import pretty_midi
 import pytest
 
 from lora_jax.data import midi_tokenizer as mt
@@ -49,6 +50,11 @@ def test_layout_and_manifests(built):
   assert len(midi_files(os.path.join(out, "celtic_fiddle"))) == len(parent.pieces)
   chorale = sp.load_style_pack(os.path.join(out, "baroque_chorale"))
   assert chorale.children == () and all(p.id.startswith("bach/") for p in chorale.pieces)
+  for s in stats.styles:  # the per-style sums of what conversion left out, as the manifests say
+    pack = sp.load_style_pack(os.path.join(out, *s.style.split("/")))
+    own = [e for e in pack.manifest["pieces"] if e["style"] == s.style]
+    assert s.n_dropped_notes == sum(e["n_dropped_notes"] for e in own)
+    assert s.n_dropped_meters == sum(e["n_dropped_meters"] for e in own)
 
 
 def test_second_build_is_a_cache_hit(built, tmp_path):
@@ -175,12 +181,27 @@ def test_meters_music21_makes_up_are_dropped_and_counted():
   assert stats.n_encoded == stats.n_notes > 20
 
 
+def test_a_meter_the_tokenizer_cannot_write_is_dropped_and_the_piece_packs(tmp_path):
+  # A cap of 150 selects this unbarred Chinese song; music21 gives its long measures 93/16, 63/16,
+  # 66/4 and 45/16. Packing its split once failed on the 66/4.
+  root = music21.common.getCorpusFilePath()
+  text = next(t for x, _, t in sc.abc_tunes(root, "essenFolksong/han2.abc") if x == "374")
+  pm, dropped = sc.score_to_midi(music21.converter.parseData(text, format="abc"), 53)
+  assert dropped.n_meters == 4
+  assert {(ts.numerator, ts.denominator) for ts in pm.time_signature_changes} == {(4, 4)}
+  path = str(tmp_path / "han2.mid")
+  pm.write(path)
+  tokens, stats = mt.MidiTokenizer(mt.MidiTokenizerConfig()).encode_with_stats(
+      pretty_midi.PrettyMIDI(path))  # as style_pack.pack_sequences reads it
+  assert stats.n_encoded == stats.n_notes == 55
+
+
 def test_launch_script(tmp_path):
   script = os.path.join(REPO, "launch", "build_style_packs.py")
   bad = subprocess.run([sys.executable, script, f"--out={tmp_path}", "--styles=polka"],
                        capture_output=True, text=True, check=False)
   assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith(
-      "build_style_packs: unknown genres ['polka']")
+      "build_style_packs: error: unknown genres ['polka']")
   good = subprocess.run([sys.executable, script, f"--out={tmp_path}", "--max_pieces=1",
                          "--styles=baroque_chorale", "--workers=1"],
                         capture_output=True, text=True, check=False)

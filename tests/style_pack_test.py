@@ -6,6 +6,7 @@ import numpy as np
 import pretty_midi
 import pytest
 
+from lora_jax import atomic
 from lora_jax.data import midi_tokenizer as mt
 from lora_jax.data import style_pack as sp
 
@@ -37,9 +38,9 @@ def write_pack(path, pieces: dict[str, pretty_midi.PrettyMIDI], split="train") -
     entries.append({"id": name, "source": "test", "path": rel, "split": split, "style": "toy",
                     "n_notes": sum(len(i.notes) for i in pm.instruments),
                     "duration": pm.get_end_time()})
-  sp.write_json_atomic(os.path.join(path, sp.MANIFEST),
-                       {"format": sp.PACK_FORMAT, "style": "toy", "parent": None, "children": [],
-                        "pieces": entries})
+  atomic.write_text(os.path.join(path, sp.MANIFEST), json.dumps(
+      {"format": sp.PACK_FORMAT, "style": "toy", "parent": None, "children": [],
+       "pieces": entries}))
   return str(path)
 
 

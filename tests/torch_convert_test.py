@@ -14,8 +14,9 @@ import torch
 from lora_jax import tree_paths
 from lora_jax.interop import flax_weights, torch_convert
 from lora_jax.interop.flax_weights import WeightFileError
-from lora_jax.models import config_convert
+from lora_jax.models import transformer
 from lora_jax.models.transformer import MusicTransformer
+from lora_jax.train import config as config_lib
 from third_party.music_transformer_torch import MusicTransformer as TorchMusicTransformer
 
 _CONFIG_FILE = pathlib.Path(__file__).parents[1] / "configs" / "music_transformer.py"
@@ -25,7 +26,8 @@ def _tiny_config():
   spec = importlib.util.spec_from_file_location("music_transformer_config", _CONFIG_FILE)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return config_convert.transformer_config_from(module.get_config("tiny").model)
+  return config_lib.from_mapping(transformer.TransformerConfig, module.get_config("tiny").model,
+                                 "config.model")
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,7 @@ def config():
 
 @pytest.fixture(scope="module")
 def abstract(config):
-  return config_convert.abstract_params(config)
+  return transformer.abstract_params(config)
 
 
 @pytest.fixture()

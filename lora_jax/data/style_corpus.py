@@ -11,11 +11,13 @@ Which pieces a style holds comes from ABC header text and file names, with no sc
 is parsed with music21 and its notes written with pretty_midi (music21's MIDI writer fails on some
 pieces): one instrument per part, the genre's General MIDI program, velocity 80 unless the score
 gives one, repeats as written (not expanded), a pickup bar padded so bars start on the grid. Grace
-and unpitched notes are dropped and counted per piece (`n_dropped_notes`), and so are meters that
-music21 invents for broken or unmetered measures (`n_dropped_meters`: 1/16 or 1/3 in a few O'Neill
-tunes, 24/4 in Essen songs without a meter; the notes stay). Bars follow the meter from the first bar on: a short measure later in a score
-(end of a repeated strain) shifts Bar tokens against the written barlines. A piece that fails
-to convert is listed, with its error, in `<out>/<genre>/failures.json` and in the returned stats.
+and unpitched notes are dropped and counted per piece (`n_dropped_notes`), and so are meters the
+tokenizer cannot write, all of which music21 invents for broken or unmetered measures
+(`n_dropped_meters`: 1/16 or 1/3 in a few O'Neill tunes; 24/4, 66/4 or 93/16 in Essen songs
+without a meter or barlines; the notes stay). Both are summed per style in the build's stats. Bars
+follow the meter from the first bar on: a short measure later in a score (end of a repeated
+strain) shifts Bar tokens against the written barlines. A piece that fails to convert is listed,
+with its error, in `<out>/<genre>/failures.json` and in the returned stats.
 Layout and manifests are those of `style_pack`. A second build with the same arguments converts
 nothing: a piece is reused when its file exists and its manifest entry has the same source hash,
 converter version and program; failures are remembered the same way.
@@ -36,6 +38,7 @@ import music21
 from music21 import converter, harmony, meter, stream
 import pretty_midi
 
+from lora_jax import atomic
 from lora_jax.data import midi_tokenizer
 from lora_jax.data import style_pack
 
@@ -156,13 +159,14 @@ GENRES = {g.name: g for g in (
 class DroppedCounts:
   """What converting one score left out."""
   n_notes: int  # grace, unpitched and zero-length notes
-  n_meters: int  # meters music21 infers for broken or unmetered measures (1/16, 1/3, 24/4)
+  n_meters: int  # meters the tokenizer cannot write (1/16, 1/3, 24/4, 66/4): music21's inventions
 
 
-# Every meter the corpus text states has one of these denominators and at most 16 quarters (4/1);
-# music21 makes up others for broken measures and for songs written without a meter ("M: none").
-_DENOMINATORS = (1, 2, 4, 8)
-_MAX_METER_QUARTERS = 16
+# The meters of the default tokenizer's vocabulary. Every meter the corpus text states is one of
+# them (at most 4/1); music21 makes up others for broken measures and for songs written without a
+# meter ("M: none") or without barlines (essenFolksong/han2.abc#374: 66/4).
+_METERS = frozenset(name.removeprefix("TimeSig_") for name in midi_tokenizer.MidiTokenizer(
+    midi_tokenizer.MidiTokenizerConfig()).tokens if name.startswith("TimeSig_"))
 
 
 def score_to_midi(score: stream.Stream, program: int) -> tuple[pretty_midi.PrettyMIDI, DroppedCounts]:
@@ -189,8 +193,7 @@ def score_to_midi(score: stream.Stream, program: int) -> tuple[pretty_midi.Prett
   n_meters_dropped = 0
   # recurse, not flatten: flatten() loses the meter of a padded pickup measure.
   for ts in parts[0].recurse().getElementsByClass(meter.TimeSignature):
-    if (ts.denominator not in _DENOMINATORS
-        or ts.numerator * 4 > _MAX_METER_QUARTERS * ts.denominator):
+    if f"{ts.numerator}/{ts.denominator}" not in _METERS:
       n_meters_dropped += 1
       continue
     meters[tick(ts.getOffsetInHierarchy(parts[0]), True)] = (ts.numerator, ts.denominator)
@@ -260,6 +263,8 @@ class StyleStats:
   n_converted: int
   n_cached: int  # converted by an earlier build and reused
   n_failed: int  # failed now, or earlier and remembered
+  n_dropped_notes: int  # over the style's converted and cached pieces (see the module docstring)
+  n_dropped_meters: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -442,10 +447,12 @@ def _finish(plan: _GenrePlan, results: dict[str, dict]) -> tuple[list[StyleStats
     else:
       union += entries
     stats.append(StyleStats(full_style, plan.available[style], len(selected),
-                            len(selected) - n_cached - n_failed, n_cached, n_failed))
+                            len(selected) - n_cached - n_failed, n_cached, n_failed,
+                            sum(e["n_dropped_notes"] for e in entries),
+                            sum(e["n_dropped_meters"] for e in entries)))
   _write_manifest(plan.dir, genre, "", union)
-  style_pack.write_json_atomic(os.path.join(plan.dir, FAILURES),
-                               {"converter": CONVERTER_VERSION, "failures": failures})
+  atomic.write_text(os.path.join(plan.dir, FAILURES), json.dumps(
+      {"converter": CONVERTER_VERSION, "failures": failures}, indent=1, sort_keys=True))
   return stats, failures
 
 
@@ -455,4 +462,5 @@ def _write_manifest(pack_dir: str, genre: Genre, style: str, entries: list[dict]
               "children": [] if style else list(genre.sub_styles), "program": genre.program,
               "converter": CONVERTER_VERSION, "music21_version": music21.__version__,
               "pieces": sorted(entries, key=lambda e: e["id"])}
-  style_pack.write_json_atomic(os.path.join(pack_dir, style_pack.MANIFEST), manifest)
+  atomic.write_text(os.path.join(pack_dir, style_pack.MANIFEST),
+                    json.dumps(manifest, indent=1, sort_keys=True))

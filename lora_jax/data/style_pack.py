@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import pretty_midi
 
-from lora_jax import atomic
 from lora_jax.data import midi_tokenizer
 
 MANIFEST = "manifest.json"
@@ -67,11 +66,6 @@ def split_of(piece_id: str) -> str:
   """Deterministic 80/10/10 split of a piece from a hash of its id."""
   bucket = int(hashlib.sha256(f"split:{piece_id}".encode()).hexdigest()[:8], 16) % 100
   return "train" if bucket < 80 else "validation" if bucket < 90 else "test"
-
-
-def write_json_atomic(path: str, payload: Any) -> None:
-  """Writes JSON atomically (lora_jax.atomic), so readers never see half a file."""
-  atomic.write_text(path, json.dumps(payload, indent=1, sort_keys=True))
 
 
 def _piece(manifest_path: str, i: int, raw: Any) -> PackPiece:

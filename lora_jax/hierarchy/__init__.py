@@ -9,5 +9,4 @@
   generation.py  MIDI samples from a base with run-time adapters, or from a merged model
   evaluation.py  held-out NLL in bits per token, and the levels table
   demo.py        all of it end to end on real pieces
-  argv.py        `--batch-size` as well as `--batch_size` on the command line
 """

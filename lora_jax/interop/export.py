@@ -15,7 +15,7 @@ def load_checked_adapters(base_params: Any, paths: Sequence[str], *, model_famil
   records = [lora.load_adapter(p, base_params) for p in paths]
   for record in records:
     lora.check_adapter(base_params, record, base_fingerprint=base_fp, model_family=model_family,
-                       allow_other_base=allow_other_base)
+                       allow_other_base=allow_other_base, override_flag="--allow_other_base")
   if len(records) > 1:
     for note in lora.check_stack(records):
       logging.info("%s", note)

@@ -13,11 +13,13 @@ class IncompatibleAdapterError(ValueError):
 
 
 def check_adapter(base_params: Any, record: AdapterRecord, *, base_fingerprint: str | None = None,
-                  model_family: str | None = None, allow_other_base: bool = False) -> None:
+                  model_family: str | None = None, allow_other_base: bool = False,
+                  override_flag: str = "") -> None:
   """Raise unless every module of `record` is a float kernel of the base with matching shape.
 
   With `base_fingerprint`, the adapter must also have been trained on that exact base, unless
-  `allow_other_base` (the explicit override) is set.
+  `allow_other_base` is set. `override_flag` names how the caller's user sets it, for the error;
+  where they cannot, leave it empty.
   """
   label = record.name or "adapter"
   if model_family is not None and record.model_family != model_family:
@@ -42,9 +44,10 @@ def check_adapter(base_params: Any, record: AdapterRecord, *, base_fingerprint: 
       raise IncompatibleAdapterError(f"{label} module {name} has non-float factors")
   if base_fingerprint is not None and record.base_fingerprint != base_fingerprint:
     if not allow_other_base:
+      how = f"; pass {override_flag} to use it anyway" if override_flag else " (wrong base?)"
       raise IncompatibleAdapterError(
           f"{label} was trained on base {record.base_fingerprint or '(unrecorded)'}, this is "
-          f"{base_fingerprint}; pass the override flag to use it anyway")
+          f"{base_fingerprint}{how}")
 
 
 def check_stack(records: Sequence[AdapterRecord]) -> list[str]:

@@ -144,3 +144,9 @@ class MusicTransformer(nn.Module):
     x_BxTxD = nn.LayerNorm(epsilon=1e-5, dtype=_dtype(cfg), name="ln_f")(x_BxTxD)
     logits_BxTxV = nn.Dense(cfg.vocab_size, dtype=_dtype(cfg), name="head")(x_BxTxD)
     return logits_BxTxV.astype(jnp.float32)
+
+
+def abstract_params(config: TransformerConfig):
+  """Shapes and dtypes of the model's parameters (jax.ShapeDtypeStruct leaves), nothing computed."""
+  tokens_BxT = jnp.zeros((1, config.max_len), jnp.int32)
+  return jax.eval_shape(MusicTransformer(config).init, jax.random.key(0), tokens_BxT)["params"]
