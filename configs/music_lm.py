@@ -30,6 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.max_len = 512  # positions the base was trained with
   config.model.dropout = 0.1  # the base model's own dropout while training
   config.model.seq_len = 256  # tokens per training window (<= max_len)
+  config.model.pooled_targets = ()  # token ids scored as one class (MIDI Program tokens)
 
   config.lora = ml_collections.ConfigDict()
   config.lora.rank = 8
@@ -69,6 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.ckpt.every_steps = 500  # plus after each evaluation, on SIGTERM/SIGINT, at the end
   config.ckpt.keep_last = 2
   config.ckpt.keep_best = 1  # by validation loss
+  config.ckpt.export = "best"  # at the end: 'best' (lowest validation loss) or 'final' params
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1  # -1: the devices the other axes leave

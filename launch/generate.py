@@ -7,25 +7,21 @@ checkpoints/adapters/celtic_fiddle/reel/reel.lora \
     --output-dir=samples/reel
 python launch/generate.py --model=merged_models/reel_model.safetensors --primer=tune.mid \
     --primer-bars=2 --output-dir=samples/reel_merged
-python launch/generate.py --inference-config=merged_models/reel_model.json --output-dir=...
+python launch/generate.py --inference-config=merged_models/reel_model.json --program=73 \
+    --output-dir=...
 
-Writes <output-dir>/sample_NN.mid and samples.json (settings, and per file its tokens, notes and
-any grammar problem the decoder cut at).
+Sampling follows the tokenizer's grammar, so every file decodes in full; --program picks the
+instrument (a General MIDI program 0..127, or drums), --nogrammar samples unconstrained.
+Writes <output-dir>/sample_NN.mid and samples.json (settings, and per file its tokens, notes,
+programs (128: drums) and, with --nogrammar, any grammar problem the decoder cut at).
 """
 
-import os
-import sys
-
-# `python launch/x.py` puts launch/ first on sys.path, where launch/humanize.py shadows the
-# `humanize` package Orbax imports.
-if sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
-  sys.path.pop(0)
-
-from absl import flags  # pylint: disable=g-import-not-at-top
+from absl import flags
 from absl import logging
 
 from lora_jax import cli, lora
-from lora_jax.hierarchy import argv, generation, merging
+from lora_jax.data import token_grammar
+from lora_jax.hierarchy import generation, merging
 
 _MODEL = flags.DEFINE_string("model", None, "Base or merged model file (.safetensors).")
 _INFERENCE_CONFIG = flags.DEFINE_string("inference_config", None,
@@ -42,6 +38,10 @@ _TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass; 1 keeps all.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _PRIMER = flags.DEFINE_string("primer", "", "MIDI file whose tokens prompt the model.")
 _PRIMER_BARS = flags.DEFINE_integer("primer_bars", 0, "Bars of the primer to keep; 0 keeps all.")
+_PROGRAM = flags.DEFINE_string("program", "", "Instrument of sampled notes: a General MIDI "
+                               "program 0..127 or 'drums'; empty keeps the model's choice.")
+_GRAMMAR = flags.DEFINE_boolean("grammar", True, "Sample only tokens the tokenizer's grammar "
+                                "allows; --nogrammar samples freely and keeps valid prefixes.")
 
 
 def main(args):
@@ -55,12 +55,12 @@ def main(args):
       model, _ADAPTERS.value, weights, blend_mode=_MODE.value, output_dir=_OUTPUT_DIR.value,
       n_samples=_N.value, length=_LENGTH.value, temperature=_TEMPERATURE.value,
       top_k=_TOP_K.value, top_p=_TOP_P.value, seed=_SEED.value, primer=_PRIMER.value,
-      primer_bars=_PRIMER_BARS.value)
+      primer_bars=_PRIMER_BARS.value, program=token_grammar.parse_program(_PROGRAM.value),
+      grammar=_GRAMMAR.value)
   for s in samples:
     logging.info("%s: %d tokens, %d notes%s%s", s.path, s.n_tokens, s.n_notes,
                  ", ended" if s.ended else "", f"; {s.problem}" if s.problem else "")
 
 
 if __name__ == "__main__":
-  sys.argv = argv.underscore_flags(sys.argv)
   cli.run(main, "generate")

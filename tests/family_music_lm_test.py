@@ -29,6 +29,33 @@ def test_loss_is_masked_mean_next_token_cross_entropy():
       rtol=1e-6)
 
 
+def test_pooled_targets_are_scored_as_their_class():
+  rng = np.random.default_rng(1)
+  pooled = (3, 7, 11)
+  tokens = np.array([[0, 3, 5, 11, 7, 2]], np.int32)
+  mask = np.ones((1, 6), np.float32)
+  logits = rng.normal(size=(1, 6, 32)).astype(np.float32)
+  loss, _ = music_lm.loss_fn(jnp.asarray(logits), {"tokens": tokens, "mask": mask}, pooled)
+  logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
+  pool = lambda t: np.log(np.exp(logp[0, t, list(pooled)]).sum())
+  terms = [-(pool(t) if tokens[0, t + 1] in pooled else logp[0, t, tokens[0, t + 1]])
+           for t in range(5)]
+  np.testing.assert_allclose(loss, np.mean(terms), rtol=1e-5)
+  # Which pooled id the model favours does not matter, only their total mass.
+  swapped = logits.copy()
+  swapped[..., [3, 7, 11]] = logits[..., [11, 3, 7]]
+  np.testing.assert_allclose(
+      music_lm.loss_fn(jnp.asarray(swapped), {"tokens": tokens, "mask": mask}, pooled)[0], loss,
+      rtol=1e-6)
+  plain = music_lm.loss_fn(jnp.asarray(logits), {"tokens": tokens, "mask": mask})[0]
+  assert plain > loss  # scored by value, the pooled targets cost more
+  family = music_lm.make(music_lm.LmConfig(**{**LM.__dict__, "pooled_targets": pooled}), "float32")
+  np.testing.assert_allclose(family.loss_fn(jnp.asarray(logits), {"tokens": tokens,
+                                                                   "mask": mask})[0], loss)
+  with pytest.raises(ValueError, match="pooled_targets must be distinct ids below vocab_size 32"):
+    music_lm.LmConfig(**{**LM.__dict__, "pooled_targets": (3, 40)})
+
+
 def test_an_empty_mask_is_nan_not_zero():
   tokens = np.zeros((1, 4), np.int32)
   loss, _ = music_lm.loss_fn(jnp.zeros((1, 4, 32)), {"tokens": tokens,

@@ -129,11 +129,13 @@ def test_train_merge_generate_resume_and_errors(tmp_path):
   assert list(rows) == ["base", "base + parent", "base + parent + child", "merged"]
   assert max(abs(a - b) for a, b in zip(rows["merged"], rows["base + parent + child"])) < 1e-3
   launch("generate.py", f"--inference-config={tmp_path / 'merged' / 'waltz_model.json'}",
-         "--n-samples=2", "--length=16", "--temperature=0.8", "--top-k=20",
+         "--n-samples=2", "--length=16", "--temperature=0.8", "--top-k=20", "--program=drums",
          f"--output-dir={tmp_path / 'samples'}", tmp_path=tmp_path)
   report = json.loads((tmp_path / "samples" / "samples.json").read_text())
-  assert len(report["samples"]) == 2
+  assert len(report["samples"]) == 2 and report["grammar"] and report["program"] == mt.DRUM_PROGRAM
   assert all(os.path.getsize(s["path"]) > 0 for s in report["samples"])
+  assert all(s["problem"] == "" and set(s["programs"]) <= {mt.DRUM_PROGRAM}
+             for s in report["samples"])
 
   # Bad input: one line each.
   missing = launch("train_parent_adapter.py", *parent_args[:4], str(packs / "nowhere"),
@@ -147,3 +149,6 @@ def test_train_merge_generate_resume_and_errors(tmp_path):
   empty_run = launch("train_parent_adapter.py", *parent_args[:4], str(empty), *parent_args[5:],
                      tmp_path=tmp_path, check=False)
   one_error_line(empty_run, "train_parent_adapter", "pack lists no pieces")
+  piano = launch("generate.py", f"--model={base}", "--program=piano", tmp_path=tmp_path,
+                 check=False)
+  one_error_line(piano, "generate", "--program 'piano' is not a General MIDI program 0..127")

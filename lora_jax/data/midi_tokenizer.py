@@ -174,6 +174,10 @@ class MidiTokenizer:
   def vocab_size(self) -> int:
     return len(self.tokens)
 
+  def bar_steps(self, numerator: int, denominator: int) -> int:
+    """Grid steps between Bar tokens in meter numerator/denominator (a long bar's equal part)."""
+    return self._bar_steps[(numerator, denominator)]
+
   def velocity_bin(self, velocity: int) -> int:
     """Bin of a MIDI velocity."""
     return min(int(velocity) * self.config.n_velocity_bins // 128, self.config.n_velocity_bins - 1)

@@ -19,7 +19,7 @@ from lora_jax import atomic, lora
 from lora_jax.data import midi_tokenizer
 from lora_jax.hierarchy.settings import ModelSettings
 from lora_jax.interop import flax_weights
-from lora_jax.models import config_convert
+from lora_jax.models import transformer
 from lora_jax.models.transformer import MusicTransformer, TransformerConfig
 from lora_jax.train import config as config_lib
 
@@ -56,7 +56,7 @@ def host(tree: Any) -> Any:
 
 def abstract_params(settings: ModelSettings) -> Any:
   """Shapes and dtypes of a model of this size."""
-  return config_convert.abstract_params(TransformerConfig(
+  return transformer.abstract_params(TransformerConfig(
       vocab_size=settings.vocab_size, d_model=settings.d_model, n_heads=settings.n_heads,
       n_layers=settings.n_layers, d_ff=settings.d_ff, max_len=settings.max_len))
 
@@ -99,6 +99,15 @@ def load_tokenizer(model_path: str, settings: ModelSettings) -> midi_tokenizer.M
     raise ValueError(f"{vocab} has {tokenizer.vocab_size} tokens but the model {model_path} "
                      f"has a vocabulary of {settings.vocab_size}")
   return tokenizer
+
+
+POOLED_KINDS = ("Program",)  # scored as a class: where a note starts, not which instrument
+
+
+def pooled_targets(tokenizer: midi_tokenizer.MidiTokenizer) -> tuple[int, ...]:
+  """Token ids the hierarchy scores as one class (`music_lm.LmConfig.pooled_targets`)."""
+  return tuple(i for i, name in enumerate(tokenizer.tokens)
+               if name.split("_", 1)[0] in POOLED_KINDS)
 
 
 def copy_vocab(model_path: str, folder: str) -> str:

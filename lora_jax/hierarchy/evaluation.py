@@ -1,7 +1,8 @@
 """Held-out negative log-likelihood, in bits per token, of a model with or without adapters.
 
 Scored as the training loss is (`families.music_lm.loss_fn`): position t predicts token t + 1
-where mask[t + 1] = 1, so BOS is context, never a target. Unlike the loop's validation (a mean of
+where mask[t + 1] = 1, so BOS is context, never a target, and a Program target is scored as the
+class of all Program tokens (`base_file.pooled_targets`: where a note starts, not the instrument). Unlike the loop's validation (a mean of
 per-batch means over full batches), this is the exact token-weighted mean over every window of the
 split: the last batch is padded with rows of mask 0, which add nothing. Adapter weights are data,
 so every level reuses one compiled function per adapter count.
@@ -16,9 +17,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from lora_jax import lora
+from lora_jax.families import music_lm
 from lora_jax.data import midi_tokenizer
 from lora_jax.hierarchy import base_file, merging, windows
 
@@ -33,20 +34,19 @@ class Nll:
   n_tokens: int  # scored target tokens
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@functools.partial(jax.jit, static_argnames=("model", "pooled"))
 def _target_ce(model: nn.Module, params: Any, adapters: tuple, weights: jax.Array, tokens_BxT,
-               mask_BxT) -> jax.Array:
+               mask_BxT, pooled: tuple[int, ...]) -> jax.Array:
   """Cross entropy (nats) of each target token [B, T - 1]; 0 where the target is masked."""
   actives = [lora.Active(a, w) for a, w in zip(adapters, weights)]
   logits_BxTxV = lora.apply(model, params, actives, tokens_BxT, deterministic=True)
-  ce_BxT = optax.softmax_cross_entropy_with_integer_labels(
-      logits_BxTxV[:, :-1].astype(jnp.float32), tokens_BxT[:, 1:])
+  ce_BxT = music_lm.next_token_ce(logits_BxTxV, tokens_BxT, pooled)
   return ce_BxT * mask_BxT[:, 1:].astype(jnp.float32)
 
 
 def target_ce(model: nn.Module, params: Any, arrays: dict[str, np.ndarray],
-              adapters: Sequence[lora.Adapter] = (), weights: Sequence[float] = ()
-              ) -> tuple[np.ndarray, np.ndarray]:
+              adapters: Sequence[lora.Adapter] = (), weights: Sequence[float] = (),
+              pooled: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
   """(cross entropy in nats [N, T - 1], target mask [N, T - 1]) over all windows, on the host."""
   if len(adapters) != len(weights):
     raise ValueError(f"{len(adapters)} adapters but {len(weights)} weights")
@@ -59,23 +59,29 @@ def target_ce(model: nn.Module, params: Any, arrays: dict[str, np.ndarray],
   mask = np.concatenate([mask, np.zeros((pad, mask.shape[1]), np.float32)])
   w = jnp.asarray(weights, jnp.float32).reshape(-1)
   outs = [_target_ce(model, params, tuple(adapters), w, tokens[i:i + EVAL_BATCH],
-                     mask[i:i + EVAL_BATCH]) for i in range(0, len(tokens), EVAL_BATCH)]
+                     mask[i:i + EVAL_BATCH], tuple(pooled)) for i in range(0, len(tokens), EVAL_BATCH)]
   ce = np.concatenate([np.asarray(o, np.float64) for o in jax.device_get(outs)])[:n]
   return ce, mask[:n, 1:]
 
 
 def nll(model: nn.Module, params: Any, arrays: dict[str, np.ndarray],
-        adapters: Sequence[lora.Adapter] = (), weights: Sequence[float] = ()) -> Nll:
-  """Bits per target token of `model` (with adapters at `weights`) on `tokens`/`mask` windows."""
-  ce, mask = target_ce(model, params, arrays, adapters, weights)
+        adapters: Sequence[lora.Adapter] = (), weights: Sequence[float] = (),
+        pooled: Sequence[int] = ()) -> Nll:
+  """Bits per target token of `model` (with adapters at `weights`) on `tokens`/`mask` windows;
+  targets among the `pooled` ids are scored as their class (`base_file.pooled_targets`)."""
+  ce, mask = target_ce(model, params, arrays, adapters, weights, pooled)
   return Nll(float(ce.sum() / mask.sum() / math.log(2.0)), int(mask.sum()))
 
 
 def nll_by_kind(model: nn.Module, params: Any, arrays: dict[str, np.ndarray],
                 tokenizer: midi_tokenizer.MidiTokenizer, adapters: Sequence[lora.Adapter] = (),
                 weights: Sequence[float] = ()) -> dict[str, Nll]:
-  """`nll` per kind of target token ('Pitch', 'Program', 'Duration', ...): where the bits go."""
-  ce, mask = target_ce(model, params, arrays, adapters, weights)
+  """`nll` per kind of target token ('Pitch', 'Program', 'Duration', ...): where the bits go.
+
+  Program targets are scored as the hierarchy scores them, as a class (`nll` with the pooled ids).
+  """
+  ce, mask = target_ce(model, params, arrays, adapters, weights,
+                       base_file.pooled_targets(tokenizer))
   kinds = np.asarray([name.split("_")[0] for name in tokenizer.tokens])[
       np.asarray(arrays["tokens"])[:, 1:]]
   out = {}
@@ -133,6 +139,7 @@ def level_table(base_path: str, parent_path: str, child_path: str | None, merged
       raise ValueError(f"merged model {merged_path} has size {merged.settings}, the base "
                        f"{base.settings}")
     levels.append(("merged", merged.params, []))
-  rows = tuple((label, tuple(nll(model, params, arrays, acts, [1.0] * len(acts))
+  pooled = base_file.pooled_targets(tokenizer)
+  rows = tuple((label, tuple(nll(model, params, arrays, acts, [1.0] * len(acts), pooled)
                              for arrays in data)) for label, params, acts in levels)
   return Table(columns, rows)

@@ -2,11 +2,16 @@
 
 The prompt is BOS, or a primer MIDI file tokenized (its first `primer_bars` bars, without EOS);
 the model continues it with cached decoding (`lora_jax.models.decode.sample`: temperature, top-k,
-top-p, seed; adapter weights are data). Each sample is cut after its first EOS and decoded to
-MIDI with the tokenizer (`truncated=True` when no EOS came, so a sample cut by the length limit
-drops its unfinished last note). A sample the tokenizer's grammar rejects part-way (say a
-Duration where a Pitch belongs) keeps its longest valid prefix; the report (`samples.json` and the
-returned `Sample`s) says where and why, so nothing is dropped unannounced.
+top-p, seed; adapter weights are data). Sampling is constrained by the tokenizer's grammar
+(`lora_jax.data.token_grammar`), so every sample decodes in full; `program` forces the instrument
+of every sampled Program token (a primer keeps its own). Each sample is cut after its first EOS
+and decoded to MIDI with the tokenizer (`truncated=True` when no EOS came, so a sample cut by the
+length limit drops its unfinished last note or bar header).
+
+With `grammar=False` the model samples freely, as before the constraint: a sample the grammar
+rejects part-way (say a Duration where a Pitch belongs) keeps its longest valid prefix, and the
+report (`samples.json` and the returned `Sample`s) says where and why, so nothing is dropped
+unannounced.
 """
 
 import dataclasses
@@ -20,7 +25,7 @@ import numpy as np
 import pretty_midi
 
 from lora_jax import atomic, lora
-from lora_jax.data import midi_tokenizer
+from lora_jax.data import midi_tokenizer, token_grammar
 from lora_jax.hierarchy import base_file, merging
 from lora_jax.models import decode
 
@@ -34,6 +39,7 @@ class Sample:
   n_notes: int
   ended: bool  # the model emitted EOS
   problem: str  # '' or why the tail was cut: the grammar error and the tokens kept
+  programs: tuple[int, ...] = ()  # programs of its notes (128: drums)
 
 
 def prompt_tokens(tokenizer: midi_tokenizer.MidiTokenizer, primer: str, primer_bars: int
@@ -84,12 +90,16 @@ def to_midi(tokenizer: midi_tokenizer.MidiTokenizer, tokens: Sequence[int]
 def generate(model_path: str, adapter_paths: Sequence[str], weights: Sequence[float], *,
              blend_mode: str, output_dir: str, n_samples: int, length: int, temperature: float,
              top_k: int, top_p: float, seed: int, primer: str = "", primer_bars: int = 0,
-             prefix: str = "sample") -> list[Sample]:
+             prefix: str = "sample", program: int | None = None, grammar: bool = True
+             ) -> list[Sample]:
   """Sample `n_samples` MIDI files into `output_dir` (see the module docstring)."""
   if len(weights) != len(adapter_paths):
     raise ValueError(f"{len(adapter_paths)} adapters but {len(weights)} weights")
   if n_samples < 1 or length < 1:
     raise ValueError(f"n_samples {n_samples} and length {length} must be >= 1")
+  if program is not None and not grammar:
+    raise ValueError(f"program {program} is forced through the grammar constraint, which "
+                     f"grammar=False (--nogrammar) turns off")
   base = base_file.load_model(model_path)
   tokenizer = base_file.load_tokenizer(base.path, base.settings)
   loaded = [merging.load(role, p, base) for role, p in _roles(adapter_paths)]
@@ -101,26 +111,32 @@ def generate(model_path: str, adapter_paths: Sequence[str], weights: Sequence[fl
     raise ValueError(f"prompt of {len(prompt)} tokens + length {length} exceeds the model's "
                      f"max_len {base.settings.max_len}; lower --length or --primer_bars")
   effective = lora.blend_weights(blend_mode, weights) if weights else jnp.zeros((0,))
+  constraint = token_grammar.build(tokenizer, program) if grammar else None
   rows = decode.sample(base.model(), base.params, jnp.asarray([prompt] * n_samples, jnp.int32),
                        length, adapters=[a.record.adapter for a in loaded],
                        weights=[float(w) for w in np.asarray(effective)],
                        rng=jax.random.key(seed), temperature=temperature, top_k=top_k,
-                       top_p=top_p)
+                       top_p=top_p, constraint=constraint)
   rows = np.asarray(jax.device_get(rows))
   os.makedirs(output_dir, exist_ok=True)
   samples = []
   for i, row in enumerate(rows):
     pm, used, ended, problem = to_midi(tokenizer, row)
+    if grammar and problem:
+      raise RuntimeError(f"sample {i} breaks the grammar despite the constraint: {problem}")
     path = os.path.join(output_dir, f"{prefix}_{i:02d}.mid")
     with atomic.atomic_path(path) as tmp:
       pm.write(tmp)
+    programs = sorted({midi_tokenizer.DRUM_PROGRAM if x.is_drum else x.program
+                       for x in pm.instruments})
     samples.append(Sample(os.path.abspath(path), used, sum(len(x.notes) for x in pm.instruments),
-                          ended, problem))
+                          ended, problem, tuple(programs)))
   report = {"model": base.path, "adapters": [{"path": a.path, "name": a.record.name,
                                               "weight": w} for a, w in zip(loaded, weights)],
             "blend_mode": blend_mode, "prompt_tokens": len(prompt), "primer": primer,
             "length": length, "temperature": temperature, "top_k": top_k, "top_p": top_p,
-            "seed": seed, "samples": [dataclasses.asdict(s) for s in samples]}
+            "seed": seed, "grammar": grammar, "program": program,
+            "samples": [dataclasses.asdict(s) for s in samples]}
   atomic.write_text(os.path.join(output_dir, f"{prefix}s.json"),
                     json.dumps(report, indent=1) + "\n")
   return samples

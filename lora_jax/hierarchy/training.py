@@ -95,7 +95,8 @@ def train_base(config: settings.BaseConfig, pack_dirs: Sequence[str], output_dir
                                              config.data.cache_dir)
   train, val = split("train"), split("validation")
   _log_data("base", train, val)
-  model = music_lm.LmConfig(**dataclasses.asdict(config.model), seq_len=config.data.seq_len)
+  model = music_lm.LmConfig(**dataclasses.asdict(config.model), seq_len=config.data.seq_len,
+                            pooled_targets=base_file.pooled_targets(tokenizer))
   # A full run trains no adapter; the config boundary still wants a spec, which nothing reads.
   unused_spec = lora.LoraSpec(target_modules=("head",))
   tc = _train_config("base_model", model, unused_spec, config.training, config.opt, config.run,
@@ -137,7 +138,8 @@ def _train_adapter(config: settings.AdapterConfig, level: settings.AdapterSettin
   train, val = split("train"), split("validation")
   _log_data(name, train, val)
   model = music_lm.LmConfig(**dict(dataclasses.asdict(base.settings), dropout=0.0),
-                            seq_len=config.data.seq_len)
+                            seq_len=config.data.seq_len,
+                            pooled_targets=base_file.pooled_targets(tokenizer))
   tc = _train_config(name, model, _adapter_spec(level), level, config.opt, config.run, train,
                      val, full=False, base_params=base.path, parent_adapter=parent_lora)
   run_dir = layout.run_dir(level_dir)

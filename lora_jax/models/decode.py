@@ -1,17 +1,37 @@
 """Cached sampling from a decoder: one token per step, keys and values kept in the `cache` collection.
 
 The loop is one jitted `fori_loop`; adapters are injected inside it, with their weights as data, so
-sampling with another blend weight does not recompile.
+sampling with another blend weight does not recompile. An optional constraint (a `Constraint`,
+e.g. `lora_jax.data.token_grammar`) rewrites the logits before any filtering, greedy included
+(-inf for tokens it does not allow); its state starts from the prompt and advances with each sampled
+token. The constraint is a pytree argument, so its arrays are data too.
 """
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lora_jax.lora import forward as lora_forward
+
+
+class Constraint(Protocol):
+  """Which tokens may come next: a pytree of arrays with pure functions of one sequence."""
+
+  def init(self, prompt_P: jax.Array) -> Any:
+    """State after a prompt row."""
+
+  def allowed(self, state: Any) -> jax.Array:
+    """bool[V] mask of the tokens that may come next."""
+
+  def logits(self, state: Any, logits_V: jax.Array) -> jax.Array:
+    """The logits to sample from: -inf at least where `allowed` is False."""
+
+  def advance(self, state: Any, token: jax.Array) -> Any:
+    """State after one more token."""
 
 
 def init_cache(model: nn.Module, batch_size: int) -> Any:
@@ -37,20 +57,22 @@ def filter_logits(logits_BxV: jax.Array, temperature, top_k: int, top_p) -> jax.
 
 
 @functools.partial(jax.jit, static_argnames=("model", "length", "top_k", "greedy"))
-def _sample(model, base_params, adapters, weights, prompt_BxP, rng, temperature, top_p, *,
-            length, top_k, greedy):
+def _sample(model, base_params, adapters, weights, prompt_BxP, rng, temperature, top_p, constraint,
+            *, length, top_k, greedy):
   b, p = prompt_BxP.shape
   total = p + length
   tokens = jnp.zeros((b, total), jnp.int32).at[:, :p].set(prompt_BxP)
   actives = [lora_forward.Active(a, w) for a, w in zip(adapters, weights)]
 
   def body(i, carry):
-    tokens, cache = carry
+    tokens, cache, state_B = carry
     with lora_forward.inject(actives):
       logits, mutated = model.apply({"params": base_params, "cache": cache},
                                     jax.lax.dynamic_slice_in_dim(tokens, i, 1, axis=1),
                                     decode=True, mutable=["cache"])
     logits_BxV = logits[:, 0, :]
+    if constraint is not None:  # state_B follows the prompt, then each sampled token
+      logits_BxV = jax.vmap(constraint.logits)(state_B, logits_BxV)
     if greedy:
       nxt = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
     else:
@@ -60,24 +82,48 @@ def _sample(model, base_params, adapters, weights, prompt_BxP, rng, temperature,
     keep_prompt = i + 1 < p
     column = jnp.where(keep_prompt, jax.lax.dynamic_slice_in_dim(tokens, i + 1, 1, 1)[:, 0], nxt)
     tokens = jax.lax.dynamic_update_slice_in_dim(tokens, column[:, None], i + 1, axis=1)
-    return tokens, mutated["cache"]
+    if constraint is not None:
+      advanced_B = jax.vmap(constraint.advance)(state_B, nxt)
+      state_B = jax.tree.map(lambda old, new: jnp.where(keep_prompt, old, new), state_B,
+                             advanced_B)
+    return tokens, mutated["cache"], state_B
 
   cache = init_cache(model, b)
-  tokens, _ = jax.lax.fori_loop(0, total - 1, body, (tokens, cache))
+  state_B = None if constraint is None else jax.vmap(constraint.init)(prompt_BxP)
+  tokens, _, _ = jax.lax.fori_loop(0, total - 1, body, (tokens, cache, state_B))
   return tokens
+
+
+@jax.jit
+def _allowed_after_prompt(constraint, prompt_BxP):
+  return jax.vmap(lambda row: constraint.allowed(constraint.init(row)))(prompt_BxP)
 
 
 def sample(model: nn.Module, base_params: Any, prompt_BxP: jax.Array, length: int, *,
            adapters: Sequence = (), weights: Sequence[float] = (), rng: jax.Array | None = None,
-           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
-  """`length` new tokens after each prompt row; temperature 0 decodes greedily."""
+           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+           constraint: Constraint | None = None) -> jax.Array:
+  """`length` new tokens after each prompt row; temperature 0 decodes greedily.
+
+  With a constraint, only tokens it allows are sampled; None samples from all (as before it).
+  """
   if len(weights) != len(adapters):
     raise ValueError(f"{len(adapters)} adapters but {len(weights)} weights")
   max_len = model.config.max_len
   if prompt_BxP.shape[1] + length > max_len:
     raise ValueError(f"prompt {prompt_BxP.shape[1]} + length {length} exceeds max_len {max_len}")
+  prompt_BxP = jnp.asarray(prompt_BxP, jnp.int32)
+  if constraint is not None:
+    allowed_BxV = np.asarray(_allowed_after_prompt(constraint, prompt_BxP))
+    if allowed_BxV.shape[1] != model.config.vocab_size:
+      raise ValueError(f"the constraint masks {allowed_BxV.shape[1]} tokens but the model has a "
+                       f"vocabulary of {model.config.vocab_size}")
+    stuck = np.flatnonzero(~allowed_BxV.any(axis=1))
+    if stuck.size:
+      raise ValueError(f"the constraint allows no token after prompt rows {stuck.tolist()}: "
+                       f"the prompt breaks it")
   greedy = temperature == 0
   return _sample(model, base_params, tuple(adapters), jnp.asarray(weights, jnp.float32).reshape(-1),
-                 jnp.asarray(prompt_BxP, jnp.int32), rng if rng is not None else jax.random.key(0),
-                 jnp.float32(temperature), jnp.float32(top_p), length=length, top_k=top_k,
-                 greedy=greedy)
+                 prompt_BxP, rng if rng is not None else jax.random.key(0),
+                 jnp.float32(temperature), jnp.float32(top_p), constraint, length=length,
+                 top_k=top_k, greedy=greedy)
