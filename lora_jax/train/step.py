@@ -79,10 +79,14 @@ def train_step(state: Any, frozen: Any, batch_AxB: Batch, *,
     return jax.tree.map(jnp.add, total, loss_and_grads(*xs)), None
 
   micro_0 = jax.tree.map(lambda x: x[0], batch_AxB)
-  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                       jax.eval_shape(loss_and_grads, micro_0, jnp.int32(0)))
-  total, _ = jax.lax.scan(accumulate, zeros, (batch_AxB, jnp.arange(accum)))
-  grads, loss, metrics = jax.tree.map(lambda x: x / accum, total)
+  if accum == 1:
+    # No loop: XLA optimises across the whole step (a while loop is a fusion barrier on CPU).
+    grads, loss, metrics = loss_and_grads(micro_0, jnp.int32(0))
+  else:
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                         jax.eval_shape(loss_and_grads, micro_0, jnp.int32(0)))
+    total, _ = jax.lax.scan(accumulate, zeros, (batch_AxB, jnp.arange(accum)))
+    grads, loss, metrics = jax.tree.map(lambda x: x / accum, total)
   grads = state.loss_scale.unscale(grads)
 
   finite = jnp.isfinite(loss) & precision.all_finite(grads)
