@@ -41,9 +41,35 @@ def _path_seed(keys: tuple[str, ...]) -> int:
 
 
 def _delta(x, a, b, scale, weight):
-  h = x @ a.astype(x.dtype)
-  h = h * (scale * weight).astype(x.dtype)
-  return h @ b.astype(x.dtype)
+  return _low_rank(x, a.astype(x.dtype), b.astype(x.dtype), (scale * weight).astype(x.dtype))
+
+
+@jax.custom_vjp
+def _low_rank(x, a, b, s):
+  """((x a) s) b over the last axis of x."""
+  return ((x @ a) * s) @ b
+
+
+def _low_rank_fwd(x, a, b, s):
+  h = x @ a
+  return (h * s) @ b, (x, a, b, s, h)
+
+
+def _low_rank_bwd(residuals, g):
+  x, a, b, s, h = residuals
+  x_NxI = x.reshape(-1, x.shape[-1])
+  h_NxR = h.reshape(-1, h.shape[-1])
+  g_NxO = g.reshape(-1, g.shape[-1])
+  dhs_NxR = g_NxO @ b.T
+  db = (h_NxR * s).T @ g_NxO
+  dh_NxR = dhs_NxR * s
+  da = x_NxI.T @ dh_NxR
+  dx = (dh_NxR @ a.T).reshape(x.shape)
+  ds = jnp.sum(dhs_NxR * h_NxR).astype(s.dtype).reshape(s.shape)
+  return dx, da, db, ds
+
+
+_low_rank.defvjp(_low_rank_fwd, _low_rank_bwd)
 
 
 @contextlib.contextmanager
