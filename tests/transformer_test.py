@@ -87,3 +87,47 @@ def test_float16_attention_matches_fused_kernel_and_differentiates_on_cpu():
   grad = jax.grad(lambda q: attention(q, q, q, is_causal=True).astype(jnp.float32).sum())(
       q.astype(jnp.float16))
   assert grad.dtype == jnp.float16 and np.isfinite(np.asarray(grad, np.float32)).all()
+
+
+@pytest.mark.parametrize("t", [5, 128, 300])
+@pytest.mark.parametrize("dtype,atol", [(jnp.float32, 2e-5), (jnp.bfloat16, 6e-2),
+                                        (jnp.float16, 5e-3)])
+def test_blockwise_causal_attention_matches_fused_kernel_and_its_gradient(t, dtype, atol):
+  """The CPU kernel (query blocks of 128 that skip masked key blocks, gradient from the saved
+  log-sum-exp) against jax.nn's fused kernel in float32: outputs and all three input gradients,
+  at lengths below, at and across the block size."""
+  from lora_jax.models.attention import causal_attention
+  keys = jax.random.split(jax.random.key(t), 4)
+  q, k, v, w = (jax.random.normal(key, (2, t, 3, 16)) for key in keys)
+  cast = lambda *xs: [x.astype(dtype) for x in xs]
+  loss = lambda fn: lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32) * w)
+  fused = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True)
+  np.testing.assert_allclose(causal_attention(*cast(q, k, v)).astype(jnp.float32),
+                             fused(q, k, v), atol=atol)
+  got = jax.grad(loss(causal_attention), (0, 1, 2))(*cast(q, k, v))
+  want = jax.grad(loss(fused), (0, 1, 2))(q, k, v)
+  for g, ref in zip(got, want):
+    assert g.dtype == dtype
+    np.testing.assert_allclose(g.astype(jnp.float32), ref, atol=atol * float(jnp.abs(ref).max()))
+
+
+def test_cpu_model_trains_with_the_blockwise_kernel():
+  """On CPU the transformer's training forward takes the custom-gradient kernel (its jaxpr holds
+  the custom_vjp call), and cached decoding (masked attention) does not."""
+  from lora_jax.models import attention as attention_lib
+  model, params = testlib.tiny_model()
+  x = testlib.tokens()
+  jaxpr = str(jax.make_jaxpr(lambda p: model.apply({"params": p}, x))(params))
+  assert jax.default_backend() == "cpu" and "custom_vjp_call" in jaxpr
+  q = jnp.ones((1, 1, 2, 4))
+  assert "custom_vjp_call" not in str(jax.make_jaxpr(
+      lambda q: attention_lib.attention(q, q, q, mask=jnp.ones((1, 1, 1, 1), bool)))(q))
+
+
+def test_gelu_is_the_exact_gelu():
+  from lora_jax.models.ops import gelu
+  x = jnp.linspace(-8.0, 8.0, 10001)
+  np.testing.assert_allclose(gelu(x), jax.nn.gelu(x, approximate=False), atol=1e-6)
+  np.testing.assert_allclose(jax.grad(lambda x: gelu(x).sum())(x),
+                             jax.grad(lambda x: jax.nn.gelu(x, approximate=False).sum())(x),
+                             atol=1e-6)

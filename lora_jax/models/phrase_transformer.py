@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from lora_jax.models.attention import attention
+from lora_jax.models.ops import gelu
 
 VELOCITY_MAX = 127.0
 
@@ -80,7 +81,7 @@ class FeedForward(nn.Module):
   def __call__(self, x_BxLxD, *, deterministic: bool):
     cfg = self.config
     h_BxLxF = nn.Dense(cfg.d_ff, dtype=jnp.dtype(cfg.dtype), name="in")(x_BxLxD)
-    h_BxLxF = nn.Dropout(cfg.dropout)(nn.gelu(h_BxLxF, approximate=False),
+    h_BxLxF = nn.Dropout(cfg.dropout)(gelu(h_BxLxF),
                                       deterministic=deterministic)
     return nn.Dense(cfg.d_model, dtype=jnp.dtype(cfg.dtype), name="out")(h_BxLxF)
 

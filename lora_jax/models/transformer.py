@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from lora_jax.models.attention import attention
+from lora_jax.models.ops import gelu
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +94,7 @@ class FeedForward(nn.Module):
   def __call__(self, x_BxTxD, *, deterministic: bool):
     cfg = self.config
     h_BxTxF = nn.Dense(cfg.d_ff, dtype=_dtype(cfg), name="in")(x_BxTxD)
-    h_BxTxF = nn.gelu(h_BxTxF, approximate=False)
+    h_BxTxF = gelu(h_BxTxF)
     h_BxTxF = nn.Dropout(cfg.dropout)(h_BxTxF, deterministic=deterministic)
     return nn.Dense(cfg.d_model, dtype=_dtype(cfg), name="out")(h_BxTxF)
 
