@@ -13,8 +13,8 @@ configs/lora_adapter_config.py < configs/genres/celtic_fiddle.py < configs/style
 jig.py < `config.overrides`.
 
 Variants (`--config=configs/demo.py:<variant>`):
-  (none)        40 pieces per style, a shorter parent run: about 5 minutes on 2 CPU cores.
-  full          150 pieces per style and the configs' own epochs: the fuller run (~25 minutes).
+  (none)        40 pieces per style, a shorter parent run: about 2 minutes on 2 CPU cores.
+  full          150 pieces per style and the configs' own epochs: the fuller run (~12 minutes).
   from_scratch  as (none) with 110 pieces per style, and trains the base here too.
 Single values: `--config.child=reel --config.sibling=jig`, `--config.overrides.parent.epochs=8`.
 """
