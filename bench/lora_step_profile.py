@@ -16,7 +16,11 @@ best of --repeats after a warm-up):
               project's erf form (lora_jax.models.ops), and torch's
   dense       one layer's dense matmuls (q, k, v, out, ff.in, ff.out) forward + input gradient
   head+ce     the output head and cross entropy, forward + input gradient
-Each part is also given as GFLOP/s where its FLOPs are plain to count, so a slow part shows.
+Each part is also given as GFLOP/s where its FLOPs are plain to count, so a slow part shows
+(attention counted over the causal half, as lora_step_bench.py counts it).
+
+This machine's speed drifts by 20% or more over minutes: compare parts within one run, and take
+a ratio from lora_step_bench.py, which alternates the frameworks.
 """
 
 import argparse
@@ -46,6 +50,12 @@ def best_ms(fn, repeats: int) -> float:
     fn()
     times.append(time.perf_counter() - t)
   return 1e3 * min(times)
+
+
+def causal_attention_flops(b: int, h: int, t: int, k: int) -> float:
+  """QK^T and PV over the causal keys (query i sees i + 1), forward once and backward twice: the
+  convention of lora_step_bench.step_flops, whatever a kernel computes of the masked half."""
+  return 3 * 2 * 2 * b * h * k * t * (t + 1) / 2
 
 
 def report(name: str, ms: float, flops: float | None = None):
@@ -82,7 +92,7 @@ def jax_parts(args):
   b, t, h, k = args.batch, args.seq_len, args.heads, args.d_model // args.heads
   rng = np.random.default_rng(0)
   q, kk, v = (jnp.asarray(rng.standard_normal((b, t, h, k), np.float32)) for _ in range(3))
-  attn_flops = 3 * 2 * 2 * b * h * t * t * k  # QK^T and PV, forward and twice backward
+  attn_flops = causal_attention_flops(b, h, t, k)
 
   def fused(q, k, v):
     return jax.nn.dot_product_attention(q, k, v, is_causal=True)
@@ -142,7 +152,7 @@ def torch_parts(args):
     out = torch.nn.functional.scaled_dot_product_attention(q, kk, v, is_causal=True)
     (out ** 2).sum().backward()
 
-  report("attention torch SDPA", best_ms(attn, args.repeats), 3 * 2 * 2 * b * h * t * t * k)
+  report("attention torch SDPA", best_ms(attn, args.repeats), causal_attention_flops(b, h, t, k))
   d, f = args.d_model, args.d_ff
   x = torch.randn(b * t, d, generator=g, requires_grad=True)
   ws = [torch.randn(*s, generator=g) * 0.02 for s in [(d, d)] * 4 + [(d, f), (f, d)]]
