@@ -285,3 +285,34 @@ def test_base_loads_from_a_flax_weight_file_in_place(plain, tmp_path):
     assert v.dtype == jnp.bfloat16
     np.testing.assert_array_equal(v, want[k].astype(jnp.bfloat16), err_msg=k)
   assert jax.tree.leaves(loaded)[0].sharding == jax.tree.leaves(shardings)[0]
+
+
+def test_accumulation_with_unequal_masks_is_the_whole_batch_gradient(plain):
+  """Micro-batches holding different numbers of target tokens: the accumulated update is the one
+  a single [16]-example step takes (the mean over all tokens), not the mean of 4 micro-batch
+  means, which this data would make visibly different."""
+  built, initial = plain
+  host = host_batches(built.config, 2)
+  for b in host:  # make the micro-batches' target counts very unequal
+    b["mask"][:4, 8:] = 0.0
+  counts = [b["mask"][i * 4:(i + 1) * 4, 1:].sum() for b in host[:1] for i in range(4)]
+  assert max(counts) > 1.3 * min(counts)
+  s1, m1 = run(built, host, fresh(built, initial))
+  four = dataclasses.replace(built, config=dataclasses.replace(
+      built.config, opt=dataclasses.replace(built.config.opt, grad_accum_steps=4)))
+  s4, m4 = run(four, host, fresh(built, initial))
+  for ref, got in zip(m1, m4):
+    np.testing.assert_allclose(got["loss"], ref["loss"], rtol=1e-5)
+    np.testing.assert_allclose(got["grad_norm"], ref["grad_norm"], rtol=1e-4)
+  p1, p4 = flat(s1.params), flat(s4.params)
+  for k in p1:
+    np.testing.assert_allclose(p4[k], p1[k], rtol=1e-4, atol=1e-6, err_msg=k)
+  # The data tells the two apart: weighted by their counts, the micro-batches' mean losses give
+  # the whole batch's loss; unweighted, they do not.
+  params = fresh(built, initial).params
+  whole = float(built.eval_fn(params, built.setup.frozen, host[0])["loss"])
+  micro = batches.micro_batches(host[0], 4)
+  means = [float(built.eval_fn(params, built.setup.frozen, {k: v[i] for k, v in micro.items()})
+                 ["loss"]) for i in range(4)]
+  np.testing.assert_allclose(np.average(means, weights=counts), whole, rtol=1e-5)
+  assert abs(np.mean(means) - whole) > 1e-3

@@ -138,4 +138,5 @@ def make(config: DuvConfig, compute_dtype: str) -> Family:
       inputs=("inputs", "mask", "written_dur"),
       loss_fn=make_loss_fn(config),
       partition_rules=PARTITION_RULES,
-      synthetic=lambda n, seed: synthetic(config, n, seed))
+      synthetic=lambda n, seed: synthetic(config, n, seed),
+      loss_weight=lambda batch: jnp.sum(batch["mask"] > 0))

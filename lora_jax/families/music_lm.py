@@ -126,4 +126,5 @@ def make(config: LmConfig, compute_dtype: str) -> Family:
       inputs=("tokens",),
       loss_fn=functools.partial(loss_fn, pooled_targets=config.pooled_targets),
       partition_rules=PARTITION_RULES,
-      synthetic=lambda n, seed: synthetic(config, n, seed))
+      synthetic=lambda n, seed: synthetic(config, n, seed),
+      loss_weight=lambda batch: jnp.sum(batch["mask"][:, 1:]))

@@ -10,6 +10,8 @@ The contract a family's model keeps:
   - `loss_fn(outputs, batch)` is pure and returns a float32 scalar loss (a mean over what the
     batch holds) and a dict of float32 scalar metrics; it never hides an empty batch behind a zero
     (divide by the real count: an empty mask gives NaN, which the loop counts and skips).
+  - `loss_weight(batch)`, if given, is the count that mean divides by; accumulation weights
+    micro-batches by it.
   - `batch_spec` gives each batch array's per-example shape and dtype (no batch axis); the loop
     checks data against it and initialises the model from it.
   - `partition_rules` are (regex, PartitionSpec) over dotted parameter paths
@@ -54,6 +56,10 @@ class Family:
   # Optional: `synthetic(n, seed)` -> a learnable data set of n examples shaped like batch_spec,
   # for smoke runs and tests (`config.data.synthetic_examples`).
   synthetic: Callable[[int, int], dict[str, np.ndarray]] | None = None
+  # Optional: `loss_weight(batch)` -> how many things the loss averages over (target tokens,
+  # notes). With gradient accumulation the step weights each micro-batch by it, so the update is
+  # the gradient of the whole batch's mean, not a mean of micro-batch means. None: equal weights.
+  loss_weight: Callable[[Batch], jax.Array] | None = None
 
   def __post_init__(self):
     missing = [k for k in self.inputs if k not in self.batch_spec]

@@ -2,7 +2,9 @@
 
 `train_step(state, frozen, batch)` takes a batch shaped [accum, micro, ...], differentiates the
 family's loss with respect to the trainable tree only (the adapter's factors, or the whole model),
-averages over the micro-batches inside a `lax.scan`, and applies one optimiser update. The frozen
+averages over the micro-batches inside a `lax.scan` (weighted by the family's `loss_weight`, so
+the result is the whole batch's gradient however its targets fall), and applies one optimiser
+update. The frozen
 base and any parent adapter are arguments, never outputs: they are never donated, never
 differentiated, never updated.
 
@@ -75,8 +77,14 @@ def train_step(state: Any, frozen: Any, batch_AxB: Batch, *,
     grads, (loss, metrics) = jax.grad(scaled_loss, has_aux=True)(state.params)
     return grads, loss, metrics
 
+  def weighted(micro: Batch, index: jax.Array):
+    # Each micro-batch's mean times its count sums to the whole batch's total (see Family).
+    weight = (jnp.float32(1.0) if config.family.loss_weight is None
+              else config.family.loss_weight(micro).astype(jnp.float32))
+    return jax.tree.map(lambda x: x * weight, loss_and_grads(micro, index)), weight
+
   def accumulate(total, xs):
-    return jax.tree.map(jnp.add, total, loss_and_grads(*xs)), None
+    return jax.tree.map(jnp.add, total, weighted(*xs)), None
 
   micro_0 = jax.tree.map(lambda x: x[0], batch_AxB)
   if accum == 1:
@@ -84,9 +92,9 @@ def train_step(state: Any, frozen: Any, batch_AxB: Batch, *,
     grads, loss, metrics = loss_and_grads(micro_0, jnp.int32(0))
   else:
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                         jax.eval_shape(loss_and_grads, micro_0, jnp.int32(0)))
-    total, _ = jax.lax.scan(accumulate, zeros, (batch_AxB, jnp.arange(accum)))
-    grads, loss, metrics = jax.tree.map(lambda x: x / accum, total)
+                         jax.eval_shape(weighted, micro_0, jnp.int32(0)))
+    (total, weight), _ = jax.lax.scan(accumulate, zeros, (batch_AxB, jnp.arange(accum)))
+    grads, loss, metrics = jax.tree.map(lambda x: x / weight, total)
   grads = state.loss_scale.unscale(grads)
 
   finite = jnp.isfinite(loss) & precision.all_finite(grads)
