@@ -3,7 +3,9 @@ r"""Train a LoRA adapter (or a whole model) for any model family.
 python launch/train.py --config=configs/music_lm.py:tiny --workdir=runs/tiny
 
 Running it again with the same workdir resumes from the last checkpoint. SIGTERM or Ctrl-C
-checkpoints and exits cleanly. Bad input ends in one error line and exit status 1.
+checkpoints and exits cleanly. On a TPU pod or several hosts, run it on every host with
+`--distributed` (and, where the cluster is not detected, `--coordinator_address=host:port
+--num_processes=N --process_id=i`); the workdir must be one shared directory. Bad input ends in one error line and exit status 1.
 """
 
 from absl import flags
@@ -19,13 +21,17 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and exports.")
 flags.mark_flags_as_required(["config", "workdir"])
+cli.define_distributed()
 
 
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments: {argv[1:]}")
+  cli.initialize_distributed()
   config = config_lib.from_config_dict(_CONFIG.value)
-  logging.info("JAX %s on %d devices: %s", jax.__version__, jax.device_count(), jax.devices())
+  logging.info("JAX %s on %d devices (%d here, process %d of %d)", jax.__version__,
+               jax.device_count(), jax.local_device_count(), jax.process_index(),
+               jax.process_count())
   result = loop.train(config, _WORKDIR.value)
   logging.info("%s at step %d; best validation loss %s; %s", result.status, result.step,
                result.best_val_loss, result.export_path or "no export")

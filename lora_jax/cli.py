@@ -171,3 +171,29 @@ def _missing_key(config: ml_collections.ConfigDict, path: str) -> str | None:
       return f"{'.'.join(keys[:i + 1])!r} ({hint})"
     node = node[key]
   return None
+
+
+def define_distributed() -> None:
+  """`--distributed` and the cluster flags of a multi-process run; see `initialize_distributed`."""
+  flags.DEFINE_bool("distributed", False,
+                    "Join a multi-process run (a TPU pod slice, multi-host GPUs, or several CPU "
+                    "processes) through jax.distributed.initialize before anything else uses JAX. "
+                    "The cluster is detected (TPU, SLURM, ...) unless the three flags below give "
+                    "it.")
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (with --distributed).")
+  flags.DEFINE_integer("num_processes", None, "Processes in the run (with --distributed).")
+  flags.DEFINE_integer("process_id", None, "This process's index, 0.. (with --distributed).")
+
+
+def initialize_distributed() -> None:
+  """Start JAX's multi-process runtime when `--distributed` says so (call first in `main`).
+
+  CPU processes exchange collectives through gloo; accelerators use their own interconnect.
+  """
+  if not flags.FLAGS.distributed:
+    return
+  import jax  # pylint: disable=g-import-not-at-top; only launch scripts that train need it
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=flags.FLAGS.coordinator_address,
+                             num_processes=flags.FLAGS.num_processes,
+                             process_id=flags.FLAGS.process_id)

@@ -107,6 +107,8 @@ def _export(workdir: str, config: TrainConfig, setup: state_lib.Setup, params: A
             family_name: str, step: int, export_step: int) -> str:
   if config.training.type == "full":
     path = os.path.join(workdir, "params.safetensors")
+    if jax.process_index() != 0:
+      return path
     flax_weights.save_params(params, path, {"model_family": family_name, "name": config.name,
                                             "base_fingerprint": setup.base_fingerprint})
     return path
@@ -114,7 +116,9 @@ def _export(workdir: str, config: TrainConfig, setup: state_lib.Setup, params: A
   extra = {"steps": step, "export_step": export_step}
   if setup.parent is not None:
     extra.update(parent_adapter=config.training.parent_adapter, parent_name=setup.parent.name)
-  scales = jax.tree.map(np.asarray, jax.device_get(setup.frozen.scales))
+  scales = state_lib.host_params(setup.frozen.scales)
+  if jax.process_index() != 0:  # every process gathered (a collective); one writes
+    return path
   lora.save_adapter(path, lora.AdapterRecord(lora.Adapter(params, scales), config.lora,
                                              setup.base_fingerprint, family_name, config.name,
                                              extra))
@@ -134,7 +138,8 @@ def train(config: TrainConfig, workdir: str, *, devices: Sequence[jax.Device] | 
     try:
       return _train(config, workdir, devices, stop_after, stop, compiles)
     except BaseException as e:
-      metrics_lib.write_status(workdir, state="failed", message=f"{type(e).__name__}: {e}")
+      if jax.process_index() == 0:
+        metrics_lib.write_status(workdir, state="failed", message=f"{type(e).__name__}: {e}")
       raise
 
 
@@ -184,7 +189,8 @@ def _train(config: TrainConfig, workdir: str, devices, stop_after: int | None,
       eval_fn, setup.abstract_state().params, frozen,
       family.abstract_batch(config.data.eval_batch_size)) if k != "loss")
   start = step = int(state.step)
-  progress = metrics_lib.Progress(workdir, family_metrics, total, step)
+  progress = metrics_lib.Progress(workdir, family_metrics, total, step,
+                                  primary=jax.process_index() == 0)
   iterator = batches.BatchIterator(train_arrays, config.data.batch_size, tc.seed,
                                    loop_state.position)
   best, bad_evals = loop_state.best_val_loss, loop_state.evals_without_improvement

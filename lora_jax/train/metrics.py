@@ -85,17 +85,22 @@ class Progress:
   `loss_scale` are the latest step's.
   """
 
-  def __init__(self, workdir: str, family_metrics: list[str], total_steps: int, start_step: int):
+  def __init__(self, workdir: str, family_metrics: list[str], total_steps: int, start_step: int,
+               primary: bool = True):
     self.workdir = workdir
     self.family_metrics = family_metrics
     self.total = total_steps
-    self.writer = MetricsWriter(workdir, columns(family_metrics), start_step)
+    # Only one process of a multi-process run writes rows, console lines and the status file.
+    self.primary = primary
+    self.writer = MetricsWriter(workdir, columns(family_metrics), start_step) if primary else None
     self.window: list[dict] = []
     self.last_time, self.last_step, self.rate = time.time(), start_step, 0.0
     self.train_loss: float | None = None
 
   def baseline(self, val: dict) -> None:
     """Row 0: the untrained model's validation metrics."""
+    if not self.primary:
+      return
     self.writer.row({"step": 0, "epoch": 0, "val_loss": val["loss"],
                      **{f"val_{k}": val[k] for k in self.family_metrics}})
     logging.info("step 0 val %.4f (before training)", val["loss"])
@@ -103,7 +108,7 @@ class Progress:
   def add(self, step: int, epoch: int, metrics: dict, val: dict | None, log: bool) -> bool:
     """Take one step's metrics; write a row (and a console line) when due. True if written."""
     self.window.append(metrics)
-    if not (log or val is not None):
+    if not (log or val is not None) or not self.primary:
       return False
     now = time.time()
     self.rate = (step - self.last_step) / max(now - self.last_time, 1e-9)
@@ -126,13 +131,16 @@ class Progress:
 
   def status(self, state: str, step: int, epoch: int, val_loss: float | None,
              best_val_loss: float | None, **extra) -> None:
+    if not self.primary:
+      return
     eta = (self.total - step) / self.rate if self.rate > 0 else None
     write_status(self.workdir, state=state, step=step, total_steps=self.total, epoch=epoch,
                  train_loss=self.train_loss, val_loss=val_loss, best_val_loss=best_val_loss,
                  steps_per_s=self.rate, eta_s=eta, **extra)
 
   def close(self) -> None:
-    self.writer.close()
+    if self.writer is not None:
+      self.writer.close()
 
 
 def console(step: int, total: int, epoch: int, loss: float, lr: float, steps_per_s: float,

@@ -14,6 +14,7 @@ from typing import Any
 
 import flax.struct
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
@@ -205,5 +206,11 @@ def setup(config: TrainConfig, family: Family, mesh: Mesh) -> Setup:
 
 
 def host_params(tree: Any) -> Any:
-  """A tree of device arrays as numpy arrays on the host."""
+  """A tree of device arrays as numpy arrays on the host.
+
+  With several processes (a TPU pod, a multi-host GPU job) every process must call this: arrays
+  sharded across processes are gathered with a collective, and each process gets the whole tree.
+  """
+  if jax.process_count() > 1:
+    return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
   return jax.tree.map(np.asarray, jax.device_get(tree))
