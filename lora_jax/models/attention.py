@@ -3,7 +3,7 @@
 Three paths, picked by `attention`:
 - causal self-attention without a mask, on CPU: `causal_attention`, a blockwise kernel with its own
   gradient (below). It is what the music transformer trains with.
-- float16 elsewhere: spelled out, float16 matmuls and the softmax in float32.
+- float16 otherwise (masked, or off CPU): spelled out, float16 matmuls and the softmax in float32.
   `jax.nn.dot_product_attention` differentiates float16 inputs with float32-accumulating dots, which
   XLA:CPU does not implement ("precision F16_F16_F32 is not supported by dot_general on CPU").
 - everything else: `jax.nn.dot_product_attention` (cuDNN on GPU where it applies).
@@ -12,7 +12,8 @@ Why a kernel of our own on CPU (measured by bench/lora_step_profile.py, 4 layers
 batch 8): differentiating the fused kernel, XLA:CPU saved the softmax probabilities for the
 backward pass in a transposed copy written inside the softmax fusion, transposed the score gradient
 the same way, and reduced dP * P over the [B, H, T, T] scores; those fusions took most of the
-attention's 150 ms per layer (torch's SDPA: 56 ms). `causal_attention` keeps only q, k, v, the
+attention's 150-180 ms per layer, forward and backward (torch's SDPA: 56-70 ms; this kernel:
+74-82 ms). `causal_attention` keeps only q, k, v, the
 output and the log-sum-exp (flash attention's residuals), recomputes the probabilities in the
 backward pass, takes the softmax gradient from the cheaper sum(dO * O) over the head dimension,
 and works in query blocks that skip the key blocks the causal mask hides (10 of 16 block pairs at
