@@ -13,7 +13,7 @@ best of --repeats after a warm-up):
               blockwise CPU kernel (lora_jax.models.attention), and torch's
               scaled_dot_product_attention
   gelu        the feed-forward's exact GELU, forward + gradient: jax.nn.gelu (erfc) and the
-              project's erf form (lora_jax.models.ops), and torch's
+              project's erf form (lora_jax.models.activations), and torch's
   dense       one layer's dense matmuls (q, k, v, out, ff.in, ff.out) forward + input gradient
   head+ce     the output head and cross entropy, forward + input gradient
 Each part is also given as GFLOP/s where its FLOPs are plain to count, so a slow part shows
@@ -37,7 +37,7 @@ import torch  # noqa: E402
 
 import lora_step_bench as bench  # noqa: E402  (same directory)
 from lora_jax.models import attention as attention_lib  # noqa: E402
-from lora_jax.models import ops  # noqa: E402
+from lora_jax.models import activations  # noqa: E402
 from lora_jax.train import step as step_lib  # noqa: E402
 
 
@@ -126,7 +126,7 @@ def jax_parts(args):
 
   h = jnp.asarray(rng.standard_normal((b, t, f), np.float32))
   for name, act in (("gelu jax.nn (erfc)", lambda x: jax.nn.gelu(x, approximate=False)),
-                    ("gelu lora_jax (erf)", ops.gelu)):
+                    ("gelu lora_jax (erf)", activations.gelu)):
     g = jax.jit(jax.grad(lambda x, act=act: jnp.sum(act(x) * x)))
     report(name, best_ms(lambda g=g: jax.block_until_ready(g(h)), args.repeats))
 

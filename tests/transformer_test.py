@@ -125,7 +125,7 @@ def test_cpu_model_trains_with_the_blockwise_kernel():
 
 
 def test_gelu_is_the_exact_gelu():
-  from lora_jax.models.ops import gelu
+  from lora_jax.models.activations import gelu
   x = jnp.linspace(-8.0, 8.0, 10001)
   np.testing.assert_allclose(gelu(x), jax.nn.gelu(x, approximate=False), atol=1e-6)
   np.testing.assert_allclose(jax.grad(lambda x: gelu(x).sum())(x),

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from lora_jax.models.attention import attention
-from lora_jax.models.ops import gelu
+from lora_jax.models.activations import gelu
 
 VELOCITY_MAX = 127.0
 
