@@ -14,7 +14,7 @@ jig.py < `config.overrides`.
 
 Variants (`--config=configs/demo.py:<variant>`):
   (none)        40 pieces per style, a shorter parent run: about 2 minutes on 2 CPU cores.
-  full          150 pieces per style and the configs' own epochs: the fuller run (~12 minutes).
+  full          150 pieces per style and the configs' own epochs: the fuller run (~10 minutes).
   from_scratch  as (none) with 110 pieces per style, and trains the base here too.
 Single values: `--config.child=reel --config.sibling=jig`, `--config.overrides.parent.epochs=8`.
 """
