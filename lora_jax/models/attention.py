@@ -64,8 +64,11 @@ def _probs(q_BxHxQxK, k_BxHxSxK, start: int, lse_BxHxQ=None):
                               k_BxHxSxK).astype(jnp.float32)
   keep_QxS = jnp.arange(n_k)[None, :] <= start + jnp.arange(n_q)[:, None]
   logits_BxHxQxS = jnp.where(keep_QxS, logits_BxHxQxS, -jnp.inf)
-  if lse_BxHxQ is None:
-    lse_BxHxQ = jax.nn.logsumexp(logits_BxHxQxS, axis=-1)
+  if lse_BxHxQ is None:  # the forward: normalise as a softmax does, keep the lse for the backward
+    max_BxHxQ = jnp.max(logits_BxHxQxS, axis=-1)  # finite: every query sees its own key
+    exp_BxHxQxS = jnp.exp(logits_BxHxQxS - max_BxHxQ[..., None])
+    sum_BxHxQ = jnp.sum(exp_BxHxQxS, axis=-1)
+    return exp_BxHxQxS / sum_BxHxQ[..., None], max_BxHxQ + jnp.log(sum_BxHxQ)
   return jnp.exp(logits_BxHxQxS - lse_BxHxQ[..., None]), lse_BxHxQ
 
 
