@@ -1,0 +1,60 @@
+"""A/B of the choices made in the CPU train step, in one process, in alternating rounds.
+
+  .venv/bin/python bench/lora_step_ab.py --what=gelu     # erf GELU (ours) against jax.nn's erfc
+  .venv/bin/python bench/lora_step_ab.py --what=block    # causal attention query blocks 64/128/256
+
+Each variant is our real LoRA train step (lora_step_bench's, 4 layers, d=256, T=512, batch 8,
+rank 16) jitted with the choice switched; the variants run in turn, `--rounds` times, and each
+keeps its best round. This machine's speed drifts over minutes, so only this within-process
+comparison says which choice is faster.
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import jax  # noqa: E402
+
+import lora_step_bench as bench  # noqa: E402  (same directory)
+from lora_jax.models import activations  # noqa: E402
+from lora_jax.models import attention  # noqa: E402
+from lora_jax.models import transformer  # noqa: E402
+
+
+def variants(what: str) -> dict:
+  """name -> a function that switches the choice (read when the step is traced)."""
+  if what == "gelu":
+    def use(fn):
+      return lambda: setattr(transformer, "gelu", fn)
+    return {"erf (lora_jax)": use(activations.gelu),
+            "erfc (jax.nn)": use(lambda x: jax.nn.gelu(x, approximate=False))}
+  if what == "block":
+    return {f"block {n}": (lambda n=n: setattr(attention, "BLOCK", n)) for n in (128, 64, 256)}
+  raise ValueError(f"--what must be gelu or block, not {what!r}")
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--what", default="gelu")
+  p.add_argument("--rounds", type=int, default=4)
+  p.add_argument("--steps", type=int, default=3)  # per round
+  args = p.parse_args()
+  bench_args = argparse.Namespace(vocab=512, heads=4, seq_len=512, rank=16, batch=8, d_model=256,
+                                  layers=4, d_ff=1024, steps=args.steps)
+  runners = {}
+  for name, switch in variants(args.what).items():
+    switch()
+    runners[name] = bench.jax_stepper(bench_args)  # traced and compiled with the choice made
+  best = {name: float("inf") for name in runners}
+  for _ in range(args.rounds):
+    for name, run in runners.items():
+      best[name] = min(best[name], run())
+  tokens = args.steps * bench_args.batch * bench_args.seq_len
+  for name, seconds in best.items():
+    print(f"{name:<16} {tokens / seconds:8,.0f} tokens/s")
+
+
+if __name__ == "__main__":
+  main()
