@@ -1,4 +1,4 @@
-"""Activation functions the models share, written the way XLA:CPU runs them fastest."""
+"""Activation functions the models share."""
 
 import jax
 import numpy as np
