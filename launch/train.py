@@ -5,7 +5,8 @@ python launch/train.py --config=configs/music_lm.py:tiny --workdir=runs/tiny
 Running it again with the same workdir resumes from the last checkpoint. SIGTERM or Ctrl-C
 checkpoints and exits cleanly. On a TPU pod or several hosts, run it on every host with
 `--distributed` (and, where the cluster is not detected, `--coordinator_address=host:port
---num_processes=N --process_id=i`); the workdir must be one shared directory. Bad input ends in one error line and exit status 1.
+--num_processes=N --process_id=i`); the workdir must be one shared directory. Bad input ends in
+one error line and exit status 1.
 """
 
 from absl import flags
