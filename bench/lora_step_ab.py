@@ -2,6 +2,7 @@
 
   .venv/bin/python bench/lora_step_ab.py --what=gelu     # erf GELU (ours) against jax.nn's erfc
   .venv/bin/python bench/lora_step_ab.py --what=block    # causal attention query blocks 64/128/256
+  .venv/bin/python bench/lora_step_ab.py --what=lora_da  # LoRA A gradient: halved rows or x.T @ dh
 
 Each variant is our real LoRA train step (lora_step_bench's, 4 layers, d=256, T=512, batch 8,
 rank 16) jitted with the choice switched; the variants run in turn, `--rounds` times, and each
@@ -18,6 +19,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import jax  # noqa: E402
 
 import lora_step_bench as bench  # noqa: E402  (same directory)
+from lora_jax.lora import forward  # noqa: E402
 from lora_jax.models import activations  # noqa: E402
 from lora_jax.models import attention  # noqa: E402
 from lora_jax.models import transformer  # noqa: E402
@@ -32,7 +34,12 @@ def variants(what: str) -> dict:
             "erfc (jax.nn)": use(lambda x: jax.nn.gelu(x, approximate=False))}
   if what == "block":
     return {f"block {n}": (lambda n=n: setattr(attention, "BLOCK", n)) for n in (128, 64, 256)}
-  raise ValueError(f"--what must be gelu or block, not {what!r}")
+  if what == "lora_da":
+    halved = forward._rows_contracted
+    def use(fn):
+      return lambda: setattr(forward, "_rows_contracted", fn)
+    return {"halved (ours)": use(halved), "x.T @ dh": use(lambda x, d: x.T @ d)}
+  raise ValueError(f"--what must be gelu, block or lora_da, not {what!r}")
 
 
 def main():
