@@ -3,6 +3,7 @@
   .venv/bin/python bench/lora_step_ab.py --what=gelu     # erf GELU (ours) against jax.nn's erfc
   .venv/bin/python bench/lora_step_ab.py --what=block    # causal attention query blocks 64/128/256
   .venv/bin/python bench/lora_step_ab.py --what=lora_da  # LoRA A gradient: halved rows or x.T @ dh
+  .venv/bin/python bench/lora_step_ab.py --what=chunk    # attention batch chunks: 8 pairs, 4, 16, none
 
 Each variant is our real LoRA train step (lora_step_bench's, 4 layers, d=256, T=512, batch 8,
 rank 16) jitted with the choice switched; the variants run in turn, `--rounds` times, and each
@@ -39,7 +40,11 @@ def variants(what: str) -> dict:
     def use(fn):
       return lambda: setattr(forward, "_rows_contracted", fn)
     return {"halved (ours)": use(halved), "x.T @ dh": use(lambda x, d: x.T @ d)}
-  raise ValueError(f"--what must be gelu, block or lora_da, not {what!r}")
+  if what == "chunk":
+    pairs = {"8 pairs (ours)": 8, "4 pairs": 4, "16 pairs": 16, "no chunks": 10**9}
+    return {name: (lambda n=n: setattr(attention, "PAIRS_PER_CHUNK", n))
+            for name, n in pairs.items()}
+  raise ValueError(f"--what must be gelu, block, lora_da or chunk, not {what!r}")
 
 
 def main():

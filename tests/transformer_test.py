@@ -95,10 +95,11 @@ def test_float16_attention_matches_fused_kernel_and_differentiates_on_cpu():
 def test_blockwise_causal_attention_matches_fused_kernel_and_its_gradient(t, dtype, atol):
   """The CPU kernel (query blocks of 128 that skip masked key blocks, gradient from the saved
   log-sum-exp) against jax.nn's fused kernel in float32: outputs and all three input gradients,
-  at lengths below, at and across the block size."""
+  at lengths below, at and across the block size. Five batch rows of three heads make batch
+  chunks of 2, 2 and 1 rows (PAIRS_PER_CHUNK = 8)."""
   from lora_jax.models.attention import causal_attention
   keys = jax.random.split(jax.random.key(t), 4)
-  q, k, v, w = (jax.random.normal(key, (2, t, 3, 16)) for key in keys)
+  q, k, v, w = (jax.random.normal(key, (5, t, 3, 16)) for key in keys)
   cast = lambda *xs: [x.astype(dtype) for x in xs]
   loss = lambda fn: lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32) * w)
   fused = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True)

@@ -12,18 +12,21 @@ Why a kernel of our own on CPU (measured by bench/lora_step_profile.py, 4 layers
 batch 8): differentiating the fused kernel, XLA:CPU saved the softmax probabilities for the
 backward pass in a transposed copy written inside the softmax fusion, transposed the score gradient
 the same way, and reduced dP * P over the [B, H, T, T] scores; those fusions took most of the
-attention's 150-180 ms per layer, forward and backward (torch's SDPA: 56-70 ms; this kernel:
-74-82 ms). `causal_attention` keeps only q, k, v, the
-output and the log-sum-exp (flash attention's residuals), recomputes the probabilities in the
-backward pass, takes the softmax gradient from the cheaper sum(dO * O) over the head dimension,
-and works in query blocks that skip the key blocks the causal mask hides (10 of 16 block pairs at
-T=512).
+attention's 150-180 ms per layer, forward and backward (torch's SDPA: 56-70 ms). `causal_attention`
+keeps only q, k, v, the output and the log-sum-exp (flash attention's residuals), recomputes the
+probabilities in the backward pass, takes the softmax gradient from the cheaper sum(dO * O) over
+the head dimension, and works in query blocks that skip the key blocks the causal mask hides (10
+of 16 block pairs at T=512). Three further choices, together an in-process A/B in the train step
+from 818 to 765 ms: normalising after the product with V, accumulating dK and dV transposed, and
+cutting the batch into chunks of PAIRS_PER_CHUNK (row, head) pairs (`bench/lora_step_ab.py
+--what=chunk` reruns that one; the README's bench section has the figures).
 """
 
 import jax
 import jax.numpy as jnp
 
 BLOCK = 128  # queries per block of the causal kernel
+PAIRS_PER_CHUNK = 8  # (batch row, head) pairs per independent chunk of the causal kernel
 
 
 def attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, *, mask=None, is_causal: bool = False):
@@ -56,30 +59,30 @@ def _heads_first(x_BxTxHxK):
   return jnp.swapaxes(x_BxTxHxK, 1, 2)
 
 
-def _probs(q_BxHxQxK, k_BxHxSxK, start: int, lse_BxHxQ=None):
-  """Causal softmax probabilities (float32) of queries start.. over keys 0..; and the lse."""
+def _logits(q_BxHxQxK, k_BxHxSxK, start: int):
+  """Scaled, causally masked float32 logits of queries start.. over keys 0..."""
   scale = 1.0 / (q_BxHxQxK.shape[-1] ** 0.5)
   n_q, n_k = q_BxHxQxK.shape[2], k_BxHxSxK.shape[2]
   logits_BxHxQxS = jnp.einsum("bhqk,bhsk->bhqs", q_BxHxQxK * jnp.asarray(scale, q_BxHxQxK.dtype),
                               k_BxHxSxK).astype(jnp.float32)
   keep_QxS = jnp.arange(n_k)[None, :] <= start + jnp.arange(n_q)[:, None]
-  logits_BxHxQxS = jnp.where(keep_QxS, logits_BxHxQxS, -jnp.inf)
-  if lse_BxHxQ is None:  # the forward: normalise as a softmax does, keep the lse for the backward
-    max_BxHxQ = jnp.max(logits_BxHxQxS, axis=-1)  # finite: every query sees its own key
-    exp_BxHxQxS = jnp.exp(logits_BxHxQxS - max_BxHxQ[..., None])
-    sum_BxHxQ = jnp.sum(exp_BxHxQxS, axis=-1)
-    return exp_BxHxQxS / sum_BxHxQ[..., None], max_BxHxQ + jnp.log(sum_BxHxQ)
-  return jnp.exp(logits_BxHxQxS - lse_BxHxQ[..., None]), lse_BxHxQ
+  return jnp.where(keep_QxS, logits_BxHxQxS, -jnp.inf)
 
 
 def _causal_fwd(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK):
   q_BxHxTxK, k_BxHxTxK, v_BxHxTxK = map(_heads_first, (q_BxTxHxK, k_BxTxHxK, v_BxTxHxK))
   outs, lses = [], []
   for start, stop in _blocks(q_BxHxTxK.shape[2]):
-    probs_BxHxQxS, lse_BxHxQ = _probs(q_BxHxTxK[:, :, start:stop], k_BxHxTxK[:, :, :stop], start)
-    outs.append(jnp.einsum("bhqs,bhsk->bhqk", probs_BxHxQxS.astype(v_BxHxTxK.dtype),
-                           v_BxHxTxK[:, :, :stop]))
-    lses.append(lse_BxHxQ)
+    logits_BxHxQxS = _logits(q_BxHxTxK[:, :, start:stop], k_BxHxTxK[:, :, :stop], start)
+    max_BxHxQ = jnp.max(logits_BxHxQxS, axis=-1)  # finite: every query sees its own key
+    exp_BxHxQxS = jnp.exp(logits_BxHxQxS - max_BxHxQ[..., None])
+    sum_BxHxQ = jnp.sum(exp_BxHxQxS, axis=-1)
+    # Normalised after the product with V, as torch's CPU kernel does: a [Q, K] division, not
+    # [Q, S]. The probabilities themselves are never stored.
+    unnormalised_BxHxQxK = jnp.einsum("bhqs,bhsk->bhqk", exp_BxHxQxS.astype(v_BxHxTxK.dtype),
+                                      v_BxHxTxK[:, :, :stop])
+    outs.append((unnormalised_BxHxQxK / sum_BxHxQ[..., None]).astype(v_BxHxTxK.dtype))
+    lses.append(max_BxHxQ + jnp.log(sum_BxHxQ))
   out_BxHxTxK = jnp.concatenate(outs, axis=2)
   return _heads_first(out_BxHxTxK), (q_BxHxTxK, k_BxHxTxK, v_BxHxTxK, out_BxHxTxK,
                                      jnp.concatenate(lses, axis=-1))
@@ -90,36 +93,56 @@ def _causal_bwd(residuals, dout_BxTxHxK):
   dout_BxHxTxK = _heads_first(dout_BxTxHxK)
   dtype = q_BxHxTxK.dtype
   acc = None if dtype == jnp.float16 else jnp.float32  # XLA:CPU has no f16 x f16 -> f32 dot
-  scale = 1.0 / (q_BxHxTxK.shape[-1] ** 0.5)
+  b, h, t, k = q_BxHxTxK.shape
+  scale = 1.0 / (k ** 0.5)
   # sum_s dP * P over the keys equals sum_k dO * O over the head dimension: [B, H, T], not T x T.
   delta_BxHxT = jnp.sum(dout_BxHxTxK.astype(jnp.float32) * out_BxHxTxK.astype(jnp.float32), -1)
   dqs = []
-  dk_BxHxTxK = jnp.zeros(k_BxHxTxK.shape, jnp.float32)
-  dv_BxHxTxK = jnp.zeros(v_BxHxTxK.shape, jnp.float32)
-  for start, stop in _blocks(q_BxHxTxK.shape[2]):
+  # dK and dV are accumulated transposed, [B, H, K, T]: dV^T = dO^T P contracts the queries of
+  # two arrays whose queries lead, a product XLA:CPU runs about twice as fast as P^T dO.
+  dk_BxHxKxT = jnp.zeros((b, h, k, t), jnp.float32)
+  dv_BxHxKxT = jnp.zeros((b, h, k, t), jnp.float32)
+  for start, stop in _blocks(t):
     q_BxHxQxK, dout_BxHxQxK = q_BxHxTxK[:, :, start:stop], dout_BxHxTxK[:, :, start:stop]
     k_BxHxSxK, v_BxHxSxK = k_BxHxTxK[:, :, :stop], v_BxHxTxK[:, :, :stop]
-    probs_BxHxQxS, _ = _probs(q_BxHxQxK, k_BxHxSxK, start, lse_BxHxT[..., start:stop])
-    dv = jnp.einsum("bhqs,bhqk->bhsk", probs_BxHxQxS.astype(dtype), dout_BxHxQxK,
-                    preferred_element_type=acc)
+    probs_BxHxQxS = jnp.exp(_logits(q_BxHxQxK, k_BxHxSxK, start)
+                            - lse_BxHxT[..., start:stop, None])
+    dv_BxHxKxS = jnp.einsum("bhqk,bhqs->bhks", dout_BxHxQxK, probs_BxHxQxS.astype(dtype),
+                            preferred_element_type=acc)
     dprobs_BxHxQxS = jnp.einsum("bhqk,bhsk->bhqs", dout_BxHxQxK, v_BxHxSxK,
                                 preferred_element_type=acc).astype(jnp.float32)
     dlogits_BxHxQxS = (probs_BxHxQxS * (dprobs_BxHxQxS - delta_BxHxT[..., start:stop, None])
                        * scale).astype(dtype)
     dqs.append(jnp.einsum("bhqs,bhsk->bhqk", dlogits_BxHxQxS, k_BxHxSxK,
                           preferred_element_type=acc))
-    dk = jnp.einsum("bhqs,bhqk->bhsk", dlogits_BxHxQxS, q_BxHxQxK, preferred_element_type=acc)
-    dk_BxHxTxK = dk_BxHxTxK.at[:, :, :stop].add(dk)
-    dv_BxHxTxK = dv_BxHxTxK.at[:, :, :stop].add(dv)
+    dk_BxHxKxS = jnp.einsum("bhqk,bhqs->bhks", q_BxHxQxK, dlogits_BxHxQxS,
+                            preferred_element_type=acc)
+    dk_BxHxKxT = dk_BxHxKxT.at[..., :stop].add(dk_BxHxKxS)
+    dv_BxHxKxT = dv_BxHxKxT.at[..., :stop].add(dv_BxHxKxS)
   dq_BxHxTxK = jnp.concatenate(dqs, axis=2)
-  return (_heads_first(dq_BxHxTxK).astype(dtype), _heads_first(dk_BxHxTxK).astype(dtype),
-          _heads_first(dv_BxHxTxK).astype(dtype))
+  to_BxTxHxK = lambda x_BxHxKxT: jnp.transpose(x_BxHxKxT, (0, 3, 1, 2)).astype(dtype)
+  return _heads_first(dq_BxHxTxK).astype(dtype), to_BxTxHxK(dk_BxHxKxT), to_BxTxHxK(dv_BxHxKxT)
 
 
 @jax.custom_vjp
-def causal_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK):
-  """Causal self-attention, blockwise over queries, with a flash-style gradient (see above)."""
+def _causal_chunk(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK):
   return _causal_fwd(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK)[0]
 
 
-causal_attention.defvjp(_causal_fwd, _causal_bwd)
+_causal_chunk.defvjp(_causal_fwd, _causal_bwd)
+
+
+def causal_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK):
+  """Causal self-attention, blockwise over queries, with a flash-style gradient (see above).
+
+  The batch is cut into chunks of about PAIRS_PER_CHUNK (batch row, head) pairs, each its own
+  kernel: smaller arrays that stay in cache, and independent work that XLA:CPU runs on its cores
+  side by side.
+  """
+  b, _, h, _ = q_BxTxHxK.shape
+  rows = max(1, PAIRS_PER_CHUNK // h)
+  if rows >= b:
+    return _causal_chunk(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK)
+  return jnp.concatenate([
+      _causal_chunk(q_BxTxHxK[i:i + rows], k_BxTxHxK[i:i + rows], v_BxTxHxK[i:i + rows])
+      for i in range(0, b, rows)], axis=0)
