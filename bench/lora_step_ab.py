@@ -4,6 +4,7 @@
   .venv/bin/python bench/lora_step_ab.py --what=block    # causal attention query blocks 64/128/256
   .venv/bin/python bench/lora_step_ab.py --what=lora_da  # LoRA A gradient: halved rows or x.T @ dh
   .venv/bin/python bench/lora_step_ab.py --what=chunk    # attention batch chunks: 8 pairs, 4, 16, none
+  .venv/bin/python bench/lora_step_ab.py --what=fold     # LoRA B folded into ff.in's product, or not
 
 Each variant is our real LoRA train step (lora_step_bench's, 4 layers, d=256, T=512, batch 8,
 rank 16) jitted with the choice switched; the variants run in turn, `--rounds` times, and each
@@ -44,7 +45,10 @@ def variants(what: str) -> dict:
     pairs = {"8 pairs (ours)": 8, "4 pairs": 4, "16 pairs": 16, "no chunks": 10**9}
     return {name: (lambda n=n: setattr(attention, "PAIRS_PER_CHUNK", n))
             for name, n in pairs.items()}
-  raise ValueError(f"--what must be gelu, block, lora_da or chunk, not {what!r}")
+  if what == "fold":
+    return {"folded (ours)": lambda: setattr(forward, "FOLD_WIDENING", True),
+            "separate delta": lambda: setattr(forward, "FOLD_WIDENING", False)}
+  raise ValueError(f"--what must be gelu, block, lora_da, chunk or fold, not {what!r}")
 
 
 def main():

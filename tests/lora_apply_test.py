@@ -154,3 +154,38 @@ def test_low_rank_gradient_matches_autodiff_of_the_formula(rows):
                        jax.grad(plain, (0, 1, 2, 3))(x, a, b, s)):
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.2])  # with dropout the adapter's input is not x
+def test_folded_widening_layer_is_the_same_function_and_gradient(monkeypatch, dropout):
+  """ff.in (32 -> 48) takes the folded product [x, (h A) s] [W; B] on CPU: the loss and its
+  gradients with respect to the adapter, the base (a symbolic zero when frozen, computed when
+  asked for) and the blend weight equal the unfolded path's."""
+  from lora_jax.lora import forward
+  model, params = testlib.tiny_model()
+  # Nonzero biases (Flax initialises them to zero), so a fold that dropped one would show.
+  params = jax.tree.map(lambda p: p + 0.1 * jnp.cos(jnp.arange(p.size).reshape(p.shape)), params)
+  adapter = testlib.random_adapter(params, SPEC, seed=8)
+  x = testlib.tokens()
+  calls = []
+  folded = forward._folded
+  monkeypatch.setattr(forward, "_folded", lambda *a: calls.append(1) or folded(*a))
+
+  def loss(lora_params, base, weight):
+    active = lora.Active(adapter.replace(params=lora_params), weight, dropout=dropout)
+    logits = lora.apply(model, base, [active], x, rng=jax.random.key(1))
+    return jnp.mean(jnp.tanh(logits) ** 2)
+
+  grads = {}
+  for fold in (True, False):
+    monkeypatch.setattr(forward, "FOLD_WIDENING", fold)
+    grads[fold] = jax.value_and_grad(loss, argnums=(0, 1, 2))(adapter.params, params,
+                                                              jnp.float32(0.7))
+    grads[fold, "lora only"] = jax.grad(loss)(adapter.params, params, jnp.float32(0.7))
+  assert len(calls) == 2 * testlib.TINY.n_layers  # ff.in of each layer, in both folded traces
+  chex.assert_trees_all_close(grads[True], grads[False], rtol=2e-5, atol=1e-6)
+  chex.assert_trees_all_close(grads[True, "lora only"], grads[False, "lora only"], rtol=2e-5,
+                              atol=1e-6)
+  base_grad = grads[True][1][1]["blocks_0"]["ff"]["in"]["kernel"]
+  assert float(jnp.abs(base_grad).max()) > 0  # the base's gradient is really computed
+
