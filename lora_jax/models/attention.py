@@ -124,25 +124,37 @@ def _causal_bwd(residuals, dout_BxTxHxK):
   return _heads_first(dq_BxHxTxK).astype(dtype), to_BxTxHxK(dk_BxHxKxT), to_BxTxHxK(dv_BxHxKxT)
 
 
+def _chunks(b: int, h: int) -> list[tuple[int, int]]:
+  rows = max(1, PAIRS_PER_CHUNK // h)
+  return [(i, min(i + rows, b)) for i in range(0, b, rows)]
+
+
+def _chunked_fwd(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK):
+  outs, residuals = [], []
+  for lo, hi in _chunks(q_BxTxHxK.shape[0], q_BxTxHxK.shape[2]):
+    out, res = _causal_fwd(q_BxTxHxK[lo:hi], k_BxTxHxK[lo:hi], v_BxTxHxK[lo:hi])
+    outs.append(out)
+    residuals.append(res)
+  return jnp.concatenate(outs, axis=0), residuals
+
+
+def _chunked_bwd(residuals, dout_BxTxHxK):
+  grads = []
+  for res, (lo, hi) in zip(residuals, _chunks(dout_BxTxHxK.shape[0], dout_BxTxHxK.shape[2])):
+    grads.append(_causal_bwd(res, dout_BxTxHxK[lo:hi]))
+  # Concatenated here, not padded and summed as the transpose of slicing would be.
+  return tuple(jnp.concatenate(parts, axis=0) for parts in zip(*grads))
+
+
 @jax.custom_vjp
-def _causal_chunk(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK):
-  return _causal_fwd(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK)[0]
-
-
-_causal_chunk.defvjp(_causal_fwd, _causal_bwd)
-
-
 def causal_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK):
   """Causal self-attention, blockwise over queries, with a flash-style gradient (see above).
 
-  The batch is cut into chunks of about PAIRS_PER_CHUNK (batch row, head) pairs, each its own
-  kernel: smaller arrays that stay in cache, and independent work that XLA:CPU runs on its cores
-  side by side.
+  The batch is cut into chunks of about PAIRS_PER_CHUNK (batch row, head) pairs, each computed
+  on its own: smaller arrays that stay in cache, and independent work that XLA:CPU runs on its
+  cores side by side.
   """
-  b, _, h, _ = q_BxTxHxK.shape
-  rows = max(1, PAIRS_PER_CHUNK // h)
-  if rows >= b:
-    return _causal_chunk(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK)
-  return jnp.concatenate([
-      _causal_chunk(q_BxTxHxK[i:i + rows], k_BxTxHxK[i:i + rows], v_BxTxHxK[i:i + rows])
-      for i in range(0, b, rows)], axis=0)
+  return _chunked_fwd(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK)[0]
+
+
+causal_attention.defvjp(_chunked_fwd, _chunked_bwd)
