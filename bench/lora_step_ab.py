@@ -1,10 +1,13 @@
 """A/B of the choices made in the CPU train step, in one process, in alternating rounds.
 
-  .venv/bin/python bench/lora_step_ab.py --what=gelu     # erf GELU (ours) against jax.nn's erfc
-  .venv/bin/python bench/lora_step_ab.py --what=block    # causal attention query blocks 64/128/256
-  .venv/bin/python bench/lora_step_ab.py --what=lora_da  # LoRA A gradient: halved rows or x.T @ dh
-  .venv/bin/python bench/lora_step_ab.py --what=chunk    # attention batch chunks: 8 pairs, 4, 16, none
-  .venv/bin/python bench/lora_step_ab.py --what=fold     # LoRA B folded into ff.in's product, or not
+  .venv/bin/python bench/lora_step_ab.py --what=WHAT
+
+WHAT is one of:
+  gelu     erf GELU (ours) against jax.nn's erfc
+  block    causal attention query blocks of 128 (ours), 64, 256
+  lora_da  the LoRA A gradient as two row halves in one batched dot (ours), or x.T @ dh
+  chunk    causal attention over batch chunks of 8 (row, head) pairs (ours), 4, 16, or none
+  fold     the adapter's B folded into ff.in's product (ours), or a separate delta
 
 Each variant is our real LoRA train step (lora_step_bench's, 4 layers, d=256, T=512, batch 8,
 rank 16) jitted with the choice switched; the variants run in turn, `--rounds` times, and each
@@ -53,7 +56,7 @@ def variants(what: str) -> dict:
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--what", default="gelu")
+  p.add_argument("--what", default="gelu", choices=("gelu", "block", "lora_da", "chunk", "fold"))
   p.add_argument("--rounds", type=int, default=4)
   p.add_argument("--steps", type=int, default=3)  # per round
   args = p.parse_args()
