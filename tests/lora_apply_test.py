@@ -158,7 +158,8 @@ def test_low_rank_gradient_matches_autodiff_of_the_formula(rows):
 
 @pytest.mark.parametrize("dropout", [0.0, 0.2])  # with dropout the adapter's input is not x
 def test_folded_widening_layer_is_the_same_function_and_gradient(monkeypatch, dropout):
-  """ff.in (32 -> 48) takes the folded product [x, (h A) s] [W; B] on CPU: the loss and its
+  """ff.in (32 -> 48) takes the folded product [x, (h A) s] [W; B] on CPU, given enough tokens
+  (not with 24, where copying [x, .] and [W; B] would cost more than the delta): the loss and its
   gradients with respect to the adapter, the base (a symbolic zero when frozen, computed when
   asked for) and the blend weight equal the unfolded path's."""
   from lora_jax.lora import forward
@@ -166,7 +167,7 @@ def test_folded_widening_layer_is_the_same_function_and_gradient(monkeypatch, dr
   # Nonzero biases (Flax initialises them to zero), so a fold that dropped one would show.
   params = jax.tree.map(lambda p: p + 0.1 * jnp.cos(jnp.arange(p.size).reshape(p.shape)), params)
   adapter = testlib.random_adapter(params, SPEC, seed=8)
-  x = testlib.tokens()
+  x = testlib.tokens(batch=8, length=24)  # 192 tokens: the [192, 48] delta outweighs the copies
   calls = []
   folded = forward._folded
   monkeypatch.setattr(forward, "_folded", lambda *a: calls.append(1) or folded(*a))
@@ -188,4 +189,9 @@ def test_folded_widening_layer_is_the_same_function_and_gradient(monkeypatch, dr
                               atol=1e-6)
   base_grad = grads[True][1][1]["blocks_0"]["ff"]["in"]["kernel"]
   assert float(jnp.abs(base_grad).max()) > 0  # the base's gradient is really computed
+  monkeypatch.setattr(forward, "FOLD_WIDENING", True)
+  calls.clear()
+  few = testlib.tokens()
+  lora.apply(model, params, [lora.Active(adapter, 1.0)], few)
+  assert not calls
 

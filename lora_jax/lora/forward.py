@@ -115,11 +115,13 @@ def _foldable(module: nn.Dense, x) -> bool:
   """Whether this dense layer's product may take one adapter's B folded in: [x, (h A) s] [W; B].
 
   On XLA:CPU the unfolded delta of a widening layer (ff.in: 256 -> 1024) is a separate [N, out]
-  array that every consumer of the layer's output reads again; folding trades it for a copy of
-  the narrower input. On the bench model's feed-forward alone, forward and gradient: 81.5 -> 71.5
-  ms per layer; in the whole train step 1-3% (`bench/lora_step_ab.py --what=fold`). Folding the
-  square layers too was slower. Only plain float32 layers with a bias are folded, so the result
-  is the same function as nn.Dense plus the delta.
+  array that every consumer of the layer's output reads again; folding trades it for per-step
+  copies of the input and the kernel, [x, .] and [W; B]: worth it only while the delta is the
+  larger, so with many tokens. On the bench model's feed-forward alone (4,096 tokens, 256 ->
+  1024), forward and gradient: 81.5 -> 71.5 ms per layer; in the whole train step 1-3%
+  (`bench/lora_step_ab.py --what=fold`). Folding the square layers too was slower. Only plain
+  float32 layers with a bias are folded, so the result is the same function as nn.Dense plus the
+  delta.
   """
   if jax.default_backend() != "cpu" or not FOLD_WIDENING:
     return False
@@ -129,7 +131,9 @@ def _foldable(module: nn.Dense, x) -> bool:
   kernel = module.get_variable("params", "kernel")
   bias = module.get_variable("params", "bias")
   dtypes = {x.dtype, kernel.dtype, bias.dtype, jnp.dtype(module.dtype or jnp.float32)}
-  return dtypes == {jnp.dtype(jnp.float32)} and kernel.shape[1] > kernel.shape[0]
+  tokens = x.size // x.shape[-1]
+  (n_in, n_out), copied = kernel.shape, tokens * kernel.shape[0] + kernel.size
+  return dtypes == {jnp.dtype(jnp.float32)} and n_out > n_in and tokens * n_out > copied
 
 
 def _rows_contracted(x_NxI, d_NxR):
