@@ -23,11 +23,13 @@ _PACKS = flags.DEFINE_list("packs", None, "Style pack folders whose train splits
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "checkpoints/base_model",
                                   "Folder for base_model.safetensors, vocab.json and run/.")
 flags.mark_flags_as_required(["packs"])
+cli.define_distributed()
 
 
 def main(args):
   if len(args) > 1:
     raise ValueError(f"unexpected arguments: {args[1:]}")
+  cli.initialize_distributed()
   config = settings.load_base_config(_CONFIG.value)
   logging.info("JAX %s on %d devices: %s", jax.__version__, jax.device_count(), jax.devices())
   result = training.train_base(config, _PACKS.value, _OUTPUT_DIR.value)

@@ -33,11 +33,13 @@ _RANK = flags.DEFINE_integer("rank", None, "config.parent.rank")
 _ALPHA = flags.DEFINE_float("alpha", None, "config.parent.alpha")
 _LR = flags.DEFINE_float("learning_rate", None, "config.parent.learning_rate")
 flags.mark_flags_as_required(["parent", "pack"])
+cli.define_distributed()
 
 
 def main(args):
   if len(args) > 1:
     raise ValueError(f"unexpected arguments: {args[1:]}")
+  cli.initialize_distributed()
   overrides = settings.shorthand_overrides("parent", {
       "epochs": _EPOCHS.value, "batch_size": _BATCH.value, "rank": _RANK.value,
       "alpha": _ALPHA.value, "learning_rate": _LR.value},

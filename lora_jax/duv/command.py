@@ -21,10 +21,12 @@ def main(training_type: str, program: str) -> None:
                                            lock_config=True)
   workdir = flags.DEFINE_string("workdir", None, "Directory for windows, checkpoints, metrics.")
   flags.mark_flags_as_required(["config", "workdir"])
+  cli.define_distributed()
 
   def run(argv):
     if len(argv) > 1:
       raise ValueError(f"unexpected arguments: {argv[1:]}")
+    cli.initialize_distributed()
     logging.info("JAX %s on %d devices: %s", jax.__version__, jax.device_count(), jax.devices())
     print(f"wrote {training.train(config.value, workdir.value, training_type)}")
 

@@ -140,6 +140,9 @@ def finish(prepared: Prepared, result: loop.Result, workdir: str) -> str:
     raise RuntimeError(f"training stopped at step {result.step} before it finished; run it "
                        "again with the same workdir to resume")
   data, config = prepared.data, prepared.config
+  if not loop.is_primary():  # process 0 of a multi-process run writes the results
+    return (data.bundle if config.training.type == "full" else
+            os.path.join(data.bundle, data.adapter_name + bundle.ADAPTER_SUFFIX))
   if config.training.type == "full":
     path = data.bundle
     params = flax_weights.load_params(result.export_path, result.params)

@@ -4,7 +4,8 @@ Each function turns the hierarchy's settings into a music_lm `TrainConfig`, turn
 train and validation splits into cached windows (`windows.split_windows`), runs the one shared
 loop (`lora_jax.train.loop.train`) in `run/` beside the result, and writes the result where the
 seed puts it (`layout`). Rerunning with the same folders resumes; a run stopped by a signal
-returns status 'stopped' and writes no result.
+returns status 'stopped' and writes no result. In a multi-process run every process trains and
+process 0 alone writes the results.
 
 Levels:
   base    full training of a fresh MusicTransformer on several packs' train splits.
@@ -106,6 +107,8 @@ def train_base(config: settings.BaseConfig, pack_dirs: Sequence[str], output_dir
   if result.status == "stopped":
     return Trained(result.status, "", run_dir, result.step, result.best_val_loss)
   path = layout.base_file(output_dir)
+  if not loop.is_primary():  # process 0 of a multi-process run writes the results
+    return Trained(result.status, path, run_dir, result.step, result.best_val_loss)
   base_file.save_model(path, result.params, config.model, {
       "trained_on": list(train.styles), "packs": [os.path.abspath(p) for p in pack_dirs],
       "steps": result.step, "best_val_loss": result.best_val_loss,
@@ -144,14 +147,15 @@ def _train_adapter(config: settings.AdapterConfig, level: settings.AdapterSettin
                      val, full=False, base_params=base.path, parent_adapter=parent_lora)
   run_dir = layout.run_dir(level_dir)
   result = loop.train(tc, run_dir)
-  if result.status == "stopped":
-    return Trained(result.status, "", run_dir, result.step, result.best_val_loss), None
+  trained = Trained(result.status, "", run_dir, result.step, result.best_val_loss)
+  if result.status == "stopped" or not loop.is_primary():  # process 0 writes the results
+    return trained, None
   record = lora.load_adapter(result.export_path)
   record = dataclasses.replace(record, extra=dict(
       record.extra, **extra, style=name, pack=pack.path, base_model=base.path,
       settings=dataclasses.asdict(level), config_sources=list(config.sources),
       best_val_loss=result.best_val_loss, train_windows=train.n_windows))
-  return Trained(result.status, "", run_dir, result.step, result.best_val_loss), record
+  return trained, record
 
 
 def train_parent(config: settings.AdapterConfig, parent: str, pack_dir: str, base_path: str,
@@ -165,6 +169,8 @@ def train_parent(config: settings.AdapterConfig, parent: str, pack_dir: str, bas
   if trained.status == "stopped":
     return trained
   path = layout.parent_lora(output_dir, parent)
+  if record is None:  # not the process that writes
+    return dataclasses.replace(trained, path=path)
   lora.save_adapter(path, record)
   base_file.copy_vocab(base.path, level_dir)
   return dataclasses.replace(trained, path=path)
@@ -203,6 +209,8 @@ def train_child(config: settings.AdapterConfig, parent: str, child: str, pack_di
   if trained.status == "stopped":
     return trained
   path = layout.child_lora(output_dir, parent, child)
+  if record is None:  # not the process that writes
+    return dataclasses.replace(trained, path=path)
   lora.save_adapter(path, record)
   base_file.copy_vocab(base.path, level_dir)
   return dataclasses.replace(trained, path=path)

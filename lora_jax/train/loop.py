@@ -103,11 +103,17 @@ def _evaluate(eval_fn, params, frozen, val_batches: list[dict], sharding) -> dic
   return {k: float(np.mean([o[k] for o in host])) for k in host[0]}
 
 
+def is_primary() -> bool:
+  """Whether this process writes the run's files: process 0 of a multi-process run, or the only
+  one. Every process computes; collectives need them all."""
+  return jax.process_index() == 0
+
+
 def _export(workdir: str, config: TrainConfig, setup: state_lib.Setup, params: Any,
             family_name: str, step: int, export_step: int) -> str:
   if config.training.type == "full":
     path = os.path.join(workdir, "params.safetensors")
-    if jax.process_index() != 0:
+    if not is_primary():
       return path
     flax_weights.save_params(params, path, {"model_family": family_name, "name": config.name,
                                             "base_fingerprint": setup.base_fingerprint})
@@ -117,7 +123,7 @@ def _export(workdir: str, config: TrainConfig, setup: state_lib.Setup, params: A
   if setup.parent is not None:
     extra.update(parent_adapter=config.training.parent_adapter, parent_name=setup.parent.name)
   scales = state_lib.host_params(setup.frozen.scales)
-  if jax.process_index() != 0:  # every process gathered (a collective); one writes
+  if not is_primary():  # every process gathered (a collective); one writes
     return path
   lora.save_adapter(path, lora.AdapterRecord(lora.Adapter(params, scales), config.lora,
                                              setup.base_fingerprint, family_name, config.name,
@@ -138,7 +144,7 @@ def train(config: TrainConfig, workdir: str, *, devices: Sequence[jax.Device] | 
     try:
       return _train(config, workdir, devices, stop_after, stop, compiles)
     except BaseException as e:
-      if jax.process_index() == 0:
+      if is_primary():
         metrics_lib.write_status(workdir, state="failed", message=f"{type(e).__name__}: {e}")
       raise
 
@@ -190,7 +196,7 @@ def _train(config: TrainConfig, workdir: str, devices, stop_after: int | None,
       family.abstract_batch(config.data.eval_batch_size)) if k != "loss")
   start = step = int(state.step)
   progress = metrics_lib.Progress(workdir, family_metrics, total, step,
-                                  primary=jax.process_index() == 0)
+                                  primary=is_primary())
   iterator = batches.BatchIterator(train_arrays, config.data.batch_size, tc.seed,
                                    loop_state.position)
   best, bad_evals = loop_state.best_val_loss, loop_state.evals_without_improvement
