@@ -67,9 +67,10 @@ def test_two_processes_train_as_one_eight_device_process(tmp_path):
   assert [int(r["step"]) for r in rows] == [0, 5, 10, 12]  # one writer: no repeated rows
 
 
-def test_parent_adapter_launcher_trains_across_two_processes(tmp_path):
-  """launch/train_parent_adapter.py with --distributed: two processes of four devices give the
-  adapter one process of eight does, and only process 0 writes the seed's .lora and vocab.json."""
+def test_parent_and_child_launchers_train_across_two_processes(tmp_path):
+  """launch/train_parent_adapter.py, then train_child_adapter.py over that parent, with
+  --distributed: two processes of four devices give the adapters one process of eight does, and
+  the same files (process 0 writes the seed's .lora and vocab.json)."""
   import jax
   import jax.numpy as jnp
   from lora_jax.data import midi_tokenizer as mt
@@ -78,7 +79,8 @@ def test_parent_adapter_launcher_trains_across_two_processes(tmp_path):
   import hierarchy_testlib
 
   packs = tmp_path / "packs"
-  hierarchy_testlib.write_genre(str(packs), "folk", ["waltz", "march"])
+  # Pieces of 12 bars: the waltz's one validation piece must fill an eval batch on 8 devices.
+  hierarchy_testlib.write_genre(str(packs), "folk", ["waltz", "march"], n_bars=12)
   defaults = hierarchy_testlib.write_configs(str(tmp_path / "configs"), "folk", ["waltz", "march"])
   tokenizer = mt.MidiTokenizer(mt.MidiTokenizerConfig())
   size = settings.ModelSettings(vocab_size=tokenizer.vocab_size, d_model=16, n_heads=2,
@@ -89,32 +91,42 @@ def test_parent_adapter_launcher_trains_across_two_processes(tmp_path):
   base_file.save_model(str(base), base_file.host(params), size, {})
   tokenizer.save_vocab(str(tmp_path / "base"))
 
-  def command(out):
-    return [sys.executable, str(ROOT / "launch" / "train_parent_adapter.py"),
-            f"--config={defaults}:tiny", "--parent=folk", f"--pack={packs / 'folk'}",
-            f"--base-model={base}", f"--output-dir={out}", "--batch-size=8", "--epochs=2",
-            f"--config.data.cache_dir={tmp_path / 'windows'}"]
+  common = [f"--config={defaults}:tiny", "--parent=folk", f"--base-model={base}",
+            "--batch-size=8", f"--config.data.cache_dir={tmp_path / 'windows'}"]
+  scripts = {"folk": ["train_parent_adapter.py", f"--pack={packs / 'folk'}", "--epochs=2"],
+             "folk/waltz": ["train_child_adapter.py", "--child=waltz",
+                            f"--pack={packs / 'folk' / 'waltz'}", "--epochs=2"]}
 
-  single = tmp_path / "single"
-  done = subprocess.run(command(single), env=env(8), capture_output=True, text=True, timeout=600)
-  assert done.returncode == 0, done.stderr[-3000:]
-  multi = tmp_path / "multi"
-  port = free_port()
-  procs = [subprocess.Popen(
-      command(multi) + ["--distributed", f"--coordinator_address=127.0.0.1:{port}",
-                        "--num_processes=2", f"--process_id={i}"],
-      env=env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  outputs = [p.communicate(timeout=600)[0] for p in procs]
-  for p, out in zip(procs, outputs):
-    assert p.returncode == 0, out[-3000:]
-  assert all("on 8 devices" in out for out in outputs)
+  def train(level: str, out, distributed: bool) -> None:
+    script, *args = scripts[level]
+    command = [sys.executable, str(ROOT / "launch" / script), *common, *args,
+               f"--output-dir={out}"]
+    if not distributed:
+      done = subprocess.run(command, env=env(8), capture_output=True, text=True, timeout=600)
+      assert done.returncode == 0, done.stderr[-3000:]
+      return
+    port = free_port()
+    procs = [subprocess.Popen(
+        command + ["--distributed", f"--coordinator_address=127.0.0.1:{port}",
+                   "--num_processes=2", f"--process_id={i}"],
+        env=env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out_text in zip(procs, outputs):
+      assert p.returncode == 0, out_text[-3000:]
+    assert all("on 8 devices" in out_text for out_text in outputs)
 
   read = lambda path: {tree_paths.dotted(k): np.asarray(v) for k, v in tree_paths.flatten(
       lora.load_adapter(str(path)).adapter.params).items()}
-  want, got = read(single / "folk" / "folk.lora"), read(multi / "folk" / "folk.lora")
-  assert sorted(got) == sorted(want)
-  for k in want:
-    np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=k)
-  assert (multi / "folk" / "vocab.json").is_file()
-  assert sorted(p.name for p in (multi / "folk").iterdir()) == sorted(
-      p.name for p in (single / "folk").iterdir())
+  single, multi = tmp_path / "single", tmp_path / "multi"
+  for level in ("folk", "folk/waltz"):  # the child trains over its own run's parent
+    train(level, single, distributed=False)
+    train(level, multi, distributed=True)
+    name = level.split("/")[-1]
+    want, got = read(single / level / f"{name}.lora"), read(multi / level / f"{name}.lora")
+    assert sorted(got) == sorted(want)
+    for k in want:
+      np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=f"{level} {k}")
+    assert (multi / level / "vocab.json").is_file()
+    files = lambda root: sorted(p.name for p in (root / level).iterdir())
+    assert files(multi) == files(single)
