@@ -99,7 +99,7 @@ def _causal_bwd(residuals, dout_BxTxHxK):
   delta_BxHxT = jnp.sum(dout_BxHxTxK.astype(jnp.float32) * out_BxHxTxK.astype(jnp.float32), -1)
   dqs = []
   # dK and dV are accumulated transposed, [B, H, K, T]: dV^T = dO^T P contracts the queries of
-  # two arrays whose queries lead, a product XLA:CPU runs about twice as fast as P^T dO.
+  # two arrays whose queries lead, a product XLA:CPU runs up to 1.6x as fast as P^T dO.
   dk_BxHxKxT = jnp.zeros((b, h, k, t), jnp.float32)
   dv_BxHxKxT = jnp.zeros((b, h, k, t), jnp.float32)
   for start, stop in _blocks(t):
