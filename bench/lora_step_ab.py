@@ -8,6 +8,7 @@ WHAT is one of:
   lora_da  the LoRA A gradient as two row halves in one batched dot (ours), or x.T @ dh
   chunk    causal attention over batch chunks of 8 (row, head) pairs (ours), 4, 16, or none
   fold     the adapter's B folded into ff.in's product (ours), or a separate delta
+  kernel   causal attention by the compiled C++ kernel (ours, lora_jax/kernels), or the jnp one
 
 Each variant is our real LoRA train step (lora_step_bench's, 4 layers, d=256, T=512, batch 8,
 rank 16) jitted with the choice switched; the variants run in turn, `--rounds` times, and each
@@ -28,6 +29,9 @@ from lora_jax.lora import forward  # noqa: E402
 from lora_jax.models import activations  # noqa: E402
 from lora_jax.models import attention  # noqa: E402
 from lora_jax.models import transformer  # noqa: E402
+
+
+WHATS = ("gelu", "block", "lora_da", "chunk", "fold", "kernel")
 
 
 def variants(what: str) -> dict:
@@ -51,12 +55,15 @@ def variants(what: str) -> dict:
   if what == "fold":
     return {"folded (ours)": lambda: setattr(forward, "FOLD_WIDENING", True),
             "separate delta": lambda: setattr(forward, "FOLD_WIDENING", False)}
-  raise ValueError(f"--what must be gelu, block, lora_da, chunk or fold, not {what!r}")
+  if what == "kernel":
+    return {"compiled (ours)": lambda: setattr(attention, "USE_COMPILED_KERNEL", True),
+            "jnp kernel": lambda: setattr(attention, "USE_COMPILED_KERNEL", False)}
+  raise ValueError(f"--what must be one of {', '.join(WHATS)}, not {what!r}")
 
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--what", default="gelu", choices=("gelu", "block", "lora_da", "chunk", "fold"))
+  p.add_argument("--what", default="gelu", choices=WHATS)
   p.add_argument("--rounds", type=int, default=4)
   p.add_argument("--steps", type=int, default=3)  # per round
   args = p.parse_args()

@@ -39,8 +39,8 @@ _PARTS = (("attn/q_proj", "proj"), ("attn/k_proj", "proj"), ("attn/v_proj", "pro
           ("ln2", "layer norm"), ("ln_f", "layer norm"), ("head", "head"))
 
 
-def fusion_table(hlo_text: str) -> dict[str, tuple[str, bool]]:
-  """Instruction name -> (its op_name metadata, whether it is or calls a dot)."""
+def fusion_table(hlo_text: str) -> dict[str, tuple[str, str]]:
+  """Instruction name -> (its op_name metadata, its kind: matmul, compiled kernel, or other)."""
   has_dot, computation = {}, None
   for line in hlo_text.splitlines():
     header = re.match(r"^%?([\w.\-]+) .*\{$", line)
@@ -51,12 +51,14 @@ def fusion_table(hlo_text: str) -> dict[str, tuple[str, bool]]:
       has_dot[computation] = True
   table = {}
   for line in hlo_text.splitlines():
-    inst = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = \S+ ([\w\-]+)\(.*metadata=\{op_name=\"([^\"]+)\"",
-                    line)
+    inst = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (?:\([^=]*\)|\S+) ([\w\-]+)\("
+                    r".*metadata=\{op_name=\"([^\"]+)\"", line)
     if inst:
       called = re.search(r"calls=%?([\w.\-]+)", line)
       dot = inst.group(2) == "dot" or bool(called and has_dot.get(called.group(1)))
-      table[inst.group(1)] = (inst.group(3), dot)
+      kind = ("compiled kernel" if inst.group(2) == "custom-call" else
+              "matmul" if dot else "elementwise/copy")
+      table[inst.group(1)] = (inst.group(3), kind)
   return table
 
 
@@ -77,16 +79,18 @@ def shared_times(events: list[tuple[float, float, str]]) -> collections.Counter:
   return share
 
 
-def category(op_name: str, dot: bool) -> str:
+def category(op_name: str, kind: str) -> str:
   direction = "backward" if "transpose(" in op_name else "forward"
   part = "other"
   for key, name in _PARTS:
     if re.search(rf"(^|/){re.escape(key)}(/|$)", op_name):
       part = name
       break
-  if part == "layer norm" and dot:  # XLA names a fusion after its root: the norm's backward, with
-    part = "norm+dx"                # the input-gradient matmuls of the layers it feeds inside
-  return f"{direction:8s} {part:10s} {'matmul' if dot else 'elementwise/copy'}"
+  # XLA names a fusion after its root: the norm's backward, with the input-gradient matmuls of the
+  # layers it feeds inside.
+  if part == "layer norm" and kind == "matmul":
+    part = "norm+dx"
+  return f"{direction:8s} {part:10s} {kind}"
 
 
 def main():
@@ -132,8 +136,8 @@ def main():
   print("(norm+dx: a layer norm's backward fused with the input gradients of the layers it feeds)")
   print(f"\ncostliest {args.top} ops (ms a step, op name from XLA's metadata):")
   for name, us in share.most_common(args.top):
-    op_name, dot = table[name]
-    print(f"{per_step(us):8.2f}  {name[:28]:28s} {'dot ' if dot else '    '}{op_name[-80:]}")
+    op_name, kind = table[name]
+    print(f"{per_step(us):8.2f}  {name[:28]:28s} {kind[:4]:4s} {op_name[-80:]}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine for lora_jax: a virtual environment with the package, PyTorch (CPU, for
-# interop and parity tests) and PEFT, plus the real data the tests and demos read offline.
+# interop and parity tests) and PEFT, the compiled CPU attention kernel (g++ and Eigen from Debian's
+# packages, installed here when missing), plus the real data the tests and demos read offline.
 #
 #   bash scripts/setup.sh          (idempotent; a second run only checks)
 set -euo pipefail
@@ -14,3 +15,19 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[torch,test,data]'
 PYTHON=.venv/bin/python bash scripts/fetch_performances.sh .cache/performances
+
+# The compiled CPU attention kernel (lora_jax/kernels): a C++ compiler and Eigen's headers.
+missing=()
+command -v g++ >/dev/null || missing+=(g++)
+if [[ -z "${EIGEN_INCLUDE_DIR:-}" && ! -f /usr/include/eigen3/Eigen/Core ]]; then
+  missing+=(libeigen3-dev)
+fi
+if (( ${#missing[@]} )); then
+  if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
+    echo "setup: install ${missing[*]} (Debian packages), or set CXX / EIGEN_INCLUDE_DIR" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+.venv/bin/python -m lora_jax.kernels

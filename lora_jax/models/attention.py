@@ -22,8 +22,15 @@ cutting the batch into chunks of PAIRS_PER_CHUNK (row, head) pairs (`bench/lora_
 --what=chunk` reruns that one; the README's bench section has the figures).
 """
 
+import os
+
+from absl import logging
 import jax
+from jax.experimental.custom_partitioning import custom_partitioning
 import jax.numpy as jnp
+import numpy as np
+
+from lora_jax import kernels
 
 BLOCK = 128  # queries per block of the causal kernel
 PAIRS_PER_CHUNK = 8  # (batch row, head) pairs per independent chunk of the causal kernel
@@ -33,6 +40,8 @@ def attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, *, mask=None, is_causal: bool = F
   """Scaled dot-product attention over [batch, time, heads, head_dim] arrays."""
   same_length = q_BxTxHxK.shape[1] == k_BxSxHxK.shape[1]
   if is_causal and mask is None and same_length and jax.default_backend() == "cpu":
+    if _compiled_kernel_applies(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK):
+      return compiled_causal_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK)
     return causal_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK)
   if q_BxTxHxK.dtype != jnp.float16:
     return jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask,
@@ -158,3 +167,93 @@ def causal_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK):
 
 
 causal_attention.defvjp(_chunked_fwd, _chunked_bwd)
+
+
+# --- The compiled kernel (lora_jax/kernels/causal_attention.cc) ------------------------------------
+
+# Off with LORA_JAX_CPU_KERNEL=0 (or by setting this before tracing), e.g. for an A/B in one process.
+USE_COMPILED_KERNEL = os.environ.get("LORA_JAX_CPU_KERNEL", "1") != "0"
+KERNEL_BLOCK = 64  # queries per block in the compiled kernel (32, 64, 96, 128 measured; 64 best)
+
+
+def _compiled_kernel_applies(*qkv) -> bool:
+  if not USE_COMPILED_KERNEL or any(x.dtype != jnp.float32 for x in qkv):
+    return False
+  if kernels.load():
+    return True
+  logging.log_first_n(logging.WARNING, "The compiled CPU attention kernel is not built for this "
+                      "machine (python -m lora_jax.kernels builds it); using the jnp kernel, "
+                      "about half as fast.", 1)
+  return False
+
+
+def _per_shard(op, rule: str):
+  """`op` under custom partitioning: each device runs it on its own (batch, head) shards.
+
+  The kernel works on whole sequences of whole heads, so time and head_dim must not be split;
+  batch and heads may be split any way the mesh likes. Without this, XLA would gather the whole
+  batch onto every device around an opaque custom call.
+  """
+  wrapped = custom_partitioning(op)
+
+  def partition(mesh, arg_shapes, result_shape):
+    result_shardings = jax.tree.map(lambda r: r.sharding, result_shape)
+    return mesh, op, result_shardings, tuple(a.sharding for a in arg_shapes)
+
+  wrapped.def_partition(partition=partition, sharding_rule=rule,
+                        need_replication_factors=("t", "d"))
+  return wrapped
+
+
+def _require_kernel():
+  if not kernels.load():
+    raise RuntimeError("the compiled CPU attention kernel is not built for this machine: run "
+                       "python -m lora_jax.kernels")
+
+
+def _kernel_fwd_call(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK):
+  _require_kernel()
+  b, t, h, _ = q_BxTxHxK.shape
+  return tuple(jax.ffi.ffi_call(
+      "lora_jax_causal_attention_fwd",
+      (jax.ShapeDtypeStruct(q_BxTxHxK.shape, jnp.float32),
+       jax.ShapeDtypeStruct((b, h, t), jnp.float32)),
+  )(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, block=np.int64(KERNEL_BLOCK)))
+
+
+def _kernel_bwd_call(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, out_BxTxHxK, lse_BxHxT, dout_BxTxHxK):
+  _require_kernel()
+  grad = jax.ShapeDtypeStruct(q_BxTxHxK.shape, jnp.float32)
+  return tuple(jax.ffi.ffi_call("lora_jax_causal_attention_bwd", (grad, grad, grad))(
+      q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, out_BxTxHxK, lse_BxHxT, dout_BxTxHxK,
+      block=np.int64(KERNEL_BLOCK)))
+
+
+_kernel_fwd = _per_shard(_kernel_fwd_call, "b t h d, b t h d, b t h d -> b t h d, b h t")
+_kernel_bwd = _per_shard(
+    _kernel_bwd_call,
+    "b t h d, b t h d, b t h d, b t h d, b h t, b t h d -> b t h d, b t h d, b t h d")
+
+
+def _compiled_fwd(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK):
+  out_BxTxHxK, lse_BxHxT = _kernel_fwd(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK)
+  return out_BxTxHxK, (q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, out_BxTxHxK, lse_BxHxT)
+
+
+def _compiled_bwd(residuals, dout_BxTxHxK):
+  return _kernel_bwd(*residuals, dout_BxTxHxK)
+
+
+@jax.custom_vjp
+def compiled_causal_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK):
+  """`causal_attention` in float32 by the compiled kernel: the same residuals and gradient.
+
+  The C++ kernel reads and writes [batch, time, heads, head_dim] in place through strided views
+  (no heads-first copies, no key-prefix slices), fuses the softmax around Eigen's matmuls in
+  cache, and runs one (batch row, head) pair per task on XLA's intra-op thread pool. Measured by
+  bench/lora_step_ab.py --what=kernel; the README's bench section has the figures.
+  """
+  return _compiled_fwd(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK)[0]
+
+
+compiled_causal_attention.defvjp(_compiled_fwd, _compiled_bwd)

@@ -1,0 +1,111 @@
+"""Compiled CPU kernels, called from jitted code through XLA's FFI.
+
+One kernel so far: causal self-attention, forward and backward (`causal_attention.cc`), which
+`lora_jax.models.attention` uses for float32 on CPU when it is built. It is built once per machine:
+
+    python -m lora_jax.kernels            (scripts/setup.sh runs it)
+
+It needs a C++17 compiler (`$CXX`, else g++) and Eigen's headers (`$EIGEN_INCLUDE_DIR`, else
+/usr/include/eigen3; Debian: `apt-get install libeigen3-dev`). The library is compiled with
+-march=native and cached under `$LORA_JAX_KERNEL_DIR` (default ~/.cache/lora_jax/kernels), in a
+file named by a hash of the source, the flags, the compiler, jaxlib's version and this CPU's
+feature flags: a change to any of them builds a new file and never loads a stale one. Without a
+built kernel the models fall back to the jnp attention, which is slower, and say so once.
+"""
+
+import ctypes
+import functools
+import hashlib
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import tempfile
+
+import jax
+import jaxlib
+
+SOURCE = pathlib.Path(__file__).with_name("causal_attention.cc")
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-DNDEBUG",
+         "-DEIGEN_DONT_PARALLELIZE", "-Wno-attributes", "-Wno-return-type")
+TARGETS = {  # FFI target name -> exported handler symbol
+    "lora_jax_causal_attention_fwd": "LoraJaxCausalAttentionForward",
+    "lora_jax_causal_attention_bwd": "LoraJaxCausalAttentionBackward",
+}
+_EIGEN_DIRS = ("/usr/include/eigen3", "/usr/local/include/eigen3")
+
+
+class KernelBuildError(RuntimeError):
+  """The CPU kernels could not be compiled; the message says what is missing."""
+
+
+def _compiler() -> str:
+  cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+  if not cxx:
+    raise KernelBuildError("no C++ compiler: install g++ (apt-get install g++) or set CXX")
+  return cxx
+
+
+def _eigen_dir() -> str:
+  candidates = [os.environ["EIGEN_INCLUDE_DIR"]] if os.environ.get("EIGEN_INCLUDE_DIR") else []
+  for path in candidates + list(_EIGEN_DIRS):
+    if os.path.isfile(os.path.join(path, "Eigen", "Core")):
+      return path
+  raise KernelBuildError("Eigen headers not found in "
+                         f"{', '.join(candidates + list(_EIGEN_DIRS))}: apt-get install "
+                         "libeigen3-dev, or set EIGEN_INCLUDE_DIR")
+
+
+def _cpu_flags() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next((line for line in f if line.startswith("flags")), "")
+  except OSError:
+    return platform.processor()
+
+
+def library_path() -> pathlib.Path:
+  """Where the library for this source, toolchain, jaxlib and CPU lives (built or not)."""
+  key = hashlib.sha256()
+  for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), jaxlib.__version__.encode(),
+               platform.machine().encode(), _cpu_flags().encode(),
+               os.environ.get("CXX", "").encode()):
+    key.update(part)
+    key.update(b"\0")
+  root = pathlib.Path(os.environ.get("LORA_JAX_KERNEL_DIR")
+                      or pathlib.Path.home() / ".cache" / "lora_jax" / "kernels")
+  return root / f"causal_attention-{key.hexdigest()[:16]}.so"
+
+
+def build(force: bool = False) -> pathlib.Path:
+  """Compiles the kernels for this machine (a no-op when the cached library is current)."""
+  target = library_path()
+  if target.exists() and not force:
+    return target
+  command = [_compiler(), *FLAGS, f"-I{_eigen_dir()}", f"-I{jax.ffi.include_dir()}", str(SOURCE)]
+  target.parent.mkdir(parents=True, exist_ok=True)
+  fd, partial = tempfile.mkstemp(suffix=".so.partial", dir=target.parent)
+  os.close(fd)
+  try:
+    done = subprocess.run([*command, "-o", partial], capture_output=True, text=True)
+    if done.returncode != 0:
+      raise KernelBuildError(f"compiling {SOURCE.name} failed:\n{done.stderr[-4000:]}")
+    os.replace(partial, target)  # whole or not at all: a reader never loads half a library
+  finally:
+    if os.path.exists(partial):
+      os.unlink(partial)
+  return target
+
+
+@functools.cache
+def load() -> bool:
+  """Registers the built kernels with XLA:CPU; False (nothing registered) when not built."""
+  path = library_path()
+  if not path.exists():
+    return False
+  library = ctypes.cdll.LoadLibrary(str(path))
+  for name, symbol in TARGETS.items():
+    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, symbol)),
+                                platform="cpu")
+  return True
