@@ -47,7 +47,11 @@ def variants(what: str) -> dict:
     halved = forward._rows_contracted
     def use(fn):
       return lambda: setattr(forward, "_rows_contracted", fn)
-    return {"halved (ours)": use(halved), "x.T @ dh": use(lambda x, d: x.T @ d)}
+    def transposed_first(x, d):
+      d_t = jax.lax.optimization_barrier(d.T)
+      return jax.lax.optimization_barrier(d_t @ x).T
+    return {"halved (ours)": use(halved), "x.T @ dh": use(lambda x, d: x.T @ d),
+            "(dh^T x)^T": use(transposed_first)}
   if what == "chunk":
     pairs = {"8 pairs (ours)": 8, "4 pairs": 4, "16 pairs": 16, "no chunks": 10**9}
     return {name: (lambda n=n: setattr(attention, "PAIRS_PER_CHUNK", n))

@@ -96,6 +96,58 @@ void Logits(const ConstView& q, const ConstView& k, int64_t start, int64_t rows,
 
 // Softmax rows are walked one at a time: Eigen vectorises exp over a contiguous row, not over a
 // column-broadcast expression of a row-major matrix (13x slower measured, scalar exp).
+void ForwardPair(const ConstView& q, const ConstView& k, const ConstView& v, View o, float* lse,
+                 int64_t block, float scale) {
+  const int64_t time = q.rows();
+  Matrix logits, o_b;
+  Vector sum(block);
+  for (int64_t start = 0; start < time; start += block) {
+    const int64_t rows = std::min(block, time - start), keys = start + rows;
+    Logits(q, k, start, rows, &logits);
+    for (int64_t i = 0; i < rows; ++i) {  // query start + i sees keys 0..start + i
+      auto seen = logits.row(i).head(start + i + 1).array();
+      const float max = seen.maxCoeff();
+      seen = ((seen - max) * scale).exp();
+      logits.row(i).tail(rows - 1 - i).setZero();
+      sum[i] = seen.sum();
+      lse[start + i] = max * scale + std::log(sum[i]);
+    }
+    // Normalised after the product with V: a [rows, dim] division, not [rows, keys].
+    o_b.noalias() = logits * v.topRows(keys);
+    for (int64_t i = 0; i < rows; ++i) o.row(start + i) = o_b.row(i) / sum[i];
+  }
+}
+
+void BackwardPair(const ConstView& q, const ConstView& k, const ConstView& v, const ConstView& o,
+                  const float* lse, const ConstView& dout, View dq, View dk, View dv,
+                  int64_t block, float scale) {
+  const int64_t time = q.rows(), dim = q.cols();
+  // sum_s dP * P over the keys equals sum_k dO * O over the head dimension.
+  Vector delta = (dout.array() * o.array()).rowwise().sum();
+  Matrix dk_acc = Matrix::Zero(time, dim), dv_acc = Matrix::Zero(time, dim);
+  Matrix probs, dlogits;
+  for (int64_t start = 0; start < time; start += block) {
+    const int64_t rows = std::min(block, time - start), keys = start + rows;
+    Logits(q, k, start, rows, &probs);
+    for (int64_t i = 0; i < rows; ++i) {
+      auto seen = probs.row(i).head(start + i + 1).array();
+      seen = (seen * scale - lse[start + i]).exp();
+      probs.row(i).tail(rows - 1 - i).setZero();
+    }
+    dv_acc.topRows(keys).noalias() += probs.transpose() * dout.middleRows(start, rows);
+    dlogits.resize(rows, keys);
+    dlogits.noalias() = dout.middleRows(start, rows) * v.topRows(keys).transpose();
+    for (int64_t i = 0; i < rows; ++i) {
+      dlogits.row(i).array() =
+          probs.row(i).array() * (dlogits.row(i).array() - delta[start + i]) * scale;
+    }
+    dq.middleRows(start, rows).noalias() = dlogits * k.topRows(keys);
+    dk_acc.topRows(keys).noalias() += dlogits.transpose() * q.middleRows(start, rows);
+  }
+  dk = dk_acc;
+  dv = dv_acc;
+}
+
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
                    ffi::Buffer<ffi::F32> v, ffi::ResultBuffer<ffi::F32> out,
                    ffi::ResultBuffer<ffi::F32> lse, int64_t block) {
@@ -103,26 +155,8 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ff
   if (auto error = ReadShape(q, &s); error.failure()) return error;
   const float scale = 1.0f / std::sqrt(static_cast<float>(s.dim));
   ParallelFor(pool, s.pairs(), [&](int64_t pair) {
-    ConstView q_p = In(q, s, pair), k_p = In(k, s, pair), v_p = In(v, s, pair);
-    View o_p = Out(out, s, pair);
-    float* lse_p = lse->typed_data() + pair * s.time;
-    Matrix logits, o_b;
-    Vector sum(block);
-    for (int64_t start = 0; start < s.time; start += block) {
-      const int64_t rows = std::min(block, s.time - start), keys = start + rows;
-      Logits(q_p, k_p, start, rows, &logits);
-      for (int64_t i = 0; i < rows; ++i) {  // query start + i sees keys 0..start + i
-        auto seen = logits.row(i).head(start + i + 1).array();
-        const float max = seen.maxCoeff();
-        seen = ((seen - max) * scale).exp();
-        logits.row(i).tail(rows - 1 - i).setZero();
-        sum[i] = seen.sum();
-        lse_p[start + i] = max * scale + std::log(sum[i]);
-      }
-      // Normalised after the product with V: a [rows, dim] division, not [rows, keys].
-      o_b.noalias() = logits * v_p.topRows(keys);
-      for (int64_t i = 0; i < rows; ++i) o_p.row(start + i) = o_b.row(i) / sum[i];
-    }
+    ForwardPair(In(q, s, pair), In(k, s, pair), In(v, s, pair), Out(out, s, pair),
+                lse->typed_data() + pair * s.time, block, scale);
   });
   return ffi::Error::Success();
 }
@@ -136,34 +170,9 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
   if (auto error = ReadShape(q, &s); error.failure()) return error;
   const float scale = 1.0f / std::sqrt(static_cast<float>(s.dim));
   ParallelFor(pool, s.pairs(), [&](int64_t pair) {
-    ConstView q_p = In(q, s, pair), k_p = In(k, s, pair), v_p = In(v, s, pair);
-    ConstView o_p = In(out, s, pair), do_p = In(dout, s, pair);
-    View dq_p = Out(dq, s, pair);
-    const float* lse_p = lse.typed_data() + pair * s.time;
-    // sum_s dP * P over the keys equals sum_k dO * O over the head dimension.
-    Vector delta = (do_p.array() * o_p.array()).rowwise().sum();
-    Matrix dk_p = Matrix::Zero(s.time, s.dim), dv_p = Matrix::Zero(s.time, s.dim);
-    Matrix probs, dlogits;
-    for (int64_t start = 0; start < s.time; start += block) {
-      const int64_t rows = std::min(block, s.time - start), keys = start + rows;
-      Logits(q_p, k_p, start, rows, &probs);
-      for (int64_t i = 0; i < rows; ++i) {
-        auto seen = probs.row(i).head(start + i + 1).array();
-        seen = (seen * scale - lse_p[start + i]).exp();
-        probs.row(i).tail(rows - 1 - i).setZero();
-      }
-      dv_p.topRows(keys).noalias() += probs.transpose() * do_p.middleRows(start, rows);
-      dlogits.resize(rows, keys);
-      dlogits.noalias() = do_p.middleRows(start, rows) * v_p.topRows(keys).transpose();
-      for (int64_t i = 0; i < rows; ++i) {
-        dlogits.row(i).array() =
-            probs.row(i).array() * (dlogits.row(i).array() - delta[start + i]) * scale;
-      }
-      dq_p.middleRows(start, rows).noalias() = dlogits * k_p.topRows(keys);
-      dk_p.topRows(keys).noalias() += dlogits.transpose() * q_p.middleRows(start, rows);
-    }
-    Out(dk, s, pair) = dk_p;
-    Out(dv, s, pair) = dv_p;
+    BackwardPair(In(q, s, pair), In(k, s, pair), In(v, s, pair), In(out, s, pair),
+                 lse.typed_data() + pair * s.time, In(dout, s, pair), Out(dq, s, pair),
+                 Out(dk, s, pair), Out(dv, s, pair), block, scale);
   });
   return ffi::Error::Success();
 }
