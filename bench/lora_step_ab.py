@@ -9,6 +9,7 @@ WHAT is one of:
   chunk    causal attention over batch chunks of 8 (row, head) pairs (ours), 4, 16, or none
   fold     the adapter's B folded into ff.in's product (ours), or a separate delta
   kernel   causal attention by the compiled C++ kernel (ours, lora_jax/kernels), or the jnp one
+  kernel_block  the compiled kernel's query blocks of 64 (ours), 32, 48, 128
 
 Each variant is our real LoRA train step (lora_step_bench's, 4 layers, d=256, T=512, batch 8,
 rank 16) jitted with the choice switched; the variants run in turn, `--rounds` times, and each
@@ -31,7 +32,7 @@ from lora_jax.models import attention  # noqa: E402
 from lora_jax.models import transformer  # noqa: E402
 
 
-WHATS = ("gelu", "block", "lora_da", "chunk", "fold", "kernel")
+WHATS = ("gelu", "block", "lora_da", "chunk", "fold", "kernel", "kernel_block")
 
 
 def variants(what: str) -> dict:
@@ -62,6 +63,9 @@ def variants(what: str) -> dict:
   if what == "kernel":
     return {"compiled (ours)": lambda: setattr(attention, "USE_COMPILED_KERNEL", True),
             "jnp kernel": lambda: setattr(attention, "USE_COMPILED_KERNEL", False)}
+  if what == "kernel_block":
+    return {f"block {n}": (lambda n=n: setattr(attention, "KERNEL_BLOCK", n))
+            for n in (64, 32, 48, 128)}
   raise ValueError(f"--what must be one of {', '.join(WHATS)}, not {what!r}")
 
 
