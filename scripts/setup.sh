@@ -23,11 +23,13 @@ if [[ -z "${EIGEN_INCLUDE_DIR:-}" && ! -f /usr/include/eigen3/Eigen/Core ]]; the
   missing+=(libeigen3-dev)
 fi
 if (( ${#missing[@]} )); then
-  if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
+  as_root=()
+  [[ $(id -u) -eq 0 ]] || as_root=(sudo -n)
+  if ! command -v apt-get >/dev/null || ! "${as_root[@]}" true 2>/dev/null; then
     echo "setup: install ${missing[*]} (Debian packages), or set CXX / EIGEN_INCLUDE_DIR" >&2
     exit 1
   fi
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  "${as_root[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 .venv/bin/python -m lora_jax.kernels
