@@ -88,9 +88,26 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t n, const Body& body) {
   state->finished.wait(lock, [&] { return state->done.load() == n; });
 }
 
+using Block = Eigen::Map<Matrix>;
+
+// Scratch for one task, sized once: the [rows, keys] score blocks change shape with every query
+// block, and re-allocating them (128 KiB, glibc's mmap threshold) cost page faults on every block
+// (the backward pass took 15% longer). Eigen's own allocation, aligned to its widest packet: its
+// vectorised sums start at an address-dependent peel, so a plain malloc'd buffer, aligned one
+// way in one call and another way in the next, made results differ in the last bit run to run.
+struct Scratch {
+  explicit Scratch(int64_t size) : data(size) {}
+  Block Take(int64_t rows, int64_t cols) {
+    Block block(data.data() + used, rows, cols);
+    used += rows * cols;
+    return block;
+  }
+  Vector data;
+  int64_t used = 0;
+};
+
 // Unscaled logits of queries [start, start + rows) over keys [0, start + rows).
-void Logits(const ConstView& q, const ConstView& k, int64_t start, int64_t rows, Matrix* logits) {
-  logits->resize(rows, start + rows);
+void Logits(const ConstView& q, const ConstView& k, int64_t start, int64_t rows, Block* logits) {
   logits->noalias() = q.middleRows(start, rows) * k.topRows(start + rows).transpose();
 }
 
@@ -98,11 +115,14 @@ void Logits(const ConstView& q, const ConstView& k, int64_t start, int64_t rows,
 // column-broadcast expression of a row-major matrix (13x slower measured, scalar exp).
 void ForwardPair(const ConstView& q, const ConstView& k, const ConstView& v, View o, float* lse,
                  int64_t block, float scale) {
-  const int64_t time = q.rows();
-  Matrix logits, o_b;
+  const int64_t time = q.rows(), dim = q.cols();
+  Scratch scratch(block * time + block * dim);
+  float* scores = scratch.Take(block, time).data();
+  float* out = scratch.Take(block, dim).data();
   Vector sum(block);
   for (int64_t start = 0; start < time; start += block) {
     const int64_t rows = std::min(block, time - start), keys = start + rows;
+    Block logits(scores, rows, keys), o_b(out, rows, dim);
     Logits(q, k, start, rows, &logits);
     for (int64_t i = 0; i < rows; ++i) {  // query start + i sees keys 0..start + i
       auto seen = logits.row(i).head(start + i + 1).array();
@@ -122,12 +142,18 @@ void BackwardPair(const ConstView& q, const ConstView& k, const ConstView& v, co
                   const float* lse, const ConstView& dout, View dq, View dk, View dv,
                   int64_t block, float scale) {
   const int64_t time = q.rows(), dim = q.cols();
+  Scratch scratch(2 * time * dim + 2 * block * time);
+  Block dk_acc = scratch.Take(time, dim), dv_acc = scratch.Take(time, dim);
+  dk_acc.setZero();
+  dv_acc.setZero();
+  float* probs_data = scratch.Take(block, time).data();
+  float* dlogits_data = scratch.Take(block, time).data();
   // sum_s dP * P over the keys equals sum_k dO * O over the head dimension.
-  Vector delta = (dout.array() * o.array()).rowwise().sum();
-  Matrix dk_acc = Matrix::Zero(time, dim), dv_acc = Matrix::Zero(time, dim);
-  Matrix probs, dlogits;
+  Vector delta(time);
+  for (int64_t t = 0; t < time; ++t) delta[t] = dout.row(t).dot(o.row(t));
   for (int64_t start = 0; start < time; start += block) {
     const int64_t rows = std::min(block, time - start), keys = start + rows;
+    Block probs(probs_data, rows, keys), dlogits(dlogits_data, rows, keys);
     Logits(q, k, start, rows, &probs);
     for (int64_t i = 0; i < rows; ++i) {
       auto seen = probs.row(i).head(start + i + 1).array();
@@ -135,7 +161,6 @@ void BackwardPair(const ConstView& q, const ConstView& k, const ConstView& v, co
       probs.row(i).tail(rows - 1 - i).setZero();
     }
     dv_acc.topRows(keys).noalias() += probs.transpose() * dout.middleRows(start, rows);
-    dlogits.resize(rows, keys);
     dlogits.noalias() = dout.middleRows(start, rows) * v.topRows(keys).transpose();
     for (int64_t i = 0; i < rows; ++i) {
       dlogits.row(i).array() =
