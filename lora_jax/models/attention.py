@@ -1,14 +1,17 @@
 """Multi-head attention kernels shared by the models.
 
-Three paths, picked by `attention`:
-- causal self-attention without a mask, on CPU: `causal_attention`, a blockwise kernel with its own
-  gradient (below). It is what the music transformer trains with.
+Four paths, picked by `attention`:
+- causal self-attention without a mask, on CPU, float32: `compiled_causal_attention`, the C++
+  kernel of lora_jax/kernels called through XLA's FFI (end of this file), when it is built. It is
+  what the music transformer trains with.
+- the same in other dtypes, or without the built kernel: `causal_attention`, a blockwise jnp
+  kernel with its own gradient (below).
 - float16 otherwise (masked, or off CPU): spelled out, float16 matmuls and the softmax in float32.
   `jax.nn.dot_product_attention` differentiates float16 inputs with float32-accumulating dots, which
   XLA:CPU does not implement ("precision F16_F16_F32 is not supported by dot_general on CPU").
 - everything else: `jax.nn.dot_product_attention` (cuDNN on GPU where it applies).
 
-Why a kernel of our own on CPU (measured by bench/lora_step_profile.py, 4 layers, d=256, T=512,
+Why kernels of our own on CPU (measured by bench/lora_step_profile.py, 4 layers, d=256, T=512,
 batch 8): differentiating the fused kernel, XLA:CPU saved the softmax probabilities for the
 backward pass in a transposed copy written inside the softmax fusion, transposed the score gradient
 the same way, and reduced dP * P over the [B, H, T, T] scores; those fusions took most of the
