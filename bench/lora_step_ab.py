@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import jax  # noqa: E402
 
 import lora_step_bench as bench  # noqa: E402  (same directory)
+from lora_jax import allocator  # noqa: E402
 from lora_jax.lora import forward  # noqa: E402
 from lora_jax.models import activations  # noqa: E402
 from lora_jax.models import attention  # noqa: E402
@@ -70,6 +71,7 @@ def variants(what: str) -> dict:
 
 
 def main():
+  allocator.keep_freed_memory()  # as the launch scripts do; before JAX starts its threads
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--what", default="gelu", choices=WHATS)
   p.add_argument("--rounds", type=int, default=4)

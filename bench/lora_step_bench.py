@@ -3,7 +3,9 @@
   .venv/bin/python bench/lora_step_bench.py                 # 4 layers, d=256, T=512, batch 8, r=16
   .venv/bin/python bench/lora_step_bench.py --layers=2 --seq_len=256 --steps=5   # quicker
 
-Everything is measured in this one run, in float32, on this machine's CPU:
+Everything is measured in this one run, in float32, on this machine's CPU, with the host malloc
+set as the launch scripts set it (lora_jax.allocator: freed memory kept for the next step; it
+applies to the torch step in this process too; LORA_JAX_MALLOC=default measures without it):
   1. the hardware matmul peak: the best of jnp, numpy and torch on a 2048^3 float32 matmul,
      measured in every round of item 3 and kept at its best;
   2. our LoRA train step (the project's own jitted step from lora_jax.train) in tokens/s;
@@ -43,6 +45,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from lora_jax import allocator  # noqa: E402
 from lora_jax import families  # noqa: E402
 from lora_jax.train import config as config_lib  # noqa: E402
 from lora_jax.train import mesh as mesh_lib  # noqa: E402
@@ -202,6 +205,7 @@ def jax_step_memory(args, training_type: str) -> float:
 
 
 def main():
+  kept = allocator.keep_freed_memory()  # as the launch scripts do; before JAX starts its threads
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--layers", type=int, default=4)
   p.add_argument("--d_model", type=int, default=256)
@@ -222,6 +226,8 @@ def main():
 
   print(f"machine: {os.cpu_count()} CPU cores; jax {jax.__version__} on "
         f"{jax.devices()[0].platform}; torch {torch.__version__}")
+  print(f"host malloc keeps freed memory (lora_jax.allocator, for both steps): "
+        f"{'yes' if kept else 'no'}")
   print(f"model: {args.layers} layers, d={args.d_model}, d_ff={args.d_ff}, vocab={args.vocab}, "
         f"T={args.seq_len}, batch {args.batch}, LoRA rank {args.rank} on {', '.join(TARGETS)}")
   jax_tps, peft_tps, peak = interleaved_tokens_per_s(args)

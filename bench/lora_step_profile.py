@@ -35,6 +35,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from lora_jax import allocator  # noqa: E402
 import lora_step_bench as bench  # noqa: E402  (same directory)
 from lora_jax.models import attention as attention_lib  # noqa: E402
 from lora_jax.models import activations  # noqa: E402
@@ -173,6 +174,7 @@ def torch_parts(args):
 
 
 def main():
+  allocator.keep_freed_memory()  # as the launch scripts do; before JAX starts its threads
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   for name, default in (("layers", 4), ("d_model", 256), ("d_ff", 1024), ("heads", 4),
                         ("vocab", 512), ("seq_len", 512), ("batch", 8), ("rank", 16),

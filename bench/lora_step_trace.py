@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import jax  # noqa: E402
 
 import lora_step_bench as bench  # noqa: E402  (same directory)
+from lora_jax import allocator  # noqa: E402
 
 _PARTS = (("attn/q_proj", "proj"), ("attn/k_proj", "proj"), ("attn/v_proj", "proj"),
           ("attn/out_proj", "proj"), ("attn", "attention"), ("ff/in", "ff dense"),
@@ -94,6 +95,7 @@ def category(op_name: str, kind: str) -> str:
 
 
 def main():
+  allocator.keep_freed_memory()  # as the launch scripts do; before JAX starts its threads
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--steps", type=int, default=3)
   p.add_argument("--top", type=int, default=25)

@@ -1,6 +1,6 @@
 """What every launch script shares: its command line, and bad input ending in one clear line.
 
-`run(main, name)` is `absl.app.run(main)` with three additions:
+`run(main, name)` is `absl.app.run(main)` with four additions:
 - Dashed flag names work: the seed's commands spell them `--batch-size`, which absl rejects
   ("Unknown command line flag"), so argv is rewritten first (`underscore_flags`).
 - A `--config` flag from `define_config` gets its default file on the command line before absl
@@ -9,6 +9,8 @@
 - A user error ends in one line `name: error: message` and exit status 1, without a traceback:
   a ValueError or OSError from `main`, a flag absl refuses, a config file that fails to load, and
   a `--config.<key>` override naming a key the config does not have.
+- Before anything starts JAX, glibc's malloc is set to keep freed memory for the next step
+  (`lora_jax.allocator`: on CPU, XLA's per-step buffers otherwise cost a page fault per page).
 """
 
 import difflib
@@ -22,6 +24,8 @@ from absl import flags
 import ml_collections
 from ml_collections import config_flags
 from ml_collections.config_flags.config_flags import is_config_flag  # public, not re-exported
+
+from lora_jax import allocator
 
 flags.disclaim_key_flags()  # `define_config` defines its flag for the launch script that calls it
 
@@ -82,6 +86,7 @@ def run(main, name: str) -> None:
     if _value_given(argv, flag) is None:
       argv.insert(1, f"--{flag}={default}")
   sys.argv = argv  # config_flags reads its `--config.<key>` overrides from sys.argv
+  allocator.keep_freed_memory()
   app.run(guarded, flags_parser=functools.partial(_parse_flags, name))
 
 
