@@ -1,4 +1,4 @@
-"""The compiled CPU attention kernel (lora_jax/kernels): build, dispatch, values, gradients, sharding.
+"""The compiled CPU attention kernel (lora_jax/kernels): build, dispatch, values, sharding.
 
 scripts/setup.sh builds the kernel; `kernels.build()` here is then a no-op, and on a machine where
 setup did not run it compiles it (about 15 s) or fails naming what is missing.

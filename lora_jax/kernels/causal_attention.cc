@@ -53,7 +53,8 @@ ffi::Error ReadShape(const ffi::Buffer<ffi::F32>& x, Shape* shape) {
 }
 
 ConstView In(const ffi::Buffer<ffi::F32>& x, const Shape& s, int64_t pair) {
-  return ConstView(x.typed_data() + s.offset(pair), s.time, s.dim, Eigen::OuterStride<>(s.stride()));
+  return ConstView(x.typed_data() + s.offset(pair), s.time, s.dim,
+                   Eigen::OuterStride<>(s.stride()));
 }
 
 View Out(ffi::ResultBuffer<ffi::F32>& x, const Shape& s, int64_t pair) {
