@@ -68,10 +68,9 @@ def main():
     here = os.path.dirname(os.path.abspath(__file__))
     with tempfile.TemporaryDirectory() as tmp:
       binary = os.path.join(tmp, "harness")
-      flags = [f for f in kernels.FLAGS if f not in ("-fPIC", "-shared")]  # a program, not a .so
-      subprocess.run([kernels._compiler(), *flags, f"-I{kernels._eigen_dir()}",
-                      f"-I{jax.ffi.include_dir()}", f'-DKERNEL="{kernels.SOURCE}"',
-                      os.path.join(here, "attention_kernel_harness.cc"), "-o", binary], check=True)
+      subprocess.run(kernels.compile_command(
+          os.path.join(here, "attention_kernel_harness.cc"), binary,
+          f'-DKERNEL="{kernels.SOURCE}"', library=False), check=True)
       subprocess.run([binary], check=True)
 
 

@@ -27,8 +27,9 @@ import jax
 import jaxlib
 
 SOURCE = pathlib.Path(__file__).with_name("causal_attention.cc")
-FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-DNDEBUG",
-         "-DEIGEN_DONT_PARALLELIZE", "-Wno-attributes", "-Wno-return-type")
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-DNDEBUG", "-DEIGEN_DONT_PARALLELIZE",
+         "-Wno-attributes", "-Wno-return-type")
+LIBRARY_FLAGS = ("-fPIC", "-shared")
 TARGETS = {  # FFI target name -> exported handler symbol
     "lora_jax_causal_attention_fwd": "LoraJaxCausalAttentionForward",
     "lora_jax_causal_attention_bwd": "LoraJaxCausalAttentionBackward",
@@ -68,7 +69,8 @@ def _cpu_flags() -> str:
 def library_path() -> pathlib.Path:
   """Where the library for this source, toolchain, jaxlib and CPU lives (built or not)."""
   key = hashlib.sha256()
-  for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), jaxlib.__version__.encode(),
+  for part in (SOURCE.read_bytes(), " ".join(FLAGS + LIBRARY_FLAGS).encode(),
+               jaxlib.__version__.encode(),
                platform.machine().encode(), _cpu_flags().encode(),
                os.environ.get("CXX", "").encode()):
     key.update(part)
@@ -78,17 +80,25 @@ def library_path() -> pathlib.Path:
   return root / f"causal_attention-{key.hexdigest()[:16]}.so"
 
 
+def compile_command(source: os.PathLike, output: os.PathLike, *extra: str,
+                    library: bool = True) -> list[str]:
+  """The compiler command for `source` against Eigen and jaxlib's FFI headers (a shared library,
+  or with library=False a program, as bench/attention_kernel_bench.py builds its harness)."""
+  return [_compiler(), *FLAGS, *(LIBRARY_FLAGS if library else ()), f"-I{_eigen_dir()}",
+          f"-I{jax.ffi.include_dir()}", *extra, str(source), "-o", str(output)]
+
+
 def build(force: bool = False) -> pathlib.Path:
   """Compiles the kernels for this machine (a no-op when the cached library is current)."""
   target = library_path()
   if target.exists() and not force:
     return target
-  command = [_compiler(), *FLAGS, f"-I{_eigen_dir()}", f"-I{jax.ffi.include_dir()}", str(SOURCE)]
+  _compiler(), _eigen_dir()  # a missing toolchain fails here, before any file is made
   target.parent.mkdir(parents=True, exist_ok=True)
   fd, partial = tempfile.mkstemp(suffix=".so.partial", dir=target.parent)
   os.close(fd)
   try:
-    done = subprocess.run([*command, "-o", partial], capture_output=True, text=True)
+    done = subprocess.run(compile_command(SOURCE, partial), capture_output=True, text=True)
     if done.returncode != 0:
       raise KernelBuildError(f"compiling {SOURCE.name} failed:\n{done.stderr[-4000:]}")
     os.replace(partial, target)  # whole or not at all: a reader never loads half a library
