@@ -71,9 +71,9 @@ class Attention(nn.Module):
         cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_BxTxHxK, (0, i, 0, 0))
         index.value = i + 1
         k_BxTxHxK, v_BxTxHxK = cached_k.value, cached_v.value
-        mask_BxHxTxS = (jnp.arange(cfg.max_len) <= i)[None, None, None, :]
-        out_BxTxHxK = attention(
-            q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, mask=mask_BxHxTxS)
+        # Keys 0..i are real: a length per row, which fused kernels take without a mask tensor.
+        out_BxTxHxK = attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK,
+                                kv_lengths_B=jnp.full((b,), i + 1, jnp.int32))
       else:
         out_BxTxHxK = attention(
             q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, is_causal=True)
