@@ -123,7 +123,8 @@ def _cudnn(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask, kv_lengths_B, is_causal):
 
 def _pallas_tpu(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, is_causal):
   """The Pallas TPU flash-attention kernel (heads-first layout, blocks of 128)."""
-  from jax.experimental.pallas.ops.tpu import flash_attention as tpu_flash  # pylint: disable=g-import-not-at-top
+  # Imported here: only a TPU (or a test in interpret mode) needs Pallas's TPU ops.
+  from jax.experimental.pallas.ops.tpu import flash_attention as tpu_flash
   n = dispatch.TPU_BLOCK
   blocks = tpu_flash.BlockSizes(block_q=n, block_k_major=n, block_k=n, block_b=1,
                                 block_q_major_dkv=n, block_k_major_dkv=n, block_k_dkv=n,

@@ -91,7 +91,8 @@ def choose(call: Call) -> tuple[str, str]:
         return "xla", (f"{n} {name} positions are not a multiple of the Pallas kernel's "
                        f"{TPU_BLOCK}-wide blocks")
     if call.head_dim > TPU_BLOCK and call.head_dim % TPU_BLOCK:
-      return "xla", f"the Pallas kernel takes head sizes up to 128 or multiples of it, not {call.head_dim}"
+      return "xla", (f"the Pallas kernel takes head sizes up to 128 or multiples of it, not "
+                     f"{call.head_dim}")
     return "pallas_tpu", f"{call.dtype} self-attention of length {call.q_len} on TPU"
 
   return "xla", f"no fused attention for backend {call.backend!r}"
