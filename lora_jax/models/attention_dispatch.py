@@ -12,8 +12,8 @@ The paths:
   jax.nn's gradient uses).
 - 'cudnn': cuDNN's fused flash attention through `jax.nn.dot_product_attention(implementation=
   'cudnn')` on NVIDIA GPUs, for bfloat16/float16 with a head size cuDNN takes (a multiple of 8,
-  at most 128, or 256 from Hopper on). Causal, unmasked, a key-length prefix (cached decoding)
-  and a boolean mask (given to cuDNN as a bias) all run there.
+  at most 128, or 256 from Hopper on) and even lengths (or one query). Causal, unmasked, a
+  key-length prefix (cached decoding) and a boolean mask (given to cuDNN as a bias) all run there.
 - 'pallas_tpu': the Pallas flash-attention kernel (`jax.experimental.pallas.ops.tpu`) on TPU, for
   unmasked self-attention (causal or not) of lengths that are multiples of its 128-wide blocks.
 - 'xla': `jax.nn.dot_product_attention(implementation='xla')`, XLA's reference attention, which
@@ -79,6 +79,11 @@ def choose(call: Call) -> tuple[str, str]:
     if call.head_dim % 8 or call.head_dim > limit:
       return "xla", (f"cuDNN flash attention needs a head size that is a multiple of 8 and at "
                      f"most {limit}, not {call.head_dim}")
+    if call.q_len != 1 and (call.q_len % 2 or call.kv_len % 2):
+      # cuDNN refused 301 x 301 causal attention on an H200 (bench/gpu_attention_check.py); one
+      # query is cached decoding, which it takes.
+      return "xla", (f"cuDNN flash attention needs even lengths, not {call.q_len} queries x "
+                     f"{call.kv_len} keys")
     return "cudnn", f"{call.dtype} on an NVIDIA GPU, head size {call.head_dim}"
 
   if call.backend == "tpu":
