@@ -130,3 +130,44 @@ def test_magnitude_shards_like_the_output_dim():
   assert got["blocks_0"]["attn"]["q_proj"]["lora_magnitude"] == jax.sharding.PartitionSpec("model")
   abstract = lora.abstract_params(targets)
   assert abstract["blocks_0"]["attn"]["q_proj"]["lora_magnitude"].shape == (32,)
+
+
+def test_dora_trains_in_the_loop_step_sharded_as_on_one_device():
+  import dataclasses
+  import pathlib
+  from lora_jax import families
+  from lora_jax.train import batches, precision
+  from lora_jax.train import config as config_lib
+  from lora_jax.train import mesh as mesh_lib
+  from lora_jax.train import state as state_lib
+  from lora_jax.train import step as step_lib
+
+  path = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "music_lm.py")
+  config = config_lib.load(path, "tiny", {"model.n_layers": 1, "lora.use_dora": True,
+                                          "lora.dropout": 0.1,
+                                          "lora.target_modules": ("q_proj", "ff.in")})
+  family = families.lookup(config.family).make(config.model, "float32")
+  data = family.synthetic(2 * config.data.batch_size, 7)
+  it = batches.BatchIterator(data, config.data.batch_size, seed=3)
+  host = [next(it)[0] for _ in range(2)]
+  results = []
+  for devices, shape in ((jax.devices()[:1], (1, 1, 1)), (jax.devices(), (2, 1, 4))):
+    cfg = dataclasses.replace(config, mesh=config_lib.MeshConfig(*shape))
+    mesh = mesh_lib.make_mesh(cfg.mesh, devices)
+    setup = state_lib.setup(cfg, family, mesh)
+    initial = jax.device_get(setup.state.params)
+    kernel = tree_paths.flatten(jax.device_get(setup.frozen.base))[Q + ("kernel",)]
+    np.testing.assert_allclose(initial["blocks_0"]["attn"]["q_proj"]["lora_magnitude"],
+                               np.linalg.norm(kernel, axis=0), rtol=1e-6)
+    train = step_lib.jit_train_step(setup.step_config, mesh, setup.state_shardings,
+                                    setup.frozen_shardings)
+    state = setup.state
+    for b in host:
+      state, _ = train(state, setup.frozen, jax.device_put(
+          batches.micro_batches(b, 1), mesh_lib.batch_sharding(mesh, leading=1)))
+    results.append((initial, jax.device_get(state.params)))
+  (initial, one), (_, sharded) = results
+  for (k, a), b, c in zip(tree_paths.flatten(one).items(), tree_paths.flatten(sharded).values(),
+                          tree_paths.flatten(initial).values()):
+    assert not np.array_equal(a, c), k  # the magnitude trains too
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=str(k))
