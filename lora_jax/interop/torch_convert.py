@@ -151,7 +151,8 @@ def _unpickle_detail(e: Exception) -> str:
   return m.group(1).rstrip(". ") if m else text[:200]
 
 
-def _torch_load(path: str) -> Any:
+def load_weights_only(path: str) -> Any:
+  """`torch.load(weights_only=True)`: plain tensors and containers, never an arbitrary object."""
   try:
     return torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as e:  # the weights-only unpickler met an object it will not build
@@ -176,7 +177,7 @@ def read_torch_file(path: str) -> dict[str, torch.Tensor]:
   if suffix not in (".pt", ".pth", ".bin", ".ckpt"):
     raise WeightFileError(f"unknown weight file type {suffix!r} for {path}; expected .pt, .pth, "
                           ".bin, .ckpt or .safetensors")
-  loaded = _torch_load(path)
+  loaded = load_weights_only(path)
   if suffix == ".ckpt":
     if not isinstance(loaded, dict) or "state_dict" not in loaded:
       top = sorted(loaded) if isinstance(loaded, dict) else type(loaded).__name__
