@@ -78,13 +78,15 @@ def test_prefix_and_refusals(tmp_path):
   path = str(tmp_path / "dit.ckpt")
   loraw.write(record, path, prefix=loraw.STABLE_AUDIO_PREFIX)
   assert "model/model/blocks/0/attn/q_proj/lora_up.weight" in torch.load(path, weights_only=True)
-  same_adapter(loraw.read(path, params, alpha=6, prefix=loraw.STABLE_AUDIO_PREFIX).adapter, adapter)
+  same_adapter(loraw.read(path, params, alpha=6, prefix=loraw.STABLE_AUDIO_PREFIX).adapter,
+               adapter)
   with pytest.raises(loraw.LorawFormatError, match="is no dense layer of this base"):
     loraw.read(path, params, alpha=6)
-  uneven = lora.LoraSpec(rank=4, alpha=6, target_modules=("q_proj", "ff.in"), rank_pattern={"ff": 2})
+  uneven = lora.LoraSpec(rank=4, alpha=6, target_modules=("q_proj", "ff.in"),
+                         rank_pattern={"ff": 2})
+  uneven_adapter = testlib.random_adapter(params, uneven, 1)
   with pytest.raises(loraw.LorawFormatError, match="one alpha/rank for every module"):
-    loraw.write(lora.AdapterRecord(testlib.random_adapter(params, uneven, 1), uneven, "", "music_lm"),
-                path)
+    loraw.write(lora.AdapterRecord(uneven_adapter, uneven, "", "music_lm"), path)
   torch.save({"blocks/0/attn/q_proj/lora_down.weight": fractions.Fraction(1, 3)}, path)
   with pytest.raises(ValueError, match="this file needs pickle to load; lora_jax never unpickles"):
     loraw.read(path, params, alpha=6)
@@ -138,3 +140,36 @@ def test_comfyui_naming(tmp_path):
   np.testing.assert_array_equal(tensors[f"{stem}.lora_up.weight"].numpy(), np.asarray(b).T)
   assert tensors[f"{stem}.alpha"].item() / a.shape[1] == pytest.approx(float(scale))
   assert len(tensors) == 3 * 6
+
+
+def test_convert_adapter_launch_round_trips_on_the_shipped_base(tmp_path):
+  import pathlib
+  import subprocess
+  import sys
+  from lora_jax.hierarchy import base_file
+  root = pathlib.Path(__file__).parents[1]
+  shipped = root / "assets" / "base_model" / "base_model.safetensors"
+  base = base_file.load_model(str(shipped))
+  spec = lora.LoraSpec(rank=4, alpha=8, target_modules=("q_proj", "v_proj"))
+  adapter = testlib.random_adapter(base.params, spec, 2)
+  lora.save_adapter(str(tmp_path / "pop.lora"),
+                    lora.AdapterRecord(adapter, spec, base.fingerprint, "music_lm", "pop"))
+
+  def run(*args):
+    result = subprocess.run([sys.executable, str(root / "launch" / "convert_adapter.py"), *args],
+                            cwd=root, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stderr
+
+  log = run("--to=loraw", f"--input={tmp_path / 'pop.lora'}", f"--output={tmp_path / 'pop.ckpt'}",
+            f"--input_base={shipped}")
+  assert "LoRAW config: rank 4, alpha 8, multiplier 1" in log
+  run("--to=lora", f"--input={tmp_path / 'pop.ckpt'}", f"--output={tmp_path / 'back.lora'}",
+      f"--input_base={shipped}", "--alpha=8")
+  back = lora.load_adapter(str(tmp_path / "back.lora"), base.params)
+  same_adapter(back.adapter, adapter)
+  assert back.base_fingerprint == base.fingerprint
+  run("--to=comfyui", f"--input={tmp_path / 'pop.lora'}",
+      f"--output={tmp_path / 'pop_comfyui.safetensors'}")
+  assert "lora_unet_blocks_3_attn_v_proj.alpha" in safetensors.torch.load_file(
+      str(tmp_path / "pop_comfyui.safetensors"))

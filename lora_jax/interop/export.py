@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 from absl import logging
 
 from lora_jax import lora
-from lora_jax.interop import flax_weights, model_size, peft, torch_convert
+from lora_jax.interop import flax_weights, loraw, model_size, peft, torch_convert
 from lora_jax.models import transformer
 
 
@@ -90,3 +90,43 @@ def export_adapter_peft(adapter_path: str, folder: str, *, base_path: str | None
     record = load_checked_adapters(base, [adapter_path], model_family=model_family)[0]
     base_model_name = base_model_name or os.path.basename(base_path)
   peft.export_peft(record, folder, base_model_name=base_model_name)
+
+
+ADAPTER_FORMATS = ("loraw", "comfyui", "lora")
+
+
+def _base(base_path: str, config_model: Any) -> Any:
+  size = model_size.resolve(flax_weights.read_metadata(base_path), config_model,
+                            os.path.basename(base_path))
+  return flax_weights.load_params(base_path, transformer.abstract_params(size))
+
+
+def convert_adapter(input_path: str, output: str, to: str, *, base_path: str | None = None,
+                    config_model: Any = None, prefix: str = "", alpha: float | None = None,
+                    rank: int | None = None, multiplier: float = 1.0,
+                    model_family: str = "music_lm") -> str:
+  """A `.lora` to a LoRAW checkpoint or ComfyUI safetensors, or a LoRAW checkpoint to a `.lora`.
+
+  Returns a line for the log (for LoRAW, the alpha and rank its config needs).
+  """
+  if to not in ADAPTER_FORMATS:
+    raise ValueError(f"unknown adapter format {to!r}; choose one of {', '.join(ADAPTER_FORMATS)}")
+  base = _base(base_path, config_model) if base_path else None
+  if to == "lora":
+    if base is None or alpha is None:
+      raise ValueError("reading a LoRAW file needs --input_base (the base it adapts) and --alpha "
+                       "(LoRAW's config alpha; --rank defaults to the file's)")
+    record = loraw.read(input_path, base, alpha=alpha, rank=rank, multiplier=multiplier,
+                        prefix=prefix, model_family=model_family,
+                        base_fingerprint=lora.fingerprint(base))
+    lora.save_adapter(output, record)
+    return f"{len(record.adapter.modules())} modules, use_dora={record.spec.use_dora}"
+  if base is None:
+    record = lora.load_adapter(input_path)
+  else:
+    record = load_checked_adapters(base, [input_path], model_family=model_family)[0]
+  if to == "comfyui":
+    loraw.write_comfyui(record, output, prefix=prefix)
+    return f"{len(record.adapter.modules())} modules in ComfyUI's naming"
+  alpha, rank = loraw.write(record, output, prefix=prefix, base_params=base)
+  return f"LoRAW config: rank {rank}, alpha {alpha:g}, multiplier 1"
