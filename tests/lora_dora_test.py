@@ -171,3 +171,28 @@ def test_dora_trains_in_the_loop_step_sharded_as_on_one_device():
                           tree_paths.flatten(initial).values()):
     assert not np.array_equal(a, c), k  # the magnitude trains too
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=str(k))
+
+
+def test_dora_training_forward_never_forms_an_in_by_out_array():
+  model, params = testlib.tiny_model()
+  adapter = dora_adapter(params)
+  x = testlib.tokens()
+
+  def loss(p):
+    logits = lora.apply(model, params, [lora.Active(adapter.replace(params=p), 1.0, dropout=0.1)],
+                        x, rng=jax.random.key(0))
+    return jnp.mean(logits ** 2)
+
+  shapes = {(t.in_dim, t.out_dim) for t in lora.resolve(SPEC, params)}
+  shapes |= {(o, i) for i, o in shapes}
+  seen = set()
+
+  def walk(jpr):
+    for eqn in jpr.eqns:
+      seen.update(tuple(v.aval.shape) for v in eqn.outvars)
+      for p in eqn.params.values():
+        if hasattr(p, "jaxpr"):
+          walk(p.jaxpr)
+
+  walk(jax.make_jaxpr(jax.grad(loss))(adapter.params).jaxpr)
+  assert not seen & shapes, f"an [in, out] array was formed: {seen & shapes}"

@@ -21,10 +21,14 @@ import jax.numpy as jnp
 _HIGHEST = jax.lax.Precision.HIGHEST  # the norm is cheap (rank-sized products); keep it float32
 
 
+def _squared_column_norms(w: jax.Array) -> jax.Array:
+  # A contraction, not sum(w * w): no [in, out] intermediate even before XLA fuses.
+  return jnp.einsum("io,io->o", w, w, precision=_HIGHEST)
+
+
 def initial_magnitude(kernel: jax.Array) -> jax.Array:
   """m at initialisation: ||W|| per output column, so a fresh DoRA module is the base."""
-  w = kernel.astype(jnp.float32)
-  return jnp.sqrt(jnp.sum(w * w, axis=0))
+  return jnp.sqrt(_squared_column_norms(kernel.astype(jnp.float32)))
 
 
 def column_norm(kernel: jax.Array, a: jax.Array, b: jax.Array, scale: jax.Array) -> jax.Array:
@@ -34,7 +38,7 @@ def column_norm(kernel: jax.Array, a: jax.Array, b: jax.Array, scale: jax.Array)
   cross_RxO = jnp.matmul(a.T, w, precision=_HIGHEST)  # A^T W
   gram_RxR = jnp.matmul(a.T, a, precision=_HIGHEST)
   quad_RxO = jnp.matmul(gram_RxR, b, precision=_HIGHEST)
-  squared = (jnp.sum(w * w, axis=0) + 2.0 * s * jnp.sum(cross_RxO * b, axis=0)
+  squared = (_squared_column_norms(w) + 2.0 * s * jnp.sum(cross_RxO * b, axis=0)
              + s * s * jnp.sum(quad_RxO * b, axis=0))
   # Rounding can push a (near-)zero column's square a hair below zero.
   return jnp.sqrt(jnp.maximum(squared, 0.0))
