@@ -173,3 +173,50 @@ def test_convert_adapter_launch_round_trips_on_the_shipped_base(tmp_path):
       f"--output={tmp_path / 'pop_comfyui.safetensors'}")
   assert "lora_unet_blocks_3_attn_v_proj.alpha" in safetensors.torch.load_file(
       str(tmp_path / "pop_comfyui.safetensors"))
+
+
+def test_duv_family_loraw_and_peft_dora(tmp_path):
+  import peft
+  from lora_jax.interop import peft as peft_io
+  from lora_jax.interop import torch_convert
+  from third_party import phrase_transformer_torch
+  import phrase_transformer_test as ptt
+  model, params = ptt._model()
+  params = jax.tree.map(lambda p: p + 0.05 * np.sign(p), params)  # no zero biases
+  twin = lambda: phrase_transformer_torch.PhraseTransformer(ptt.TINY).eval()
+  x, mask, written = ptt._inputs()
+
+  def torch_out(module):  # real notes only; velocity / 127, so both outputs are of order 1
+    with torch.no_grad():
+      out = module(*(torch.as_tensor(a) for a in (x, mask.astype(np.float32), written)))
+    return np.stack([out["velocity"].numpy() / 127.0, out["dur_beats"].numpy()])[:, mask]
+
+  def jax_out(adapter):
+    out = lora.apply(model, params, [lora.Active(adapter)], x, mask, written)
+    return np.stack([np.asarray(out["velocity"]) / 127.0, np.asarray(out["dur_beats"])])[:, mask]
+
+  spec = lora.LoraSpec(rank=4, alpha=8, target_modules=("attn.q_proj", "attn.v_proj", "ff.in"))
+  adapter = testlib.random_adapter(params, spec, 5)
+  path = str(tmp_path / "duv.ckpt")
+  alpha, rank = loraw.write(lora.AdapterRecord(adapter, spec, "", "duv"), path)
+  same_adapter(loraw.read(path, params, alpha=alpha, rank=rank, model_family="duv").adapter,
+               adapter)
+  base_twin = twin()
+  base_twin.load_state_dict(torch_convert.flax_to_state_dict(params), strict=True)
+  by_hand = apply_by_hand(base_twin, torch.load(path, weights_only=True), alpha, 1.0)
+  diff = np.abs(torch_out(by_hand) - jax_out(adapter)).max()
+  print(f"duv: LoRAW file applied by hand in torch vs JAX: max abs diff {diff:.2e}")
+  assert diff <= 1e-4
+
+  dora_spec = lora.LoraSpec(rank=4, alpha=8, use_dora=True, target_modules=("q_proj", "ff.out"))
+  dora_adapter = peft_interop_test.random_dora_adapter(params, dora_spec, 9)
+  folder = str(tmp_path / "duv_peft")
+  peft_io.export_peft(lora.AdapterRecord(dora_adapter, dora_spec, "", "duv"), folder)
+  base_twin = twin()
+  base_twin.load_state_dict(torch_convert.flax_to_state_dict(params), strict=True)
+  peft_model = peft.PeftModel.from_pretrained(base_twin, folder).eval()
+  want = jax_out(dora_adapter)
+  assert np.abs(want - jax_out(testlib.random_adapter(params, spec, 5))).max() > 0.1
+  diff = np.abs(torch_out(peft_model) - want).max()
+  print(f"duv: DoRA PEFT export vs JAX: max abs diff {diff:.2e}")
+  assert diff <= 1e-4
