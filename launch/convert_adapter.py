@@ -6,7 +6,8 @@ python launch/convert_adapter.py --to=loraw --input=pop.lora --output=pop.ckpt \
 python launch/convert_adapter.py --to=comfyui --input=pop.lora --output=pop_comfyui.safetensors
 python launch/convert_adapter.py --to=lora --input=pop.ckpt --output=pop.lora \
   --input_base=assets/base_model/base_model.safetensors --alpha=16 --multiplier=1
-A DoRA adapter needs --input_base both ways (LoRAW's DoRA is only exact on layers without bias).
+A DoRA adapter needs --input_base both ways (LoRAW's DoRA is only exact on layers without bias);
+--config is needed only for a base file that does not record its size.
 """
 
 from absl import flags, logging
