@@ -43,7 +43,7 @@ def main(argv):
   if _PEFT_ADAPTER.value:
     export.export_adapter_peft(_PEFT_ADAPTER.value, _OUTPUT.value, base_path=_INPUT.value,
                                base_model_name=_BASE_NAME.value, config_model=config_model,
-                               model_family=_FAMILY)
+                               model_family=_FAMILY, allow_other_base=_ALLOW_OTHER_BASE.value)
   else:
     if _INPUT.value is None:
       raise ValueError("--input (the Flax base file) is required to export a base model")

@@ -26,6 +26,13 @@ def load_checked_adapters(base_params: Any, paths: Sequence[str], *, model_famil
   return records
 
 
+def _base(base_path: str, config_model: Any) -> Any:
+  """The weights of a base file, its size from the file or the config."""
+  size = model_size.resolve(flax_weights.read_metadata(base_path), config_model,
+                            os.path.basename(base_path))
+  return flax_weights.load_params(base_path, transformer.abstract_params(size))
+
+
 def export_merged(base_path: str, abstract_params: Any, adapter_paths: Sequence[str],
                   weights: Sequence[float], output: str, *, model_family: str,
                   blend_mode: str = "additive", allow_other_base: bool = False,
@@ -75,7 +82,7 @@ def convert_base(input_path: str, output: str, config_model: Any, *,
 
 def export_adapter_peft(adapter_path: str, folder: str, *, base_path: str | None = None,
                         base_model_name: str | None = None, config_model: Any = None,
-                        model_family: str = "music_lm") -> None:
+                        model_family: str = "music_lm", allow_other_base: bool = False) -> None:
   """Write one `.lora` adapter as a PEFT adapter folder.
 
   With `base_path` the adapter is first checked against that base (its modules, shapes and
@@ -84,21 +91,14 @@ def export_adapter_peft(adapter_path: str, folder: str, *, base_path: str | None
   if base_path is None:
     record = lora.load_adapter(adapter_path)
   else:
-    size = model_size.resolve(flax_weights.read_metadata(base_path), config_model,
-                              os.path.basename(base_path))
-    base = flax_weights.load_params(base_path, transformer.abstract_params(size))
-    record = load_checked_adapters(base, [adapter_path], model_family=model_family)[0]
+    record = load_checked_adapters(_base(base_path, config_model), [adapter_path],
+                                   model_family=model_family,
+                                   allow_other_base=allow_other_base)[0]
     base_model_name = base_model_name or os.path.basename(base_path)
   peft.export_peft(record, folder, base_model_name=base_model_name)
 
 
 ADAPTER_FORMATS = ("loraw", "comfyui", "lora")
-
-
-def _base(base_path: str, config_model: Any) -> Any:
-  size = model_size.resolve(flax_weights.read_metadata(base_path), config_model,
-                            os.path.basename(base_path))
-  return flax_weights.load_params(base_path, transformer.abstract_params(size))
 
 
 def convert_adapter(input_path: str, output: str, to: str, *, base_path: str | None = None,
