@@ -178,7 +178,8 @@ def setup(config: TrainConfig, family: Family, mesh: Mesh) -> Setup:
       params = base_or_none
     else:
       lora_key = jax.random.fold_in(jax.random.wrap_key_data(key), LORA_INIT)
-      params = lora.init_params(targets, spec, lora_key, jnp.dtype(pol.param_dtype))
+      params = lora.init_params(targets, spec, lora_key, jnp.dtype(pol.param_dtype),
+                                base_or_none)
     train_key = jax.random.key_data(
         jax.random.fold_in(jax.random.wrap_key_data(key), TRAIN))
     zero = jnp.zeros((), jnp.int32)
@@ -191,7 +192,10 @@ def setup(config: TrainConfig, family: Family, mesh: Mesh) -> Setup:
     frozen = Frozen(None, None, ())
     frozen_sh = Frozen(None, None, ())
   else:
-    state = jax.jit(init_state, static_argnums=1, out_shardings=state_sh)(key, None)
+    if spec.use_dora:  # DoRA magnitudes start at the base kernels' column norms
+      state = jax.jit(init_state, out_shardings=state_sh)(key, base)
+    else:
+      state = jax.jit(init_state, static_argnums=1, out_shardings=state_sh)(key, None)
     scales = jax.device_put(lora.scales_of(targets),
                             jax.tree.map(lambda _: rep, lora.scales_of(targets)))
     parents = (parent_adapter,) if parent_adapter is not None else ()
