@@ -30,6 +30,7 @@ from lora_jax.train import precision
 from lora_jax.train import preemption
 from lora_jax.train import state as state_lib
 from lora_jax.train import step as step_lib
+from lora_jax.train import workdir_lock
 from lora_jax.train.config import TrainConfig
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -140,7 +141,8 @@ def train(config: TrainConfig, workdir: str, *, devices: Sequence[jax.Device] | 
   """
   os.makedirs(workdir, exist_ok=True)
   metrics_lib.quiet_orbax()
-  with _CompileCounter() as compiles, preemption.StopRequest() as stop:
+  with workdir_lock.WorkdirLock(workdir, jax.process_index()), _CompileCounter() as compiles, \
+      preemption.StopRequest() as stop:
     try:
       return _train(config, workdir, devices, stop_after, stop, compiles)
     except BaseException as e:
