@@ -28,6 +28,7 @@ from lora_jax.train import mesh as mesh_lib
 from lora_jax.train import metrics as metrics_lib
 from lora_jax.train import precision
 from lora_jax.train import preemption
+from lora_jax.train import resume
 from lora_jax.train import state as state_lib
 from lora_jax.train import step as step_lib
 from lora_jax.train import workdir_lock
@@ -180,11 +181,11 @@ def _train(config: TrainConfig, workdir: str, devices, stop_after: int | None,
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config.ckpt)
   state, frozen = setup.state, setup.frozen
   loop_state = checkpoint.LoopState(batches.Position(0, 0), None, 0)
-  latest = ckpts.latest_step()
-  if latest is not None:
-    checkpoint.check_resumable(ckpts.metadata(latest), meta)
-    state, loop_state, _ = ckpts.restore(latest, setup.abstract_state())
-    logging.info("resumed from step %d at epoch %d batch %d", latest,
+  restored = resume.restore(ckpts, setup.abstract_state(), meta, tc.allow_changed_config,
+                            is_primary())
+  if restored is not None:
+    state, loop_state, resumed = restored
+    logging.info("resumed from step %d at epoch %d batch %d", resumed,
                  loop_state.position.epoch, loop_state.position.index)
 
   train_fn = step_lib.jit_train_step(setup.step_config, mesh, setup.state_shardings,
