@@ -8,6 +8,7 @@ import pathlib
 import shutil
 
 import jax
+import numpy as np
 import pytest
 
 from lora_jax.train import config as config_lib
@@ -120,3 +121,17 @@ def test_the_adapter_shape_cannot_change_even_when_allowed(run):
   with pytest.raises(resume.ChangedConfigError, match=r"lora\.rank 4 -> 8; .*lora\.rank cannot "
                                                       r"change on resume, even with"):
     train(run, tiny(**{"lora.rank": 8, "training.allow_changed_config": True}))
+
+
+def test_a_run_dying_of_non_finite_steps_keeps_its_last_good_checkpoint(run, tmp_path, caplog):
+  empty = str(tmp_path / "empty.npz")  # every mask 0: every loss is 0/0
+  np.savez(empty, tokens=np.zeros((256, 16), np.int32), mask=np.zeros((256, 16), np.float32))
+  with pytest.raises(loop.NonFiniteError, match=r"3 steps in a row up to step 11"):
+    train(run, tiny(**{"data.path": empty, "data.synthetic_examples": 0,
+                       "training.max_nonfinite_in_a_row": 3,
+                       "training.allow_changed_config": True}))
+  state = json.loads((run / "status.json").read_text())
+  assert state["state"] == "failed" and state["message"].startswith("NonFiniteError: 3 steps")
+  assert sorted(os.listdir(run / "checkpoints")) == ["4", "8"]  # nothing of the bad steps
+  caplog.set_level(logging.INFO)
+  assert train(run, stop_after=1).step == 9 and "resumed from step 8" in caplog.text
