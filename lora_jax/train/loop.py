@@ -1,16 +1,17 @@
 """The one training loop every model family shares, read top to bottom in `_train`.
 
 First the workdir is locked (`workdir_lock`: a second run into it is refused), then the newest
-complete checkpoint whose settings match is restored (`resume`), if any. Before the first step the untrained model is evaluated (row 0 of the CSV: the bar to beat).
-Per step: draw a batch, dispatch the jitted train step, then read back the previous step's
-metrics, so the host never waits for the device it just fed. Every `eval_every` steps and at each
-epoch end: evaluate, track the best validation loss, checkpoint with it, and stop early after
-`patience` evaluations in a row without a better one. SIGTERM/SIGINT (from the moment `train`
-holds the lock) finish the step, checkpoint and return `stopped`. Too many non-finite steps in a row fail
-the run before anything of that state is checkpointed. At the end the trained adapter
-(`adapter.lora`) or model (`params.safetensors`) is exported into the workdir: the parameters of
-the checkpoint with the lowest validation loss (`ckpt.export = 'best'`, the default: after early
-stopping or overfitting the last step is not the best) or the last step's (`'final'`).
+complete checkpoint whose settings match is restored (`resume`), if any. Before the first step the
+untrained model is evaluated (row 0 of the CSV: the bar to beat). Per step: draw a batch, dispatch
+the jitted train step, then read back the previous step's metrics, so the host never waits for the
+device it just fed. Every `eval_every` steps and at each epoch end: evaluate, track the best
+validation loss, checkpoint with it, and stop early after `patience` evaluations in a row without a
+better one. SIGTERM/SIGINT (from the moment `train` holds the lock) finish the step, checkpoint and
+return `stopped`. Too many non-finite steps in a row fail the run before anything of that state is
+checkpointed. At the end the trained adapter (`adapter.lora`) or model (`params.safetensors`) is
+exported into the workdir: the parameters of the checkpoint with the lowest validation loss
+(`ckpt.export = 'best'`, the default: after early stopping or overfitting the last step is not the
+best) or the last step's (`'final'`).
 """
 
 import dataclasses
