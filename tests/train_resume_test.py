@@ -62,7 +62,8 @@ def test_free_fields_may_change():
   meta = lambda config: {"config": config.to_json()}
   free = tiny(**{"training.steps": 16, "training.log_every": 1, "ckpt.every_steps": 2,
                  "training.patience": 5, "training.eval_every": 3, "ckpt.keep_last": 1,
-                 "mesh.data": 2, "training.max_nonfinite_in_a_row": 2})
+                 "mesh.data": 2, "training.max_nonfinite_in_a_row": 2, "opt.warmup_steps": 5,
+                 "data.eval_batch_size": 8})
   resume.check_config(meta(tiny()), meta(free), 8, allow_changed=False)
   with pytest.raises(resume.ChangedConfigError, match=r"data\.batch_size 16 -> 8"):
     resume.check_config(meta(tiny()), meta(tiny(**{"data.batch_size": 8})), 8, False)

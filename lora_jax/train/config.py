@@ -54,7 +54,7 @@ class OptConfig:
   def __post_init__(self):
     if self.decay not in ("cosine", "linear", "constant"):
       raise ConfigError(f"opt.decay must be 'cosine', 'linear' or 'constant', got {self.decay!r}")
-    _check("opt.learning_rate", self.learning_rate, 0.0, low_open=True)
+    _check("opt.learning_rate", self.learning_rate, 0.0)  # 0: evaluation-only runs (tests)
     _check("opt.warmup_steps", self.warmup_steps, 0)
     _check("opt.final_lr_fraction", self.final_lr_fraction, 0.0, 1.0)
     _check("opt.weight_decay", self.weight_decay, 0.0)

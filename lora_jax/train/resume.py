@@ -5,10 +5,11 @@
   fact) is moved aside to `<workdir>/corrupt_checkpoints/` with a warning, never deleted, and the
   one before it is tried; with none left the run starts afresh, and says so.
 - The checkpoint's recorded config must equal this run's in every field that alters the trained
-  result. `FREE` lists the fields that may change: how long the run goes on (`training.steps`; a
-  new total re-times the learning-rate schedule from the resume step), how often it evaluates,
-  logs and checkpoints, what it keeps and exports, when it gives up, and the device mesh (the same
-  arithmetic laid out on other devices: resuming on another slice) and the base's path (its
+  result. `FREE` lists the fields that may change: how long the run goes on (`training.steps` and
+  `opt.warmup_steps`, which the hierarchy derives from it; a new length re-times the learning-rate
+  schedule from the resume step), how often it evaluates, logs and checkpoints, what it keeps and
+  exports, when it gives up, the device mesh and the eval batch that must divide it (the same
+  training laid out on other devices: resuming on another slice), and the base's path (its
   content is checked by fingerprint). Any other difference is an error naming each field with
   both values, unless `training.allow_changed_config` is set, when the differences are logged
   instead; except `FIXED` ones (family, model, LoRA spec, training type, parent adapter), which
@@ -25,7 +26,7 @@ from jax.experimental import multihost_utils
 from lora_jax.train import checkpoint
 
 FREE = frozenset({
-    "training.steps", "training.eval_every", "training.log_every", "training.patience",
+    "training.steps", "opt.warmup_steps", "data.eval_batch_size", "training.eval_every", "training.log_every", "training.patience",
     "training.max_nonfinite_in_a_row", "training.allow_changed_config",
     "ckpt.every_steps", "ckpt.keep_last", "ckpt.keep_best", "ckpt.export",
     "mesh.data", "mesh.fsdp", "mesh.model", "training.base_params",
