@@ -90,6 +90,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.training.patience = 0  # evaluations without improvement before stopping; 0 = never
   config.training.log_every = 50  # steps per CSV/TensorBoard/console line
   config.training.max_nonfinite_in_a_row = 20  # skipped steps in a row that stop the run
+  config.training.allow_changed_config = False  # resume a checkpoint written with other settings
 
   if variant == "tiny":
     config.name = "music_lm_tiny"

@@ -3,10 +3,10 @@ r"""Train a LoRA adapter (or a whole model) for any model family.
 python launch/train.py --config=configs/music_lm.py:tiny --workdir=runs/tiny
 
 Running it again with the same workdir resumes from the last checkpoint. SIGTERM or Ctrl-C
-checkpoints and exits cleanly. On a TPU pod or several hosts, run it on every host with
-`--distributed` (and, where the cluster is not detected, `--coordinator_address=host:port
---num_processes=N --process_id=i`); the workdir must be one shared directory. Bad input ends in
-one error line and exit status 1.
+checkpoints and exits with status 75 (lora_jax.train.exit_status). On a TPU pod or several hosts,
+run it on every host with `--distributed` (and, where the cluster is not detected,
+`--coordinator_address=host:port --num_processes=N --process_id=i`); the workdir must be one
+shared directory. Bad input ends in one error line and exit status 1.
 """
 
 from absl import flags
@@ -16,6 +16,7 @@ from ml_collections import config_flags
 
 from lora_jax import cli
 from lora_jax.train import config as config_lib
+from lora_jax.train import exit_status
 from lora_jax.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
@@ -36,6 +37,7 @@ def main(argv):
   result = loop.train(config, _WORKDIR.value)
   logging.info("%s at step %d; best validation loss %s; %s", result.status, result.step,
                result.best_val_loss, result.export_path or "no export")
+  return exit_status.of(result.status)  # 75: stopped by a signal, resumable
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import jax
 
 from lora_jax import cli
 from lora_jax.hierarchy import settings, training
+from lora_jax.train import exit_status
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CONFIG = cli.define_config(os.path.join(_ROOT, "configs", "base_model.py"),
@@ -35,6 +36,7 @@ def main(args):
   result = training.train_base(config, _PACKS.value, _OUTPUT_DIR.value)
   logging.info("%s at step %d; best validation loss %s; %s", result.status, result.steps,
                result.best_val_loss, result.path or "rerun the same command to resume")
+  return exit_status.of(result.status)  # 75: stopped by a signal, resumable
 
 
 if __name__ == "__main__":

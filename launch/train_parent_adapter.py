@@ -18,6 +18,7 @@ from ml_collections import config_flags
 
 from lora_jax import cli
 from lora_jax.hierarchy import settings, training
+from lora_jax.train import exit_status
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CONFIG = cli.define_config(os.path.join(_ROOT, "configs", "lora_adapter_config.py"),
@@ -52,6 +53,7 @@ def main(args):
                                  _OUTPUT_DIR.value)
   logging.info("%s at step %d; best validation loss %s; %s", result.status, result.steps,
                result.best_val_loss, result.path or "rerun the same command to resume")
+  return exit_status.of(result.status)  # 75: stopped by a signal, resumable
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+from lora_jax.train import exit_status
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = [sys.executable, str(ROOT / "launch" / "train.py"),
           "--config=" + str(ROOT / "configs" / "music_lm.py") + ":tiny",
@@ -52,7 +54,7 @@ def test_sigterm_checkpoints_and_a_second_launch_resumes(tmp_path):
     raise AssertionError("the first launch never reached step 3")
   first.send_signal(signal.SIGTERM)
   out, _ = first.communicate(timeout=120)
-  assert first.returncode == 0, out[-3000:]
+  assert first.returncode == exit_status.STOPPED, out[-3000:]  # stopped, resumable
   stopped = read_status(workdir)
   assert stopped["state"] == "stopped", stopped
   k = stopped["step"]

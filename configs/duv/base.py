@@ -117,6 +117,7 @@ def _common(variant: str) -> ml_collections.ConfigDict:
   config.training.patience = 3  # evaluations without a better validation loss
   config.training.log_every = 50
   config.training.max_nonfinite_in_a_row = 20
+  config.training.allow_changed_config = False  # resume a checkpoint written with other settings
 
   if variant == "tiny":
     config.name = "duv_tiny"

@@ -31,6 +31,7 @@ from lora_jax.data import duv_features, duv_manifest
 from lora_jax.duv import bundle, splits
 from lora_jax.interop import flax_weights
 from lora_jax.train import config as config_lib
+from lora_jax.train import exit_status
 from lora_jax.train import loop
 
 
@@ -137,8 +138,8 @@ def finish(prepared: Prepared, result: loop.Result, workdir: str) -> str:
   """Write the loop's export as the bundle (base) or as the adapter beside its base, and the split
   record into `workdir`; returns what was written."""
   if result.status == "stopped":
-    raise RuntimeError(f"training stopped at step {result.step} before it finished; run it "
-                       "again with the same workdir to resume")
+    raise exit_status.Stopped(f"training stopped at step {result.step} before it finished; run "
+                              "it again with the same workdir to resume")
   data, config = prepared.data, prepared.config
   if not loop.is_primary():  # process 0 of a multi-process run writes the results
     return (data.bundle if config.training.type == "full" else

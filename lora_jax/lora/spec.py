@@ -53,8 +53,13 @@ class LoraSpec:
       value = getattr(self, name)
       items = value.items() if isinstance(value, Mapping) else value
       object.__setattr__(self, name, tuple((str(k), cast(v)) for k, v in items))
-    if self.rank < 1:
-      raise LoraRuleError(f"LoRA rank must be >= 1, got {self.rank}")
+    if self.rank < 1 or any(r < 1 for _, r in self.rank_pattern):
+      raise LoraRuleError(f"LoRA rank must be >= 1, got {self.rank} (rank_pattern "
+                          f"{self.rank_pattern})")
+    for where, alpha in (("alpha", self.alpha),) + tuple(
+        (f"alpha_pattern {p!r}", a) for p, a in self.alpha_pattern):
+      if not (math.isfinite(alpha) and alpha > 0):  # NaN or inf scales every update by it
+        raise LoraRuleError(f"LoRA {where} must be a finite number > 0, got {alpha!r}")
     if self.init not in ("zeros", "gaussian"):
       raise LoraRuleError(f"LoRA init must be 'zeros' or 'gaussian', got {self.init!r}")
     for name in ("dropout", "module_dropout"):

@@ -11,6 +11,9 @@
   checkpoint.py  Orbax checkpoints (state, loop position, metadata)
   metrics.py     CSV, TensorBoard, console, status.json
   preemption.py  SIGTERM/SIGINT as a request to checkpoint and stop
+  workdir_lock.py  one run per workdir (an flock released with the process)
+  resume.py      which checkpoint to resume from, and whether the settings allow it
+  exit_status.py the launchers' exit status: 75 for a stopped, resumable run
   loop.py        `train(config, workdir)`
 
 Nothing is imported here, so a family module can import `lora_jax.train.family` alone.

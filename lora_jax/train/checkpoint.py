@@ -61,10 +61,16 @@ class Checkpoints:
           n=config.keep_best, keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
         create=True,
+        # A write killed midway leaves `<step>.orbax-checkpoint-tmp`: never restored, and removed
+        # when the next run opens the directory (one run at a time holds it: workdir_lock).
+        cleanup_tmp_directories=True,
         # best_fn makes Orbax write each checkpoint's metrics to disk (so the best is still known
         # after a resume) and answers best_step(); which steps survive is the policy's business.
         best_fn=lambda m: m["val_loss"], best_mode="min",
-        preservation_policy=policies.AnyPreservationPolicy(preservation))
+        preservation_policy=policies.AnyPreservationPolicy(preservation),
+        # A step directory that cannot be made (read-only, full disk) fails save() itself; made
+        # in the background, the failure left Orbax's threads waiting ~6 minutes at exit.
+        async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "loop", "meta"))
 

@@ -9,6 +9,7 @@ The `model` group's dataclass is the family's own (`lora_jax.families.REGISTRY`)
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 import types
 import typing
@@ -20,6 +21,18 @@ from lora_jax.lora.spec import LoraSpec
 
 class ConfigError(ValueError):
   """A config that does not fit the dataclasses it must become."""
+
+
+def _check(where: str, value: float, low: float, high: float = math.inf, *,
+           low_open: bool = False, high_open: bool = False) -> None:
+  """Refuse `value` outside [low, high] (ends excluded as asked); NaN fails every comparison."""
+  above = value > low if low_open else value >= low
+  below = value < high if high_open else value <= high
+  if not (above and below):
+    interval = (f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+                if math.isfinite(high) else f"{'>' if low_open else '>='} {low:g}")
+    raise ConfigError(f"{where} must be {'in ' if math.isfinite(high) else ''}{interval}, "
+                      f"got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +54,17 @@ class OptConfig:
   def __post_init__(self):
     if self.decay not in ("cosine", "linear", "constant"):
       raise ConfigError(f"opt.decay must be 'cosine', 'linear' or 'constant', got {self.decay!r}")
-    if self.grad_accum_steps < 1:
-      raise ConfigError(f"opt.grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
+    _check("opt.learning_rate", self.learning_rate, 0.0)  # 0: evaluation-only runs (tests)
+    _check("opt.warmup_steps", self.warmup_steps, 0)
+    _check("opt.final_lr_fraction", self.final_lr_fraction, 0.0, 1.0)
+    _check("opt.weight_decay", self.weight_decay, 0.0)
+    _check("opt.b1", self.b1, 0.0, 1.0, high_open=True)
+    _check("opt.b2", self.b2, 0.0, 1.0, high_open=True)
+    _check("opt.eps", self.eps, 0.0, low_open=True)
+    _check("opt.clip_norm", self.clip_norm, 0.0)
+    _check("opt.grad_accum_steps", self.grad_accum_steps, 1)
+    for pattern, multiplier in self.lr_groups:
+      _check(f"opt.lr_groups multiplier of {pattern!r}", multiplier, 0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +82,7 @@ class DataConfig:
     if bool(self.path) == (self.synthetic_examples > 0):
       raise ConfigError(f"give exactly one of data.path ({self.path!r}) and "
                         f"data.synthetic_examples ({self.synthetic_examples})")
+    _check("data.val_fraction", self.val_fraction, 0.0, 1.0, high_open=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +126,9 @@ class TrainingConfig:
   patience: int  # evaluations without a better validation loss before stopping; 0 never stops
   log_every: int
   max_nonfinite_in_a_row: int  # skipped non-finite steps in a row that stop the run
+  # Resume even where the checkpoint's config differs in a field that alters the result
+  # (lora_jax.train.resume lists those that may always change).
+  allow_changed_config: bool = False
 
   def __post_init__(self):
     if self.type not in ("lora", "full"):
@@ -151,7 +177,9 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
     return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
   if origin in (typing.Union, types.UnionType) or hint is Any:
     return value
-  if hint is float and isinstance(value, int) and not isinstance(value, bool):
+  if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if not math.isfinite(value):  # no setting means NaN or infinity; they fail steps later
+      raise ConfigError(f"{where} must be a finite number, got {value!r}")
     return float(value)
   if isinstance(hint, type) and not isinstance(value, hint):
     raise ConfigError(f"{where} must be {hint.__name__}, got {type(value).__name__} {value!r}")

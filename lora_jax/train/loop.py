@@ -1,15 +1,17 @@
 """The one training loop every model family shares, read top to bottom in `_train`.
 
-Before the first step the untrained model is evaluated (row 0 of the CSV: the bar to beat).
-Per step: draw a batch, dispatch the jitted train step, then read back the previous step's
-metrics, so the host never waits for the device it just fed. Every `eval_every` steps and at each
-epoch end: evaluate, track the best validation loss, checkpoint with it, and stop early after
-`patience` evaluations in a row without a better one. SIGTERM/SIGINT (from the moment `train`
-starts) finish the step, checkpoint and return `stopped`. Too many non-finite steps in a row fail
-the run before anything of that state is checkpointed. At the end the trained adapter
-(`adapter.lora`) or model (`params.safetensors`) is exported into the workdir: the parameters of
-the checkpoint with the lowest validation loss (`ckpt.export = 'best'`, the default: after early
-stopping or overfitting the last step is not the best) or the last step's (`'final'`).
+First the workdir is locked (`workdir_lock`: a second run into it is refused), then the newest
+complete checkpoint whose settings match is restored (`resume`), if any. Before the first step the
+untrained model is evaluated (row 0 of the CSV: the bar to beat). Per step: draw a batch, dispatch
+the jitted train step, then read back the previous step's metrics, so the host never waits for the
+device it just fed. Every `eval_every` steps and at each epoch end: evaluate, track the best
+validation loss, checkpoint with it, and stop early after `patience` evaluations in a row without a
+better one. SIGTERM/SIGINT (from the moment `train` holds the lock) finish the step, checkpoint and
+return `stopped`. Too many non-finite steps in a row fail the run before anything of that state is
+checkpointed. At the end the trained adapter (`adapter.lora`) or model (`params.safetensors`) is
+exported into the workdir: the parameters of the checkpoint with the lowest validation loss
+(`ckpt.export = 'best'`, the default: after early stopping or overfitting the last step is not the
+best) or the last step's (`'final'`).
 """
 
 import dataclasses
@@ -28,8 +30,10 @@ from lora_jax.train import mesh as mesh_lib
 from lora_jax.train import metrics as metrics_lib
 from lora_jax.train import precision
 from lora_jax.train import preemption
+from lora_jax.train import resume
 from lora_jax.train import state as state_lib
 from lora_jax.train import step as step_lib
+from lora_jax.train import workdir_lock
 from lora_jax.train.config import TrainConfig
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -140,7 +144,8 @@ def train(config: TrainConfig, workdir: str, *, devices: Sequence[jax.Device] | 
   """
   os.makedirs(workdir, exist_ok=True)
   metrics_lib.quiet_orbax()
-  with _CompileCounter() as compiles, preemption.StopRequest() as stop:
+  with workdir_lock.WorkdirLock(workdir, jax.process_index()), _CompileCounter() as compiles, \
+      preemption.StopRequest() as stop:
     try:
       return _train(config, workdir, devices, stop_after, stop, compiles)
     except BaseException as e:
@@ -178,11 +183,11 @@ def _train(config: TrainConfig, workdir: str, devices, stop_after: int | None,
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config.ckpt)
   state, frozen = setup.state, setup.frozen
   loop_state = checkpoint.LoopState(batches.Position(0, 0), None, 0)
-  latest = ckpts.latest_step()
-  if latest is not None:
-    checkpoint.check_resumable(ckpts.metadata(latest), meta)
-    state, loop_state, _ = ckpts.restore(latest, setup.abstract_state())
-    logging.info("resumed from step %d at epoch %d batch %d", latest,
+  restored = resume.restore(ckpts, setup.abstract_state(), meta, tc.allow_changed_config,
+                            is_primary())
+  if restored is not None:
+    state, loop_state, resumed = restored
+    logging.info("resumed from step %d at epoch %d batch %d", resumed,
                  loop_state.position.epoch, loop_state.position.index)
 
   train_fn = step_lib.jit_train_step(setup.step_config, mesh, setup.state_shardings,

@@ -4,7 +4,8 @@ and `status.json`, rewritten atomically so another process (a UI, a scheduler) c
 CSV columns are fixed when the run starts: `step, epoch, train_loss, val_loss, lr`, then the
 family's metrics as `train_<name>` and `val_<name>`, then `grad_norm, skipped, loss_scale,
 steps_per_s`. A validation column is empty on rows without an evaluation. On resume, rows past
-the checkpoint's step (written before an interruption) are dropped, so the file reads as one run.
+the checkpoint's step (written before an interruption) are dropped, so the file reads as one run;
+a run resumed from nothing starts the file again.
 """
 
 import csv
@@ -52,7 +53,9 @@ class MetricsWriter:
       if rows and rows[0] != header:
         raise ValueError(f"{self.path} has columns {rows[0]}, this run writes {header}; "
                          f"use a fresh workdir")
-      kept = [r for r in rows[1:] if int(r[0]) <= resume_step]
+      # Rows of the steps the restored state has done; at step 0 none, as the loop writes the
+      # baseline row again (a run killed before its first checkpoint left one behind).
+      kept = [r for r in rows[1:] if int(r[0]) <= resume_step] if resume_step > 0 else []
       buffer = io.StringIO()
       csv.writer(buffer).writerows([header] + kept)
       atomic.write_text(self.path, buffer.getvalue())
