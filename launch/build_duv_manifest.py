@@ -7,7 +7,9 @@ python launch/build_duv_manifest.py --cache=.cache/performances --out=build/duv 
 
 import json
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from lora_jax import cli
 
 from lora_jax.data import duv_build, duv_manifest
 
@@ -39,4 +41,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, "build_duv_manifest")
