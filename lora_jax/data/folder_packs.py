@@ -402,23 +402,29 @@ def _keep_existing(parent: _Style, own: list[dict], written: list[str]
 
 def _write_pack(s: _Style, parent: str | None, children: list[str], entries: list[dict],
                 in_place_root: str) -> None:
-  """Copies the files (unless in place), writes the manifest, removes stale copies."""
+  """Copies the files (unless in place), writes the manifest, removes stale copies.
+
+  A file is removed only when an earlier build of this builder copied it here (its manifest lists
+  it under refs_midi/) and this one does not list it: nothing a user put in a pack is deleted.
+  """
+  old = _read_json(os.path.join(s.dir, style_pack.MANIFEST))
+  copied_before = {e.get("path") for e in old.get("pieces", [])
+                   if old.get("converter") == CONVERTER and not old.get("in_place")
+                   and str(e.get("path", "")).startswith(style_pack.REFS_MIDI + "/")}
   if not in_place_root:
-    folder = os.path.join(s.dir, style_pack.REFS_MIDI)
-    os.makedirs(folder, exist_ok=True)
+    os.makedirs(os.path.join(s.dir, style_pack.REFS_MIDI), exist_ok=True)
     by_id = {f.id: f for f in s.files}
     for e in s.entries:
       target = os.path.join(s.dir, e["path"])
       if not os.path.isfile(target) or _content_hash(target) != e["source_hash"]:
         with atomic.atomic_path(target) as tmp:
           shutil.copyfile(by_id[e["id"]].path, tmp)
-    kept = {os.path.basename(e["path"]) for e in s.entries}
-    for name in os.listdir(folder):
-      if midi_file.is_midi_name(name) and name not in kept:
-        os.remove(os.path.join(folder, name))
+  for stale in copied_before - {e["path"] for e in entries}:
+    if os.path.isfile(os.path.join(s.dir, stale)):
+      os.remove(os.path.join(s.dir, stale))
   manifest = {"format": style_pack.PACK_FORMAT, "style": s.name.split("/")[-1],
               "parent": parent, "children": children, "converter": CONVERTER,
-              "pieces": sorted(entries, key=lambda e: e["id"])}
+              "in_place": bool(in_place_root), "pieces": sorted(entries, key=lambda e: e["id"])}
   atomic.write_text(os.path.join(s.dir, style_pack.MANIFEST),
                     json.dumps(manifest, indent=1, sort_keys=True))
 

@@ -56,14 +56,15 @@ def _absolute(track: mido.MidiTrack) -> list[int]:
   return times
 
 
-def _retime(midi: mido.MidiFile, factor: float, exact: bool) -> mido.MidiFile:
-  """A copy with every absolute tick divided by `factor` (rounded unless `exact`)."""
-  out = mido.MidiFile(type=midi.type, ticks_per_beat=max(1, round(midi.ticks_per_beat / factor)),
-                      charset=midi.charset)
+def _retime(midi: mido.MidiFile, resolution: int) -> mido.MidiFile:
+  """A copy at `resolution` ticks per quarter, each tick rounded to the nearest new one (exact
+  when the old resolution is a multiple and every tick divides)."""
+  old = midi.ticks_per_beat
+  out = mido.MidiFile(type=midi.type, ticks_per_beat=resolution, charset=midi.charset)
   for track in midi.tracks:
     new, last = mido.MidiTrack(), 0
     for msg, tick in zip(track, _absolute(track)):
-      t = tick // int(factor) if exact else round(tick / factor)
+      t = (2 * tick * resolution + old) // (2 * old)  # round half up, in integers
       new.append(msg.copy(time=t - last))
       last = t
     out.tracks.append(new)
@@ -101,15 +102,15 @@ def read_midi_with_info(path: str, limits: Limits = Limits()
     factor = next((d for d in range(2, common + 1)
                    if common % d == 0 and last_tick // d < TICK_CAP), None)
     if factor is not None:
-      midi, retimed = _retime(midi, factor, exact=True), "exact"
+      midi, retimed = _retime(midi, midi.ticks_per_beat // factor), "exact"
     else:
-      factor = last_tick / (TICK_CAP - 1)
-      if midi.ticks_per_beat / factor < MIN_RETIMED_RESOLUTION:
+      resolution = midi.ticks_per_beat * (TICK_CAP - 1) // last_tick
+      if resolution < MIN_RETIMED_RESOLUTION:
         quarters = last_tick / file_resolution
         raise MidiReadError(f"{path}: last event at tick {last_tick:,} ({quarters:,.0f} "
                             f"quarters): too long to read at "
                             f"{MIN_RETIMED_RESOLUTION} ticks per quarter")
-      midi, retimed = _retime(midi, factor, exact=False), "rounded"
+      midi, retimed = _retime(midi, resolution), "rounded"
   try:
     pm = pretty_midi.PrettyMIDI(mido_object=midi)
   except Exception as e:  # pretty_midi's own checks on the events

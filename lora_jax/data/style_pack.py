@@ -30,7 +30,8 @@ _OPTIONAL_PIECE_FIELDS = {"title": str, "source_hash": str, "n_dropped_notes": i
                           "n_dropped_meters": int}
 _PACK_FIELDS = {"format": str, "style": str, "parent": (str, type(None)), "children": list,
                 "pieces": list}
-_OPTIONAL_PACK_FIELDS = {"program": int, "converter": str, "music21_version": str}
+_OPTIONAL_PACK_FIELDS = {"program": int, "converter": str, "music21_version": str,
+                         "in_place": bool}
 DURATION_TOLERANCE = 0.01  # seconds: the builders round durations to milliseconds
 
 
@@ -86,7 +87,7 @@ def type_name(kind) -> str:
 def _check_field(where: str, name: str, value: Any, kind) -> None:
   """A JSON value of the wanted type (an int is a float; a bool is neither), else an error."""
   kinds = kind if isinstance(kind, tuple) else (kind,)
-  ok = not isinstance(value, bool) and (
+  ok = isinstance(value, bool) if kind is bool else not isinstance(value, bool) and (
       isinstance(value, kinds) or (float in kinds and isinstance(value, int)))
   if not ok:
     raise StylePackError(f"{where} field {name!r} is {value!r}, not {type_name(kind)}")
