@@ -67,6 +67,9 @@ def read_note_csv(path: str, split: str) -> list[dict]:
       raise duv_manifest.ManifestError(f"{path}: unknown column {unknown[0]!r}")
     tracks: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for line, raw in enumerate(reader, 2):
+      if None in raw or None in raw.values():
+        raise duv_manifest.ManifestError(f"{path}:{line}: {len(columns)} columns in the header, "
+                                         f"another number of values here")
       note = {"line": line,
               "onset": _number(path, line, "onset_beats", raw["onset_beats"]),
               "dur": _number(path, line, "dur_beats", raw["dur_beats"]),
