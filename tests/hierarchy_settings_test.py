@@ -176,3 +176,13 @@ def test_every_shipped_genre_and_style_file_resolves():
       for style in (hierarchy_testlib.ROOT / "configs" / "styles" / genre).glob("*.py"):
         config = settings.resolve(tree, defaults, genre, style.stem, {})
         assert config.child.rank <= config.parent.rank
+
+
+def test_every_corpus_genre_trains_on_the_real_configs():
+  from lora_jax.data import style_corpus  # pylint: disable=import-outside-toplevel
+  defaults = str(hierarchy_testlib.ROOT / "configs" / "lora_adapter_config.py")
+  tree = config_lib.load_config_dict(defaults)
+  for genre in style_corpus.GENRES.values():
+    settings.resolve(tree, defaults, genre.name, None, {})
+    for child in genre.sub_styles:
+      settings.resolve(tree, defaults, genre.name, child, {})

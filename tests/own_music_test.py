@@ -91,6 +91,12 @@ def test_readme_commands_end_to_end(tmp_path):
   rows = {line.split("  ")[0].strip(): line for line in table.splitlines()}
   assert {"base", "base + parent", "base + parent + child", "merged"} <= set(rows)
   assert "classical/chorale test" in table and "folk/jig test" in table and "pop test" in table
+  # evaluate_nll read the adapters' window length (the tiny config's 32), and the window caches
+  # live in the packs, not in the current directory.
+  assert glob.glob(str(out / "packs" / "pop" / ".windows" / "*-test-32-*.npz"))
+  assert not glob.glob(str(out / "packs" / "pop" / ".windows" / "*-test-256-*.npz"))
+  assert not (ROOT / ".cache" / "hierarchy_windows").exists() or not any(
+      "chorale" in f for f in os.listdir(ROOT / ".cache" / "hierarchy_windows"))
   takes_report = outputs["build_duv_manifest.py"][0]
   assert re.search(r"POP909_010.mid: 1 track, \d+ notes, grid fit", takes_report)
   assert "lesson/mozart_k265_var1.match: 1 track, 218 notes" in takes_report
