@@ -6,8 +6,9 @@ From the real performances the setup fetches:
     --sources=maestro,pop909,mozart --max_len=256
 From a folder of your own takes (MIDI recordings, .match files), for one instrument:
   python launch/build_duv_manifest.py --from_dir=my_takes --instrument=guitar --out=build/duv_guitar
-which prints one line per file (tracks, notes, grid fit, or why it was dropped); then
-  python launch/train_duv_lora.py --config=configs/duv/guitar.py --workdir=runs/duv_guitar
+which prints one line per file (tracks, notes, grid fit, or why it was dropped); then train the
+instrument's adapter with launch/train_duv_lora.py and configs/duv/guitar.py (README, "Your own
+music").
 """
 
 import json
