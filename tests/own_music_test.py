@@ -25,7 +25,8 @@ TINY = {
     "generate.py": ["--length=96", "--min_bars=3"],
     "build_duv_manifest.py": ["--max_len=16", "--stride=8"],
     "train_duv.py": ["--config.model.n_layers=1"],
-    "train_duv_lora.py": ["--config.model.n_layers=1"],
+    "train_duv_lora.py": ["--config.model.n_layers=1", "--config.data.batch_size=8",
+                          "--config.duv.epochs=1", "--config.opt.warmup_steps=2"],
 }
 VARIANTS = {"--config=configs/duv/base.py ": "--config=configs/duv/base.py:tiny ",
             "--config=configs/duv/piano.py ": "--config=configs/duv/piano.py:tiny "}
