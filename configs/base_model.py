@@ -36,7 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   config.data.seq_len = 256  # tokens per training window (BOS included)
-  config.data.cache_dir = ".cache/hierarchy_windows"  # token windows cached by pack content
+  config.data.cache_dir = ""  # token windows cached by content; "": <first pack>/.windows
 
   config.opt = ml_collections.ConfigDict()
   config.opt.decay = "cosine"

@@ -30,7 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   config.data.seq_len = 256  # tokens per training window (BOS included); <= the base's max_len
-  config.data.cache_dir = ".cache/hierarchy_windows"  # token windows cached by pack content
+  config.data.cache_dir = ""  # token windows cached by content; "": <first pack>/.windows
 
   config.opt = ml_collections.ConfigDict()  # AdamW, shared by parent and child
   config.opt.decay = "cosine"  # after warm-up: 'cosine', 'linear' or 'constant'

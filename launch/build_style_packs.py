@@ -1,27 +1,62 @@
-"""Builds style packs from the music21 corpus.
+"""Builds style packs: from your own folder of MIDI files, a few files, or the music21 corpus.
 
+  python launch/build_style_packs.py --from_dir=my_music --out=style_packs
+  python launch/build_style_packs.py --from_files=a.mid,b.mid,c.mid --style=pop/dance_pop \
+      --out=style_packs
   python launch/build_style_packs.py --out=style_packs --max_pieces=100 --workers=2 \
       --styles=celtic_fiddle,essen_folk
 
-Bad input ends in one error line and exit status 1.
+`--from_dir` reads my_music/<genre>/[<sub_style>/] (files in refs_midi/ or directly; see
+lora_jax/data/folder_packs.py) and prints one report: per style what was packed and its splits,
+then every file left out with its reason. Bad input ends in one error line and exit status 1.
 """
 from absl import flags
 from absl import logging
 
 from lora_jax import cli
-from lora_jax.data import style_corpus
+from lora_jax.data import folder_packs, midi_file, style_corpus
 
 _OUT = flags.DEFINE_string("out", "style_packs", "Root directory of the packs.")
-_MAX_PIECES = flags.DEFINE_integer("max_pieces", None, "Cap on pieces per style (all if unset).",
+_FROM_DIR = flags.DEFINE_string("from_dir", None, "Your folder: <genre>/[<sub_style>/] of MIDI "
+                                "files; --out equal to it writes the manifests in place.")
+_FROM_FILES = flags.DEFINE_list("from_files", None, "MIDI files for one style (with --style).")
+_STYLE = flags.DEFINE_string("style", None, "With --from_files: 'genre' or 'genre/sub_style'.")
+_VAL_FRACTION = flags.DEFINE_float("validation_fraction", 0.1, "Share of a style's pieces for "
+                                   "validation (by a hash of each file's bytes).")
+_TEST_FRACTION = flags.DEFINE_float("test_fraction", 0.1, "Share of a style's pieces for test.")
+_MIN_VAL = flags.DEFINE_integer("min_validation", 1, "Fewest validation pieces per style.")
+_MIN_TEST = flags.DEFINE_integer("min_test", 1, "Fewest test pieces per style.")
+_MAX_NOTES = flags.DEFINE_integer("max_notes", midi_file.Limits.max_notes,
+                                  "A file with more notes is left out.")
+_MAX_DURATION = flags.DEFINE_float("max_duration_sec", midi_file.Limits.max_duration_sec,
+                                   "A longer file is left out.")
+_MAX_PIECES = flags.DEFINE_integer("max_pieces", None, "Corpus: cap on pieces per style.",
                                    lower_bound=1)
 _STYLES = flags.DEFINE_list("styles", list(style_corpus.GENRES),
-                            f"Genres to build, from {sorted(style_corpus.GENRES)}.")
-_WORKERS = flags.DEFINE_integer("workers", 2, "Conversion processes.", lower_bound=1)
+                            f"Corpus: genres to build, from {sorted(style_corpus.GENRES)}.")
+_WORKERS = flags.DEFINE_integer("workers", 2, "Corpus: conversion processes.", lower_bound=1)
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments: {argv[1:]}")
+  if _FROM_DIR.value is not None or _FROM_FILES.value is not None:
+    if _FROM_DIR.value is not None and _FROM_FILES.value is not None:
+      raise ValueError("give --from_dir or --from_files, not both")
+    if (_FROM_FILES.value is not None) != (_STYLE.value is not None):
+      raise ValueError("--from_files and --style go together")
+    split = folder_packs.SplitSettings(_VAL_FRACTION.value, _TEST_FRACTION.value, _MIN_VAL.value,
+                                       _MIN_TEST.value)
+    limits = midi_file.Limits(_MAX_NOTES.value, _MAX_DURATION.value)
+    report = (folder_packs.build_from_dir(_FROM_DIR.value, _OUT.value, split, limits)
+              if _FROM_DIR.value is not None else
+              folder_packs.build_from_files(_FROM_FILES.value, _STYLE.value, _OUT.value, split,
+                                            limits))
+    print("\n".join(report.lines()))
+    if not report.packs:
+      raise ValueError("no pack could be built: see the report above")
+    print(f"wrote {len(report.packs)} packs under {_OUT.value}")
+    return
   stats = style_corpus.build_style_packs(_OUT.value, _STYLES.value, _MAX_PIECES.value,
                                          _WORKERS.value)
   for s in stats.styles:

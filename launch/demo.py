@@ -14,7 +14,7 @@ from absl import logging
 import jax
 
 from lora_jax import cli
-from lora_jax.hierarchy import demo
+from lora_jax.hierarchy import demo, evaluation
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CONFIG = cli.define_config(os.path.join(_ROOT, "configs", "demo.py"), "Demo config file.")
@@ -27,7 +27,7 @@ def main(args):
   config = demo.load_config(_CONFIG.value)
   logging.info("JAX %s on %d devices: %s", jax.__version__, jax.device_count(), jax.devices())
   result = demo.run(config, _WORKDIR.value)
-  print("\nHeld-out NLL on test pieces (bits per token; lower is better):")
+  print("\n" + evaluation.heading("test"))
   print(result.table.format())
   print("\nSibling checks (an adapter should not cost much on music it was not trained for):")
   for report in result.sibling_checks:

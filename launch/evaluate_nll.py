@@ -6,7 +6,9 @@ python launch/evaluate_nll.py --base-model=assets/base_model/base_model.safetens
     --merged=merged_models/jig_model.safetensors \
     --packs=style_packs/celtic_fiddle/jig,style_packs/celtic_fiddle/reel,style_packs/essen_folk
 
-One column per pack (its `--split`, test by default), windows of --seq-len tokens as in training.
+One column per pack (its `--split`, test by default), in windows of the length the adapters were
+trained on (recorded in the child's .lora, else the parent's, else the base's; `--seq_len` to
+choose another). The token-window cache lives in each pack's `.windows/` unless --cache_dir.
 """
 
 import os
@@ -24,16 +26,20 @@ _CHILD = flags.DEFINE_string("child_adapter", None, "A child's .lora (over that 
 _MERGED = flags.DEFINE_string("merged", None, "A merged model of base + parent (+ child) at 1.")
 _PACKS = flags.DEFINE_list("packs", None, "Style pack folders, one column each.")
 _SPLIT = flags.DEFINE_enum("split", "test", list(style_pack.SPLITS), "Pack split to score.")
-_SEQ_LEN = flags.DEFINE_integer("seq_len", 256, "Tokens per window (BOS included).")
-_CACHE = flags.DEFINE_string("cache_dir", ".cache/hierarchy_windows", "Token-window cache.")
+_SEQ_LEN = flags.DEFINE_integer("seq_len", None, "Tokens per window (BOS included); default: "
+                                "what the adapters were trained on.")
+_CACHE = flags.DEFINE_string("cache_dir", "", "Token-window cache; default: <pack>/.windows.")
 flags.mark_flags_as_required(["parent_adapter", "packs"])
 
 
 def main(args):
   if len(args) > 1:
     raise ValueError(f"unexpected arguments: {args[1:]}")
+  seq_len = _SEQ_LEN.value or evaluation.trained_seq_len(_BASE.value, _PARENT.value,
+                                                         _CHILD.value)
   table = evaluation.level_table(_BASE.value, _PARENT.value, _CHILD.value, _MERGED.value,
-                                 _PACKS.value, _SPLIT.value, _SEQ_LEN.value, _CACHE.value)
+                                 _PACKS.value, _SPLIT.value, seq_len, _CACHE.value)
+  print(evaluation.heading(_SPLIT.value))
   print(table.format())
 
 

@@ -11,7 +11,8 @@ python launch/generate.py --inference-config=merged_models/reel_model.json --pro
     --output-dir=...
 
 Sampling follows the tokenizer's grammar, so every file decodes in full; --program picks the
-instrument (a General MIDI program 0..127, or drums), --nogrammar samples unconstrained.
+instrument (a General MIDI program 0..127, or drums), --min_bars=8 holds EOS back for 8 bars,
+--nogrammar samples unconstrained.
 Writes <output-dir>/sample_NN.mid and samples.json (settings, and per file its tokens, notes,
 programs (128: drums) and, with --nogrammar, any grammar problem the decoder cut at).
 """
@@ -40,6 +41,9 @@ _PRIMER = flags.DEFINE_string("primer", "", "MIDI file whose tokens prompt the m
 _PRIMER_BARS = flags.DEFINE_integer("primer_bars", 0, "Bars of the primer to keep; 0 keeps all.")
 _PROGRAM = flags.DEFINE_string("program", "", "Instrument of sampled notes: a General MIDI "
                                "program 0..127 or 'drums'; empty keeps the model's choice.")
+_MIN_BARS = flags.DEFINE_integer("min_bars", 0, "Hold EOS back until this many bars (the "
+                                 "primer's included); 0: the model ends when it will.",
+                                 lower_bound=0)
 _GRAMMAR = flags.DEFINE_boolean("grammar", True, "Sample only tokens the tokenizer's grammar "
                                 "allows; --nogrammar samples freely and keeps valid prefixes.")
 
@@ -56,7 +60,7 @@ def main(args):
       n_samples=_N.value, length=_LENGTH.value, temperature=_TEMPERATURE.value,
       top_k=_TOP_K.value, top_p=_TOP_P.value, seed=_SEED.value, primer=_PRIMER.value,
       primer_bars=_PRIMER_BARS.value, program=token_grammar.parse_program(_PROGRAM.value),
-      grammar=_GRAMMAR.value)
+      grammar=_GRAMMAR.value, min_bars=_MIN_BARS.value)
   for s in samples:
     logging.info("%s: %d tokens, %d notes%s%s", s.path, s.n_tokens, s.n_notes,
                  ", ended" if s.ended else "", f"; {s.problem}" if s.problem else "")

@@ -6,7 +6,8 @@ python launch/train_child_adapter.py --parent=celtic_fiddle --child=reel \
     --base-model=assets/base_model/base_model.safetensors --epochs=8 --batch-size=16 --rank=8 \
     --alpha=16
 
-Settings: configs/lora_adapter_config.py < configs/genres/<parent>.py <
+Settings: configs/lora_adapter_config.py < configs/genres/<parent>.py (optional; --config_dir
+folders are looked in first) <
 configs/styles/<parent>/<child>.py < these flags (and any `--config.child.<key>=value`). Writes
 <output-dir>/<parent>/<child>/<child>.lora (recording its parent) and vocab.json, with the run in
 <output-dir>/<parent>/<child>/run/; the same command again resumes.
@@ -28,12 +29,14 @@ _CONFIG = cli.define_config(os.path.join(_ROOT, "configs", "lora_adapter_config.
                             "Adapter defaults; genre and style files are read from beside it.")
 _PARENT = flags.DEFINE_string("parent", None, "Genre name.")
 _CHILD = flags.DEFINE_string("child", None,
-                             "Sub-style name; configs/styles/<parent>/<child>.py must exist.")
+                             "Sub-style name; configs/styles/<parent>/<child>.py is optional.")
 _PACK = flags.DEFINE_string("pack", None, "The sub-style's style pack folder.")
 _PARENT_LORA = flags.DEFINE_string("parent_lora", None, "The parent's .lora (default: "
                                    "<output-dir>/<parent>/<parent>.lora).")
 _BASE = flags.DEFINE_string("base_model", "checkpoints/base_model/base_model.safetensors",
                             "Base model file; the parent must have been trained on it.")
+_CONFIG_DIR = flags.DEFINE_list("config_dir", [], "Your own folders of genres/<genre>.py and "
+                                "styles/<genre>/<style>.py, looked in before the project's.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "checkpoints/adapters", "Root of the adapters.")
 _EPOCHS = flags.DEFINE_integer("epochs", None, "config.child.epochs")
 _BATCH = flags.DEFINE_integer("batch_size", None, "config.child.batch_size")
@@ -53,7 +56,8 @@ def main(args):
       "alpha": _ALPHA.value, "learning_rate": _LR.value},
       config_flags.get_override_values(flags.FLAGS["config"]))
   defaults_path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[0]
-  config = settings.resolve(_CONFIG.value, defaults_path, _PARENT.value, _CHILD.value, overrides)
+  config = settings.resolve(_CONFIG.value, defaults_path, _PARENT.value, _CHILD.value, overrides,
+                            _CONFIG_DIR.value)
   logging.info("JAX %s on %d devices; settings from %s", jax.__version__, jax.device_count(),
                ", ".join(config.sources))
   parent_lora = _PARENT_LORA.value or layout.parent_lora(_OUTPUT_DIR.value, _PARENT.value)

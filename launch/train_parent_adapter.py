@@ -4,7 +4,8 @@ python launch/train_parent_adapter.py --parent=celtic_fiddle --pack=style_packs/
     --base-model=assets/base_model/base_model.safetensors --epochs=6 --batch-size=16 --rank=16 \
     --alpha=32 --output-dir=checkpoints/adapters
 
-Settings: configs/lora_adapter_config.py < configs/genres/<parent>.py < these flags (and any
+Settings: configs/lora_adapter_config.py < configs/genres/<parent>.py (optional; --config_dir
+folders are looked in first) < these flags (and any
 `--config.parent.<key>=value`). Writes <output-dir>/<parent>/<parent>.lora and vocab.json, with
 the run in <output-dir>/<parent>/run/; the same command again resumes.
 """
@@ -23,10 +24,13 @@ from lora_jax.train import exit_status
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CONFIG = cli.define_config(os.path.join(_ROOT, "configs", "lora_adapter_config.py"),
                             "Adapter defaults; genre files are read from genres/ beside it.")
-_PARENT = flags.DEFINE_string("parent", None, "Genre name; configs/genres/<parent>.py must exist.")
+_PARENT = flags.DEFINE_string("parent", None, "Genre name (the pack's style); "
+                              "configs/genres/<parent>.py is optional.")
 _PACK = flags.DEFINE_string("pack", None, "The genre's style pack folder.")
 _BASE = flags.DEFINE_string("base_model", "checkpoints/base_model/base_model.safetensors",
                             "Base model file (launch/train_base.py).")
+_CONFIG_DIR = flags.DEFINE_list("config_dir", [], "Your own folders of genres/<genre>.py and "
+                                "styles/<genre>/<style>.py, looked in before the project's.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "checkpoints/adapters", "Root of the adapters.")
 _EPOCHS = flags.DEFINE_integer("epochs", None, "config.parent.epochs")
 _BATCH = flags.DEFINE_integer("batch_size", None, "config.parent.batch_size")
@@ -46,7 +50,8 @@ def main(args):
       "alpha": _ALPHA.value, "learning_rate": _LR.value},
       config_flags.get_override_values(flags.FLAGS["config"]))
   defaults_path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[0]
-  config = settings.resolve(_CONFIG.value, defaults_path, _PARENT.value, None, overrides)
+  config = settings.resolve(_CONFIG.value, defaults_path, _PARENT.value, None, overrides,
+                            _CONFIG_DIR.value)
   logging.info("JAX %s on %d devices; settings from %s", jax.__version__, jax.device_count(),
                ", ".join(config.sources))
   result = training.train_parent(config, _PARENT.value, _PACK.value, _BASE.value,

@@ -11,10 +11,15 @@
   a `--config.<key>` override naming a key the config does not have.
 - Before anything starts JAX, glibc's malloc is set to keep freed memory for the next step
   (`lora_jax.allocator`: on CPU, XLA's per-step buffers otherwise cost a page fault per page).
+- On a machine with no TPU chip, JAX's log line "Unable to initialize backend 'tpu'" (it tries
+  every backend and says so at INFO, which absl prints) is dropped. Only that line: a backend
+  that fails loudly still raises, and on a machine with TPU device files the line stays.
 """
 
 import difflib
 import functools
+import glob
+import logging
 import re
 import sys
 from typing import NoReturn, Sequence
@@ -62,6 +67,26 @@ def underscore_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.
   return out
 
 
+class _NoTpuLineFilter(logging.Filter):
+  """Drops JAX's 'Unable to initialize backend 'tpu'' record."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(_NO_TPU_LINE)
+
+
+_NO_TPU_LINE = "Unable to initialize backend 'tpu'"
+_TPU_DEVICE_FILES = ("/dev/accel*", "/dev/vfio/[0-9]*")  # how TPU VMs expose their chips
+
+
+def quiet_missing_tpu() -> None:
+  """Silence JAX's line about a TPU backend it could not start, unless TPU chips are present."""
+  if any(glob.glob(pattern) for pattern in _TPU_DEVICE_FILES):
+    return
+  logger = logging.getLogger("jax._src.xla_bridge")
+  if not any(isinstance(f, _NoTpuLineFilter) for f in logger.filters):
+    logger.addFilter(_NoTpuLineFilter())
+
+
 def define_config(default: str, help_string: str) -> flags.FlagHolder:
   """`--config`: a locked config file, `default` unless given; `run` applies the default."""
   _CONFIG_DEFAULTS["config"] = default
@@ -87,6 +112,7 @@ def run(main, name: str) -> None:
       argv.insert(1, f"--{flag}={default}")
   sys.argv = argv  # config_flags reads its `--config.<key>` overrides from sys.argv
   allocator.keep_freed_memory()
+  quiet_missing_tpu()
   app.run(guarded, flags_parser=functools.partial(_parse_flags, name))
 
 

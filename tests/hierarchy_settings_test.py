@@ -88,15 +88,43 @@ def test_style_files_may_only_touch_their_child(tmp_path):
 def test_unknown_flags_names_and_files_are_errors(defaults):
   with pytest.raises(settings.HierarchyConfigError, match=r"command line: child.rnak: no such key"):
     resolve(defaults, flag_values={"child.rnak": 2})
-  with pytest.raises(settings.HierarchyConfigError,
-                     match=r"no sub-style config .*styles/folk/polka.py; known: march, waltz"):
-    resolve(defaults, child="polka")
   tree = config_lib.load_config_dict(defaults)
-  with pytest.raises(settings.HierarchyConfigError, match=r"no genre config .*genres/rock.py; "
-                                                          r"known: folk"):
-    settings.resolve(tree, defaults, "rock", None, {})
   with pytest.raises(settings.HierarchyConfigError, match=r"name '\.\./x' must be a plain"):
     settings.resolve(tree, defaults, "../x", None, {})
+
+
+def test_genres_and_styles_without_files_train_on_the_defaults(defaults, caplog):
+  tree = config_lib.load_config_dict(defaults)
+  polka = resolve(defaults, child="polka")  # a sub-style without a file: the genre's values
+  assert polka.child == resolve(defaults, child="march").child
+  assert polka.sources == (defaults, settings.genre_path(defaults, "folk"))
+  with caplog.at_level("INFO"):
+    rock = settings.resolve(tree, defaults, "rock", "punk", {})
+  assert rock.sources == (defaults,)
+  assert rock.parent == settings.resolve(config_lib.load_config_dict(defaults), defaults, "rock",
+                                         None, {}).parent
+  assert rock.parent.rank == tree.parent.rank and rock.child.rank == tree.child.rank
+  said = [r.getMessage() for r in caplog.records]
+  assert any("genre rock trains on the defaults" in m for m in said)
+  assert any("sub-style rock/punk trains on the defaults" in m for m in said)
+
+
+def test_config_dir_outside_the_project_comes_first(defaults, tmp_path):
+  mine = tmp_path / "my_configs"
+  hierarchy_testlib.write_configs(str(mine), "rock", ["punk"], "  config.parent = "
+                                  "ml_collections.ConfigDict({'rank': 6})\n",
+                                  {"punk": "  config.child = ml_collections.ConfigDict("
+                                           "{'rank': 2})\n"})
+  tree = config_lib.load_config_dict(defaults)
+  punk = settings.resolve(tree, defaults, "rock", "punk", {}, config_dirs=[str(mine)])
+  assert punk.parent.rank == 6 and punk.child.rank == 2
+  assert punk.sources[1:] == (str(mine / "genres" / "rock.py"),
+                              str(mine / "styles" / "rock" / "punk.py"))
+  folk = settings.resolve(tree, defaults, "folk", None, {}, config_dirs=[str(mine)])
+  assert folk.parent.rank == 32  # not in the user's folder: the file beside the defaults
+  with pytest.raises(settings.HierarchyConfigError, match=r"config folder .*nowhere does not "
+                                                          r"exist"):
+    settings.resolve(tree, defaults, "rock", None, {}, config_dirs=[str(tmp_path / "nowhere")])
 
 
 def test_identity_fields_must_match(tmp_path):
@@ -148,3 +176,13 @@ def test_every_shipped_genre_and_style_file_resolves():
       for style in (hierarchy_testlib.ROOT / "configs" / "styles" / genre).glob("*.py"):
         config = settings.resolve(tree, defaults, genre, style.stem, {})
         assert config.child.rank <= config.parent.rank
+
+
+def test_every_corpus_genre_trains_on_the_real_configs():
+  from lora_jax.data import style_corpus  # pylint: disable=import-outside-toplevel
+  defaults = str(hierarchy_testlib.ROOT / "configs" / "lora_adapter_config.py")
+  tree = config_lib.load_config_dict(defaults)
+  for genre in style_corpus.GENRES.values():
+    settings.resolve(tree, defaults, genre.name, None, {})
+    for child in genre.sub_styles:
+      settings.resolve(tree, defaults, genre.name, child, {})

@@ -52,7 +52,12 @@ def test_cache_hits_until_the_content_changes(packs, tmp_path):
   # Rewrite one training piece with other notes: a new key, new windows.
   manifest = json.loads(open(os.path.join(pack, sp.MANIFEST)).read())
   entry = next(e for e in manifest["pieces"] if e["split"] == "train")
-  hierarchy_testlib.piece("waltz", 3, seed=99, program=40).write(os.path.join(pack, entry["path"]))
+  new_piece = hierarchy_testlib.piece("waltz", 3, seed=99, program=40)
+  new_piece.write(os.path.join(pack, entry["path"]))
+  with pytest.raises(sp.StylePackError, match="the manifest says n_notes"):
+    windows.split_windows([pack], "train", TOKENIZER, 32, cache)  # the manifest is stale
+  entry.update(n_notes=len(new_piece.instruments[0].notes), duration=new_piece.get_end_time())
+  atomic.write_text(os.path.join(pack, sp.MANIFEST), json.dumps(manifest))
   changed = windows.split_windows([pack], "train", TOKENIZER, 32, cache)
   assert changed.path != first.path
   assert not np.array_equal(windows.load_arrays(changed)["tokens"],

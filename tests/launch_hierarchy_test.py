@@ -125,7 +125,7 @@ def test_train_merge_generate_resume_and_errors(tmp_path):
                 f"--packs={packs / 'folk' / 'waltz'},{packs / 'folk' / 'march'}", "--seq-len=32",
                 f"--cache-dir={tmp_path / 'windows'}", tmp_path=tmp_path)
   rows = {line[:22].strip(): [float(v) for v in line[22:].split()]
-          for line in nll.stdout.splitlines()[1:5]}
+          for line in nll.stdout.splitlines()[2:6]}  # after the heading and the columns
   assert list(rows) == ["base", "base + parent", "base + parent + child", "merged"]
   assert max(abs(a - b) for a, b in zip(rows["merged"], rows["base + parent + child"])) < 1e-3
   launch("generate.py", f"--inference-config={tmp_path / 'merged' / 'waltz_model.json'}",

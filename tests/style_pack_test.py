@@ -93,7 +93,7 @@ def test_truncated_midi_fails_when_tokenized(tmp_path, tok):
   with open(file, "wb") as f:
     f.write(data[:30])
   pack = sp.load_style_pack(path)  # the header is intact
-  with pytest.raises(sp.StylePackError, match="a.mid: corrupt MIDI"):
+  with pytest.raises(sp.StylePackError, match="a.mid: not a readable MIDI file"):
     sp.pack_sequences(pack, tok, "train", 64)
 
 

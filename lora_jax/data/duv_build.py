@@ -50,12 +50,30 @@ def _counts(rows: list[dict]) -> dict:
 
 def build_duv_dataset(config: BuildConfig) -> dict:
   """Build every file of the DUV data set from the performance cache; returns the report."""
-  os.makedirs(config.out_dir, exist_ok=True)
   rows, removed = duv_manifest.build_rows(
       config.cache_dir, config.sources, config.filters, config.valid_fraction,
       deadpan_velocity=config.deadpan_velocity)
   if not rows:
     raise duv_manifest.ManifestError(f"every track of {config.sources} was filtered out: {removed}")
+  return write_duv_dataset(config, rows, removed)
+
+
+def _baselines(rows: list[dict]) -> dict:
+  """The baseline figures, or why there are none (a small folder may lack a split or a piece)."""
+  out = {}
+  for name, fn in (("baselines", duv_baselines.heldout_baselines),
+                   ("baselines_leave_one_piece_out", duv_baselines.leave_one_piece_out_baselines)):
+    try:
+      out[name] = fn(rows)
+    except ValueError as e:
+      out[name] = {"skipped": str(e)}
+  return out
+
+
+def write_duv_dataset(config: BuildConfig, rows: list[dict], removed: dict,
+                      extra_report: dict | None = None) -> dict:
+  """Write the manifests, scaler, windows and report of `rows` into `config.out_dir`."""
+  os.makedirs(config.out_dir, exist_ok=True)
   core_path = os.path.join(config.out_dir, "duv_manifest.jsonl")
   enriched_path = os.path.join(config.out_dir, "duv_manifest_enriched.jsonl")
   duv_manifest.write_manifest(core_path, rows)
@@ -76,11 +94,11 @@ def build_duv_dataset(config: BuildConfig) -> dict:
                       "note_slots": int(arrays["mask"].sum())}  # overlapping windows repeat notes
   report = {
       "config": dataclasses.asdict(config),
+      **(extra_report or {}),
       "filters_removed_tracks": removed,
       "kept": _counts(rows),
       "windows": windows,
-      "baselines": duv_baselines.heldout_baselines(rows),
-      "baselines_leave_one_piece_out": duv_baselines.leave_one_piece_out_baselines(rows),
+      **_baselines(rows),
   }
   text = json.dumps(report, indent=1)
   atomic.write_text(os.path.join(config.out_dir, "duv_report.json"), text + "\n")

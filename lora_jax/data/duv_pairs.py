@@ -30,7 +30,7 @@ import os
 import numpy as np
 import pretty_midi
 
-from lora_jax.data import duv_features, match_file
+from lora_jax.data import duv_features, match_file, midi_file
 
 SNAP_DIVISIONS = (4, 3)  # sixteenths and eighth-note triplets
 DEADPAN_VELOCITY = 64
@@ -84,11 +84,12 @@ def grid_phase(onset_beats: np.ndarray) -> tuple[float, float]:
 
 
 def load_midi(path: str) -> pretty_midi.PrettyMIDI:
-  """pretty_midi.PrettyMIDI(path), with read failures raised as CorruptMidiError naming the file."""
+  """The file as `midi_file.read_midi` reads it (long and fine-grained files too); a failure is a
+  CorruptMidiError naming the file and the reason."""
   try:
-    return pretty_midi.PrettyMIDI(path)
-  except Exception as e:  # mido/pretty_midi raise many types for a bad file; all mean "corrupt"
-    raise CorruptMidiError(f"{path}: not a readable MIDI file ({type(e).__name__}: {e})") from e
+    return midi_file.read_midi(path)
+  except midi_file.MidiReadError as e:
+    raise CorruptMidiError(str(e)) from e
 
 
 def _instrument_name(instrument: pretty_midi.Instrument) -> str:

@@ -1,7 +1,8 @@
 """Style packs on disk, checked on load, and their token windows for training.
 
 A pack is a directory `<root>/<genre>` (parent) or `<root>/<genre>/<sub_style>` (child) holding
-`manifest.json` and `refs_midi/*.mid` (optionally `refs_audio/`, not read here). Every MIDI file is
+`manifest.json` and `refs_midi/*.mid` (optionally `refs_audio/`, not read here). The README's
+"What a style pack is" lists every manifest field; an unknown field is an error. Every MIDI file is
 stored once, in the most specific pack it belongs to; a parent's manifest lists its own pieces and
 all its children's (paths like `reel/refs_midi/x.mid`), so loading the parent gives the whole genre,
 as parent adapters train on the entire style. Splits are per piece and shared by both levels.
@@ -9,20 +10,29 @@ as parent adapters train on the entire style. Splits are per piece and shared by
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from typing import Any
 
 import numpy as np
 import pretty_midi
 
-from lora_jax.data import midi_tokenizer
+from lora_jax.data import midi_file, midi_tokenizer
 
 MANIFEST = "manifest.json"
 REFS_MIDI = "refs_midi"
 PACK_FORMAT = "lora_jax.style_pack/1"
 SPLITS = ("train", "validation", "test")
 _PIECE_FIELDS = {"id": str, "source": str, "path": str, "split": str, "style": str,
-                 "n_notes": int, "duration": (int, float)}
+                 "n_notes": int, "duration": float}
+# Written by the builders for the record; checked when present, never required.
+_OPTIONAL_PIECE_FIELDS = {"title": str, "source_hash": str, "n_dropped_notes": int,
+                          "n_dropped_meters": int}
+_PACK_FIELDS = {"format": str, "style": str, "parent": (str, type(None)), "children": list,
+                "pieces": list}
+_OPTIONAL_PACK_FIELDS = {"program": int, "converter": str, "music21_version": str,
+                         "in_place": bool}
+DURATION_TOLERANCE = 0.01  # seconds: the builders round durations to milliseconds
 
 
 class StylePackError(ValueError):
@@ -68,20 +78,56 @@ def split_of(piece_id: str) -> str:
   return "train" if bucket < 80 else "validation" if bucket < 90 else "test"
 
 
+def type_name(kind) -> str:
+  """'str', 'int', 'float' or 'str or null': how error messages spell a JSON field's type."""
+  kinds = kind if isinstance(kind, tuple) else (kind,)
+  return " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+
+
+def _check_field(where: str, name: str, value: Any, kind) -> None:
+  """A JSON value of the wanted type (an int is a float; a bool is neither), else an error."""
+  kinds = kind if isinstance(kind, tuple) else (kind,)
+  ok = isinstance(value, bool) if kind is bool else not isinstance(value, bool) and (
+      isinstance(value, kinds) or (float in kinds and isinstance(value, int)))
+  if not ok:
+    raise StylePackError(f"{where} field {name!r} is {value!r}, not {type_name(kind)}")
+  if kind in (int, float) and not (math.isfinite(value) and value >= 0):
+    raise StylePackError(f"{where} field {name!r} is {value!r}, not a finite number >= 0")
+
+
+def _check_fields(where: str, raw: dict, required: dict, optional: dict) -> None:
+  unknown = sorted(set(raw) - set(required) - set(optional))
+  if unknown:
+    raise StylePackError(f"{where} has unknown field {unknown[0]!r}; a manifest holds "
+                         f"{', '.join(sorted(required))} (and optionally "
+                         f"{', '.join(sorted(optional))})")
+  for name, kind in required.items():
+    _check_field(where, name, raw.get(name), kind)
+  for name, kind in optional.items():
+    if name in raw:
+      _check_field(where, name, raw[name], kind)
+
+
 def _piece(manifest_path: str, i: int, raw: Any) -> PackPiece:
+  where = f"{manifest_path}: pieces[{i}]"
   if not isinstance(raw, dict):
-    raise StylePackError(f"{manifest_path}: pieces[{i}] is not an object")
-  for name, kind in _PIECE_FIELDS.items():
-    if not isinstance(raw.get(name), kind):
-      raise StylePackError(f"{manifest_path}: pieces[{i}] field {name!r} is "
-                           f"{raw.get(name)!r}, not {kind}")
+    raise StylePackError(f"{where} is {raw!r}, not an object")
+  _check_fields(where, raw, _PIECE_FIELDS, _OPTIONAL_PIECE_FIELDS)
   if raw["split"] not in SPLITS:
-    raise StylePackError(f"{manifest_path}: pieces[{i}] split {raw['split']!r} not in {SPLITS}")
+    raise StylePackError(f"{where} split {raw['split']!r} not in {SPLITS}")
   return PackPiece(**{name: raw[name] for name in _PIECE_FIELDS})
 
 
+def _inside(root: str, file: str) -> bool:
+  return file.startswith(root + os.sep)
+
+
 def load_style_pack(path: str) -> StylePack:
-  """Reads and checks a pack: manifest fields, non-empty, every listed MIDI file present."""
+  """Reads and checks a pack: every manifest field, and every listed MIDI file present inside it.
+
+  The files' notes and durations are checked against the manifest when they are read
+  (`pack_sequences`), not here: loading stays cheap.
+  """
   path = os.path.abspath(path)
   if not os.path.isdir(path):
     raise StylePackError(f"{path}: style pack directory does not exist")
@@ -95,30 +141,58 @@ def load_style_pack(path: str) -> StylePack:
     raise StylePackError(f"{manifest_path}: manifest is not valid JSON: {e}") from e
   if not isinstance(manifest, dict) or manifest.get("format") != PACK_FORMAT:
     raise StylePackError(f"{manifest_path}: format is not {PACK_FORMAT!r}")
-  for name, kind in (("style", str), ("children", list), ("pieces", list)):
-    if not isinstance(manifest.get(name), kind):
-      raise StylePackError(f"{manifest_path}: field {name!r} is {manifest.get(name)!r}, "
-                           f"not {kind.__name__}")
-  if manifest.get("parent") is not None and not isinstance(manifest["parent"], str):
-    raise StylePackError(f"{manifest_path}: field 'parent' is {manifest['parent']!r}")
+  _check_fields(f"{manifest_path}:", manifest, _PACK_FIELDS, _OPTIONAL_PACK_FIELDS)
+  if manifest.get("program") is not None and not 0 <= manifest["program"] <= 127:
+    raise StylePackError(f"{manifest_path}: program {manifest['program']} is not in 0..127")
+  for i, child in enumerate(manifest["children"]):
+    if not isinstance(child, str) or not child:
+      raise StylePackError(f"{manifest_path}: children[{i}] is {child!r}, not a style name")
+  parent, style = manifest["parent"], manifest["style"]
+  if parent is not None and manifest["children"]:
+    raise StylePackError(f"{manifest_path}: a sub-style pack (parent {parent!r}) lists children")
+  allowed = ({f"{parent}/{style}"} if parent is not None
+             else {style} | {f"{style}/{c}" for c in manifest["children"]})
   pieces = tuple(_piece(manifest_path, i, raw) for i, raw in enumerate(manifest["pieces"]))
   if not pieces:
     raise StylePackError(f"{manifest_path}: pack lists no pieces")
+  if all(p.n_notes == 0 for p in pieces):
+    raise StylePackError(f"{manifest_path}: all {len(pieces)} pieces have no notes "
+                         f"(n_notes 0): nothing to train on")
+  real_root = os.path.realpath(path)
   seen: set[str] = set()
   for piece in pieces:
     if piece.id in seen:
       raise StylePackError(f"{manifest_path}: piece {piece.id!r} is listed twice")
     seen.add(piece.id)
+    if piece.style not in allowed:
+      raise StylePackError(f"{manifest_path}: piece {piece.id!r} has style {piece.style!r}; "
+                           f"this pack holds {', '.join(sorted(allowed))}")
     file = os.path.normpath(os.path.join(path, piece.path))
-    if not file.startswith(path + os.sep):
+    if not _inside(path, file):
       raise StylePackError(f"{manifest_path}: piece {piece.id!r} path {piece.path!r} leaves the pack")
     if not os.path.isfile(file):
       raise StylePackError(f"{file}: listed MIDI file of piece {piece.id!r} does not exist")
+    if not _inside(real_root, os.path.realpath(file)):
+      raise StylePackError(f"{file}: a link to {os.path.realpath(file)}, outside the pack; "
+                           f"copy the file into the pack")
     with open(file, "rb") as f:
       if f.read(4) != b"MThd":
         raise StylePackError(f"{file}: not a MIDI file (no MThd header)")
-  return StylePack(path=path, style=manifest["style"], parent=manifest.get("parent"),
+  return StylePack(path=path, style=style, parent=parent,
                    children=tuple(manifest["children"]), pieces=pieces, manifest=manifest)
+
+
+def check_against_file(pack: StylePack, piece: PackPiece, pm: pretty_midi.PrettyMIDI) -> None:
+  """Raise unless the file holds the manifest's n_notes and duration."""
+  file = pack.midi_path(piece)
+  n_notes = sum(len(i.notes) for i in pm.instruments)
+  if n_notes != piece.n_notes:
+    raise StylePackError(f"{file}: holds {n_notes} notes, the manifest says n_notes "
+                         f"{piece.n_notes} (was the file changed after the pack was built?)")
+  duration = pm.get_end_time()
+  if abs(duration - piece.duration) > DURATION_TOLERANCE:
+    raise StylePackError(f"{file}: lasts {duration:.3f} s, the manifest says duration "
+                         f"{piece.duration} (was the file changed after the pack was built?)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,9 +237,10 @@ def pack_sequences(pack: StylePack, tokenizer: midi_tokenizer.MidiTokenizer, spl
   for index, piece in enumerate(pieces):
     file = pack.midi_path(piece)
     try:
-      pm = pretty_midi.PrettyMIDI(file)
-    except Exception as e:  # pretty_midi/mido raise many types on corrupt files
-      raise StylePackError(f"{file}: corrupt MIDI: {type(e).__name__}: {e}") from e
+      pm = midi_file.read_midi(file)
+    except midi_file.MidiReadError as e:
+      raise StylePackError(str(e)) from e
+    check_against_file(pack, piece, pm)
     try:
       tokens = tokenizer.encode(pm)
     except midi_tokenizer.UnsupportedMidiError as e:

@@ -6,9 +6,9 @@ steps; at most one Tempo, right after a Position; Program only after a Position 
 note `Pitch Velocity Duration` only after a Program of its bar and a Tempo anywhere before; EOS
 where no note or bar header is open, and only PAD after it.
 
-The state is five int32 scalars (`State`): the phase (roughly the kind of the last token), the
-last Position of the bar, the bar's steps (from its TimeSig), and whether a Program was seen in
-this bar and a Tempo so far. `allowed(state)` is the mask over the vocabulary and
+The state is six int32 scalars (`State`): the phase (roughly the kind of the last token), the
+last Position of the bar, the bar's steps (from its TimeSig), whether a Program was seen in
+this bar and a Tempo so far, and the Bar tokens so far (prompt included). `allowed(state)` is the mask over the vocabulary and
 `advance(state, token)` the next state, both table look-ups over the kind and value of each
 token. The mask allows exactly the one-token extensions that `_parse(..., truncated=True)`
 accepts, so a sample cut anywhere by the length limit decodes in full. A token the grammar
@@ -20,7 +20,11 @@ where a note starts, not the instrument, so the forced token gets the class's wh
 (`logits`). Masking the other programs alone would leave the mass of the model's favourite
 instrument to EOS, and empty files.
 
-The tables and the forced program are pytree leaves, i.e. data: the jitted sampler compiles once
+A minimum number of bars (`--min_bars`) holds EOS back until that many Bar tokens have come (a bar
+longer than the tokenizer's longest is written as several, each counted): a model that ends a
+piece after one note is made to go on. The samples still end where the model puts EOS after that.
+
+The tables, the forced program and the minimum are pytree leaves, i.e. data: the jitted sampler compiles once
 per shape, whichever program is forced (STYLE: values are data, not static fields).
 """
 
@@ -62,6 +66,7 @@ class State(NamedTuple):
   bar_steps: jax.Array  # steps of this bar, from its TimeSig
   has_program: jax.Array  # 1 once a Program came in this bar
   has_tempo: jax.Array  # 1 once any Tempo came
+  bars: jax.Array  # Bar tokens so far
 
 
 @flax.struct.dataclass
@@ -71,10 +76,11 @@ class TokenGrammar:
   kind_V: jax.Array  # int32 index into KINDS per token
   value_V: jax.Array  # int32: position, bar steps of a TimeSig, program (drums = 128), ...
   program: jax.Array  # int32 scalar: the only Program token allowed, -1 for any
+  min_bars: jax.Array  # int32 scalar: EOS is not allowed before this many Bar tokens
 
   def start(self) -> State:
     """State before any token."""
-    return State(*(jnp.int32(x) for x in (START, -1, 0, 0, 0)))
+    return State(*(jnp.int32(x) for x in (START, -1, 0, 0, 0, 0)))
 
   def init(self, prompt_P: jax.Array) -> State:
     """State after a prompt (its tokens are checked by the grammar, not the forced program)."""
@@ -84,7 +90,8 @@ class TokenGrammar:
   def allowed(self, state: State) -> jax.Array:
     """bool[V]: the tokens the grammar (and the forced program) allow next."""
     forced = (self.kind_V != PROGRAM) | (self.program < 0) | (self.value_V == self.program)
-    return _grammar_ok(state, self.kind_V, self.value_V) & forced
+    long_enough = (self.kind_V != EOS) | (state.bars >= self.min_bars)
+    return _grammar_ok(state, self.kind_V, self.value_V) & forced & long_enough
 
   def logits(self, state: State, logits_V: jax.Array) -> jax.Array:
     """Logits to sample from: -inf where not allowed; a forced program takes the logsumexp of
@@ -105,7 +112,8 @@ class TokenGrammar:
         position=jnp.where(kind == POSITION, value, jnp.where(bar, -1, state.position)),
         bar_steps=jnp.where(kind == TIMESIG, value, state.bar_steps),
         has_program=jnp.where(kind == PROGRAM, 1, jnp.where(bar, 0, state.has_program)),
-        has_tempo=jnp.where(kind == TEMPO, 1, state.has_tempo))
+        has_tempo=jnp.where(kind == TEMPO, 1, state.has_tempo),
+        bars=state.bars + bar.astype(jnp.int32))
 
 
 def _grammar_ok(state: State, kind: jax.Array, value: jax.Array) -> jax.Array:
@@ -130,8 +138,10 @@ def _grammar_ok(state: State, kind: jax.Array, value: jax.Array) -> jax.Array:
   return by_kind[kind] & ascending
 
 
-def build(tokenizer: midi_tokenizer.MidiTokenizer, program: int | None = None) -> TokenGrammar:
-  """The grammar of a tokenizer's vocabulary; `program` (0..127, 128 drums) forces the Program."""
+def build(tokenizer: midi_tokenizer.MidiTokenizer, program: int | None = None,
+          min_bars: int = 0) -> TokenGrammar:
+  """The grammar of a tokenizer's vocabulary; `program` (0..127, 128 drums) forces the Program,
+  and EOS waits for `min_bars` Bar tokens."""
   kinds, values = [], []
   for name in tokenizer.tokens:
     kind, _, value = name.partition("_")
@@ -147,8 +157,10 @@ def build(tokenizer: midi_tokenizer.MidiTokenizer, program: int | None = None) -
   if program is not None and not 0 <= program <= midi_tokenizer.DRUM_PROGRAM:
     raise ValueError(f"program {program} is not within 0..127 or {midi_tokenizer.DRUM_PROGRAM} "
                      f"(drums)")
+  if min_bars < 0:
+    raise ValueError(f"min_bars {min_bars} is negative")
   return TokenGrammar(jnp.asarray(kinds, jnp.int32), jnp.asarray(values, jnp.int32),
-                      jnp.int32(-1 if program is None else program))
+                      jnp.int32(-1 if program is None else program), jnp.int32(min_bars))
 
 
 def parse_program(text: str) -> int | None:

@@ -114,6 +114,25 @@ class Table:
     return "\n".join(lines)
 
 
+def heading(split: str) -> str:
+  """The line above every levels table (the demo's and evaluate_nll's)."""
+  return f"Held-out NLL on {split} pieces (bits per token; lower is better):"
+
+
+def trained_seq_len(base_path: str, parent_path: str, child_path: str | None) -> int:
+  """The window length the adapters (the child's first) or else the base were trained on."""
+  for path in (child_path, parent_path):
+    if path:
+      seq_len = lora.load_adapter(path).extra.get("seq_len")
+      if seq_len is not None:
+        return int(seq_len)
+  seq_len = base_file.read_settings(base_path)[1].get("seq_len")
+  if seq_len is None:
+    raise ValueError(f"neither the adapters nor {base_path} record the window length they were "
+                     f"trained on: give --seq_len")
+  return int(seq_len)
+
+
 def level_table(base_path: str, parent_path: str, child_path: str | None, merged_path: str | None,
                 pack_dirs: Sequence[str], split: str, seq_len: int, cache_dir: str) -> Table:
   """NLL of base, base + parent, base + parent + child and the merged model on each pack's split.

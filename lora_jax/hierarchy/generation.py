@@ -4,7 +4,8 @@ The prompt is BOS, or a primer MIDI file tokenized (its first `primer_bars` bars
 the model continues it with cached decoding (`lora_jax.models.decode.sample`: temperature, top-k,
 top-p, seed; adapter weights are data). Sampling is constrained by the tokenizer's grammar
 (`lora_jax.data.token_grammar`), so every sample decodes in full; `program` forces the instrument
-of every sampled Program token (a primer keeps its own). Each sample is cut after its first EOS
+of every sampled Program token (a primer keeps its own), and `min_bars` holds EOS back until that
+many bars (the primer's included). Each sample is cut after its first EOS
 and decoded to MIDI with the tokenizer (`truncated=True` when no EOS came, so a sample cut by the
 length limit drops its unfinished last note or bar header).
 
@@ -90,8 +91,8 @@ def to_midi(tokenizer: midi_tokenizer.MidiTokenizer, tokens: Sequence[int]
 def generate(model_path: str, adapter_paths: Sequence[str], weights: Sequence[float], *,
              blend_mode: str, output_dir: str, n_samples: int, length: int, temperature: float,
              top_k: int, top_p: float, seed: int, primer: str = "", primer_bars: int = 0,
-             prefix: str = "sample", program: int | None = None, grammar: bool = True
-             ) -> list[Sample]:
+             prefix: str = "sample", program: int | None = None, grammar: bool = True,
+             min_bars: int = 0) -> list[Sample]:
   """Sample `n_samples` MIDI files into `output_dir` (see the module docstring)."""
   if len(weights) != len(adapter_paths):
     raise ValueError(f"{len(adapter_paths)} adapters but {len(weights)} weights")
@@ -99,6 +100,9 @@ def generate(model_path: str, adapter_paths: Sequence[str], weights: Sequence[fl
     raise ValueError(f"n_samples {n_samples} and length {length} must be >= 1")
   if program is not None and not grammar:
     raise ValueError(f"program {program} is forced through the grammar constraint, which "
+                     f"grammar=False (--nogrammar) turns off")
+  if min_bars and not grammar:
+    raise ValueError(f"min_bars {min_bars} holds EOS back through the grammar constraint, which "
                      f"grammar=False (--nogrammar) turns off")
   base = base_file.load_model(model_path)
   tokenizer = base_file.load_tokenizer(base.path, base.settings)
@@ -111,7 +115,7 @@ def generate(model_path: str, adapter_paths: Sequence[str], weights: Sequence[fl
     raise ValueError(f"prompt of {len(prompt)} tokens + length {length} exceeds the model's "
                      f"max_len {base.settings.max_len}; lower --length or --primer_bars")
   effective = lora.blend_weights(blend_mode, weights) if weights else jnp.zeros((0,))
-  constraint = token_grammar.build(tokenizer, program) if grammar else None
+  constraint = token_grammar.build(tokenizer, program, min_bars) if grammar else None
   rows = decode.sample(base.model(), base.params, jnp.asarray([prompt] * n_samples, jnp.int32),
                        length, adapters=[a.record.adapter for a in loaded],
                        weights=[float(w) for w in np.asarray(effective)],
@@ -135,7 +139,7 @@ def generate(model_path: str, adapter_paths: Sequence[str], weights: Sequence[fl
                                               "weight": w} for a, w in zip(loaded, weights)],
             "blend_mode": blend_mode, "prompt_tokens": len(prompt), "primer": primer,
             "length": length, "temperature": temperature, "top_k": top_k, "top_p": top_p,
-            "seed": seed, "grammar": grammar, "program": program,
+            "seed": seed, "grammar": grammar, "program": program, "min_bars": min_bars,
             "samples": [dataclasses.asdict(s) for s in samples]}
   atomic.write_text(os.path.join(output_dir, f"{prefix}s.json"),
                     json.dumps(report, indent=1) + "\n")

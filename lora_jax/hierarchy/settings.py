@@ -5,8 +5,10 @@ Python config files, each with `get_config(arg=None)`:
   configs/genres/<parent>.py            a genre's overrides of any default; declares `name`
   configs/styles/<parent>/<child>.py    a sub-style's overrides of the `child` group only;
                                         declares `parent` and `name`
-Genre and style files live in `genres/` and `styles/` beside the defaults file, and must exist for
-every genre and sub-style trained: a misspelt `--parent` is an error, not an untuned run.
+Genre and style files live in `genres/` and `styles/` beside the defaults file, or in a folder of
+the user's own (`--config_dir`, looked in first; the first file found is used). Both are optional:
+a genre or sub-style without a file trains on the defaults, and one log line says so. A misspelt
+`--parent` or `--child` is still caught: the pack's manifest must name that style.
 An override file holds only what it changes, nested as in the defaults (`config.parent.rank = 16`).
 Every key it names must exist in the defaults: a key that does not is an error naming the file and
 the key. Command-line values (`--rank`, `--config.child.learning_rate=...`) are applied last.
@@ -24,6 +26,8 @@ layer of the base is an error when training starts (`lora.resolve`).
 import dataclasses
 import os
 from typing import Any, Mapping, Sequence
+
+from absl import logging
 
 from lora_jax.train import config as config_lib
 
@@ -45,7 +49,7 @@ class DataSettings:
   """How a style pack becomes training windows."""
 
   seq_len: int  # tokens per window, BOS included; at most the base's max_len
-  cache_dir: str  # where token windows (.npz) are cached by content
+  cache_dir: str  # where token windows (.npz) are cached by content; '': <first pack>/.windows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,13 +205,8 @@ def apply_overrides(tree: Mapping[str, Any], overrides: Mapping[str, Any], sourc
   return out
 
 
-def _load_file(path: str, kind: str, expected: Mapping[str, str]) -> dict[str, Any]:
+def _load_file(path: str, expected: Mapping[str, str]) -> dict[str, Any]:
   """The dotted overrides of a genre or style file, after checking its identity fields."""
-  if not os.path.isfile(path):
-    folder = os.path.dirname(path)
-    known = sorted(os.path.splitext(f)[0] for f in os.listdir(folder) if f.endswith(".py")) \
-        if os.path.isdir(folder) else []
-    raise HierarchyConfigError(f"no {kind} config {path}; known: {', '.join(known) or 'none'}")
   tree = to_plain(config_lib.load_config_dict(path))
   for key, want in expected.items():
     if tree.get(key) != want:
@@ -216,15 +215,35 @@ def _load_file(path: str, kind: str, expected: Mapping[str, str]) -> dict[str, A
   return flatten(tree)
 
 
-def genre_path(defaults_path: str, parent: str) -> str:
-  """Where the genre file of `parent` lives, beside the defaults file."""
-  return os.path.join(os.path.dirname(os.path.abspath(defaults_path)), GENRES_DIR, f"{parent}.py")
+def _folders(defaults_path: str, config_dirs: Sequence[str]) -> list[str]:
+  return [os.path.abspath(d) for d in config_dirs] + [
+      os.path.dirname(os.path.abspath(defaults_path))]
 
 
-def style_path(defaults_path: str, parent: str, child: str) -> str:
-  """Where the sub-style file of `parent/child` lives, beside the defaults file."""
-  return os.path.join(os.path.dirname(os.path.abspath(defaults_path)), STYLES_DIR, parent,
-                      f"{child}.py")
+def genre_path(defaults_path: str, parent: str, config_dirs: Sequence[str] = ()) -> str | None:
+  """The genre file of `parent`: in a `config_dirs` folder, else beside the defaults; or None."""
+  for folder in _folders(defaults_path, config_dirs):
+    path = os.path.join(folder, GENRES_DIR, f"{parent}.py")
+    if os.path.isfile(path):
+      return path
+  return None
+
+
+def style_path(defaults_path: str, parent: str, child: str,
+               config_dirs: Sequence[str] = ()) -> str | None:
+  """The sub-style file of `parent/child`, found as `genre_path` finds a genre's; or None."""
+  for folder in _folders(defaults_path, config_dirs):
+    path = os.path.join(folder, STYLES_DIR, parent, f"{child}.py")
+    if os.path.isfile(path):
+      return path
+  return None
+
+
+def _check_config_dirs(config_dirs: Sequence[str]) -> None:
+  for folder in config_dirs:
+    if not os.path.isdir(folder):
+      raise HierarchyConfigError(f"config folder {folder} does not exist (it should hold "
+                                 f"{GENRES_DIR}/<genre>.py and {STYLES_DIR}/<genre>/<style>.py)")
 
 
 def check_name(name: str, what: str) -> None:
@@ -235,25 +254,35 @@ def check_name(name: str, what: str) -> None:
 
 
 def resolve(defaults: Mapping[str, Any], defaults_path: str, parent: str, child: str | None,
-            flags: Mapping[str, Any]) -> AdapterConfig:
+            flags: Mapping[str, Any], config_dirs: Sequence[str] = ()) -> AdapterConfig:
   """Defaults < genre file < style file (with `child`) < command-line values, as dataclasses.
 
   `defaults` is the loaded defaults file (command-line overrides already in it, as config_flags
   leaves them); `flags` are the command-line values, applied again last so that they beat the
-  genre and style files.
+  genre and style files. Genre and style files are optional (see the module docstring).
   """
   check_name(parent, "genre")
+  _check_config_dirs(config_dirs)
   tree = to_plain(defaults)
   sources = [os.path.abspath(defaults_path)]
-  genre_file = genre_path(defaults_path, parent)
-  tree = apply_overrides(tree, _load_file(genre_file, "genre", {"name": parent}), genre_file)
-  sources.append(genre_file)
+  where = ", ".join(_folders(defaults_path, config_dirs))
+  genre_file = genre_path(defaults_path, parent, config_dirs)
+  if genre_file is None:
+    logging.info("no %s/%s.py in %s: genre %s trains on the defaults", GENRES_DIR, parent, where,
+                 parent)
+  else:
+    tree = apply_overrides(tree, _load_file(genre_file, {"name": parent}), genre_file)
+    sources.append(genre_file)
   if child is not None:
     check_name(child, "sub-style")
-    style_file = style_path(defaults_path, parent, child)
-    style = _load_file(style_file, "sub-style", {"parent": parent, "name": child})
-    tree = apply_overrides(tree, style, style_file, STYLE_GROUPS)
-    sources.append(style_file)
+    style_file = style_path(defaults_path, parent, child, config_dirs)
+    if style_file is None:
+      logging.info("no %s/%s/%s.py in %s: sub-style %s/%s trains on the defaults", STYLES_DIR,
+                   parent, child, where, parent, child)
+    else:
+      style = _load_file(style_file, {"parent": parent, "name": child})
+      tree = apply_overrides(tree, style, style_file, STYLE_GROUPS)
+      sources.append(style_file)
   tree = apply_overrides(tree, flags, "command line")
   config = config_lib.from_mapping(AdapterConfig, tree, "config", sources=tuple(sources))
   for group in (config.parent, config.child):

@@ -154,7 +154,8 @@ def _train_adapter(config: settings.AdapterConfig, level: settings.AdapterSettin
   record = dataclasses.replace(record, extra=dict(
       record.extra, **extra, style=name, pack=pack.path, base_model=base.path,
       settings=dataclasses.asdict(level), config_sources=list(config.sources),
-      best_val_loss=result.best_val_loss, train_windows=train.n_windows))
+      best_val_loss=result.best_val_loss, train_windows=train.n_windows,
+      seq_len=config.data.seq_len))
   return trained, record
 
 

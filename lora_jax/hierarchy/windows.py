@@ -5,7 +5,8 @@ float32 [N, seq_len] (1 on real tokens, BOS included), built by `style_pack.pack
 Its name carries a digest of everything that decides its bytes: the split, the window length, the
 tokenizer's vocabulary and, per pack, every piece of the split (id, path and the MIDI file's
 bytes). Editing, adding or removing a piece, or changing the tokenizer, gives a new file; an
-unchanged pack reuses the old one. A JSON sidecar records what the windows came from.
+unchanged pack reuses the old one. A JSON sidecar records what the windows came from. With no
+cache folder given, the cache lives in the first pack's `.windows/`.
 """
 
 import dataclasses
@@ -20,6 +21,7 @@ from lora_jax import atomic
 from lora_jax.data import midi_tokenizer, style_pack
 
 FORMAT = "lora_jax.hierarchy.windows/1"
+CACHE_FOLDER = ".windows"  # inside the first pack, when no cache folder is given
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +59,7 @@ def content_key(packs: Sequence[style_pack.StylePack], split: str, seq_len: int,
 
 
 def split_windows(pack_dirs: Sequence[str], split: str, tokenizer: midi_tokenizer.MidiTokenizer,
-                  seq_len: int, cache_dir: str) -> Windows:
+                  seq_len: int, cache_dir: str = "") -> Windows:
   """The windows of `split` over all `pack_dirs` (concatenated), from the cache or built now."""
   if not pack_dirs:
     raise ValueError("no style packs given")
@@ -70,6 +72,8 @@ def split_windows(pack_dirs: Sequence[str], split: str, tokenizer: midi_tokenize
             f"piece {piece.id!r} is in both {seen[piece.id]} and {pack.path}: give a genre pack "
             f"or its sub-style packs, not both")
       seen[piece.id] = pack.path
+  # Beside the data, not in the current directory: a run from elsewhere finds the same cache.
+  cache_dir = cache_dir or os.path.join(packs[0].path, CACHE_FOLDER)
   styles = tuple(_full_style(p) for p in packs)
   key = content_key(packs, split, seq_len, tokenizer)
   stem = "+".join(s.replace("/", ".") for s in styles)

@@ -98,6 +98,7 @@ class Progress:
     self.writer = MetricsWriter(workdir, columns(family_metrics), start_step) if primary else None
     self.window: list[dict] = []
     self.last_time, self.last_step, self.rate = time.time(), start_step, 0.0
+    self.first_step: tuple[float, int] | None = None  # (time, step) the first step was read back
     self.train_loss: float | None = None
 
   def baseline(self, val: dict) -> None:
@@ -111,10 +112,14 @@ class Progress:
   def add(self, step: int, epoch: int, metrics: dict, val: dict | None, log: bool) -> bool:
     """Take one step's metrics; write a row (and a console line) when due. True if written."""
     self.window.append(metrics)
+    now = time.time()
+    if self.first_step is None:  # it ran compilation: speed and ETA count from its end
+      self.first_step = (now, step)
     if not (log or val is not None) or not self.primary:
       return False
-    now = time.time()
-    self.rate = (step - self.last_step) / max(now - self.last_time, 1e-9)
+    since, since_step = (self.last_time, self.last_step) if self.last_step >= self.first_step[1] \
+        else self.first_step
+    self.rate = (step - since_step) / max(now - since, 1e-9)
     self.last_time, self.last_step = now, step
     finite = [w for w in self.window if w["finite"]]
     mean = lambda k: float(np.mean([w[k] for w in finite])) if finite else float("nan")
