@@ -7,8 +7,8 @@ with `--max_pieces` pieces per sub-style unless `--packs_root` holds it), all th
 one training loop with the same data order, schedule and evaluations. Prints the validation loss
 (nats per token on the pack's validation windows, pooled Program tokens as the hierarchy scores
 them) at the start, its best and at the end for each, and the steps and seconds each took.
-Rerunning with the same workdir resumes or reuses finished runs. On 2 shared CPU cores the
-defaults take about 7 minutes for each LoRA arm and 25 for full fine-tuning (docs/relora.md).
+Rerunning with the same workdir resumes or reuses finished runs. On 2 CPU cores shared with other
+jobs each arm of the defaults took 12 to 19 minutes (docs/relora.md).
 """
 
 import dataclasses
