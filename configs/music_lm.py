@@ -91,6 +91,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.training.log_every = 50  # steps per CSV/TensorBoard/console line
   config.training.max_nonfinite_in_a_row = 20  # skipped steps in a row that stop the run
   config.training.allow_changed_config = False  # resume a checkpoint written with other settings
+  config.training.relora_every = 0  # ReLoRA: fold the adapter into the base every N steps; 0 off
+  config.training.relora_warmup = 0  # ReLoRA: steps of learning-rate re-warm after each fold
 
   if variant == "tiny":
     config.name = "music_lm_tiny"

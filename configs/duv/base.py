@@ -118,6 +118,8 @@ def _common(variant: str) -> ml_collections.ConfigDict:
   config.training.log_every = 50
   config.training.max_nonfinite_in_a_row = 20
   config.training.allow_changed_config = False  # resume a checkpoint written with other settings
+  config.training.relora_every = 0  # ReLoRA: fold the adapter into the base every N steps; 0 off
+  config.training.relora_warmup = 0  # ReLoRA: steps of learning-rate re-warm after each fold
 
   if variant == "tiny":
     config.name = "duv_tiny"

@@ -170,5 +170,11 @@ def train(config_dict: Mapping[str, Any], workdir: str, training_type: str,
   if prepared.config.training.type != training_type:
     raise ValueError(f"this program trains training.type {training_type!r}; the config says "
                      f"{prepared.config.training.type!r}")
+  if prepared.config.training.relora_every:
+    # ReLoRA's result is a whole model (lora_jax.train.relora), not the adapter file this
+    # program writes into the bundle.
+    raise ValueError(f"training.relora_every {prepared.config.training.relora_every}: a DUV "
+                     f"adapter run writes an adapter, and ReLoRA's result is a whole model; "
+                     f"set it to 0")
   result = loop.train(prepared.config, os.path.join(workdir, "run"), devices=devices)
   return finish(prepared, result, workdir)

@@ -5,6 +5,7 @@ Each step directory holds three items:
          counters); never the frozen base, which is rebuilt (and fingerprinted) on resume.
   loop   JSON: the data iterator position and the early-stopping bookkeeping.
   meta   JSON: family, LoRA spec, base fingerprint, parent adapter and the whole config.
+  base   only in a run whose frozen base changes (ReLoRA folds adapters into it): the base.
 Orbax writes into a temporary directory and renames it when complete, so a checkpoint is either
 whole or absent. The last `keep_last` survive, and the `keep_best` with the lowest validation loss.
 A state with a non-finite parameter is never written.
@@ -72,7 +73,7 @@ class Checkpoints:
         # in the background, the failure left Orbax's threads waiting ~6 minutes at exit.
         async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
     self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=("state", "loop", "meta"))
+                                         item_names=("state", "loop", "meta", "base"))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -81,18 +82,21 @@ class Checkpoints:
     return self.manager.best_step()
 
   def save(self, step: int, state: Any, loop: LoopState, meta: dict,
-           val_loss: float | None = None) -> bool:
-    """Write step `step` (asynchronously); False when it exists already."""
+           val_loss: float | None = None, base: Any = None) -> bool:
+    """Write step `step` (asynchronously); False when it exists already. `base`: a frozen base
+    that changes during training (ReLoRA), saved beside the state."""
     if step in self.manager.all_steps():
       return False
-    if not bool(_all_finite((state.params, state.opt_state))):
+    if not bool(_all_finite((state.params, state.opt_state, base))):
       raise NonFiniteStateError(f"refusing to checkpoint step {step}: the trainable state holds "
                                 f"NaN or infinity")
     metrics = {"val_loss": float(val_loss)} if val_loss is not None else None
-    return self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        loop=ocp.args.JsonSave(loop.to_json()),
-        meta=ocp.args.JsonSave(meta)), metrics=metrics, force=True)  # the loop decides when
+    items = dict(state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop.to_json()),
+                 meta=ocp.args.JsonSave(meta))
+    if base is not None:
+      items["base"] = ocp.args.StandardSave(base)
+    return self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics,
+                             force=True)  # the loop decides when
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, LoopState, dict]:
     """The state (placed as `abstract_state`'s shardings say), loop state and metadata."""
@@ -101,6 +105,11 @@ class Checkpoints:
         loop=ocp.args.JsonRestore(),
         meta=ocp.args.JsonRestore()))
     return restored.state, LoopState.from_json(restored.loop), restored.meta
+
+  def restore_base(self, step: int, abstract_base: Any) -> Any:
+    """The base saved with step `step` (placed as `abstract_base`'s shardings say)."""
+    return self.manager.restore(step, args=ocp.args.Composite(
+        base=ocp.args.StandardRestore(abstract_base))).base
 
   def metadata(self, step: int) -> dict:
     """The `meta` item of step `step` alone (checked before the state is restored)."""
@@ -115,8 +124,9 @@ class Checkpoints:
 
 def check_resumable(saved: dict, current: dict) -> None:
   """Raise unless a checkpoint's metadata belongs to this run's family, base and adapter shape."""
-  for key in ("family", "base_fingerprint", "lora_spec", "training_type", "parent_adapter"):
-    if saved.get(key) != current[key]:
+  for key in ("family", "base_fingerprint", "lora_spec", "training_type", "parent_adapter",
+              "relora_every"):
+    if saved.get(key) != current.get(key):
       raise ValueError(f"checkpoint was written with {key} {saved.get(key)!r}, this run has "
-                       f"{current[key]!r}; use a fresh workdir")
+                       f"{current.get(key)!r}; use a fresh workdir")
 

@@ -129,10 +129,20 @@ class TrainingConfig:
   # Resume even where the checkpoint's config differs in a field that alters the result
   # (lora_jax.train.resume lists those that may always change).
   allow_changed_config: bool = False
+  # ReLoRA (lora_jax.train.relora): every `relora_every` train steps fold the adapter into the
+  # base and restart it; 0 is plain LoRA. `relora_warmup`: steps of linear re-warm after a reset.
+  relora_every: int = 0
+  relora_warmup: int = 0
 
   def __post_init__(self):
     if self.type not in ("lora", "full"):
       raise ConfigError(f"training.type must be 'lora' or 'full', got {self.type!r}")
+    if self.relora_every < 0 or not 0 <= self.relora_warmup <= max(self.relora_every, 0):
+      raise ConfigError(f"training.relora_every {self.relora_every} must be >= 0 and "
+                        f"training.relora_warmup {self.relora_warmup} in [0, relora_every]")
+    if self.relora_every and self.type != "lora":
+      raise ConfigError(f"training.relora_every {self.relora_every} folds a LoRA adapter into the "
+                        f"base: it needs training.type 'lora', got {self.type!r}")
     if self.type == "full" and (self.base_dtype != "float32" or self.parent_adapter):
       raise ConfigError("full fine-tuning trains the base itself: it needs base_dtype 'float32' "
                         f"(got {self.base_dtype!r}) and no parent adapter "

@@ -7,6 +7,15 @@ injection, precision, sharding of the batch, optimiser, checkpoints, metrics) is
 The contract a family's model keeps:
   - `model.apply({'params': p}, *[batch[k] for k in inputs], deterministic=bool,
     rngs={'dropout': key})` runs the forward; every linear layer LoRA may adapt is an `nn.Dense`.
+  - `prepare(batch, key) -> batch`, if given, runs inside the jitted step before the forward and
+    is the one place a family draws randomness of its own (a diffusion family draws the time
+    t ~ U(0, 1) and the noise there and returns the batch with the noised input x_t, t and the
+    target added). `inputs` and `loss_fn` read the batch it returns. The train step gives it a
+    key of its own per micro-batch, fold_in(micro-batch key, PREPARE), a stream apart from
+    dropout's, so the seed reproduces it and resume is bit-exact; the eval step gives it
+    fold_in(key(EVAL_SEED), validation batch index), the same at every evaluation and in every
+    run, so a validation loss is deterministic and comparable across runs. Without `prepare` the
+    step draws nothing extra: families that need no randomness keep their results bit for bit.
   - `loss_fn(outputs, batch)` is pure and returns a float32 scalar loss (a mean over what the
     batch holds) and a dict of float32 scalar metrics; it never hides an empty batch behind a zero
     (divide by the real count: an empty mask gives NaN, which the loop counts and skips).
@@ -28,6 +37,7 @@ from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
@@ -60,10 +70,14 @@ class Family:
   # notes). With gradient accumulation the step weights each micro-batch by it, so the update is
   # the gradient of the whole batch's mean, not a mean of micro-batch means. None: equal weights.
   loss_weight: Callable[[Batch], jax.Array] | None = None
+  # Optional: `prepare(batch, key)` -> the batch the model and loss read, drawn with `key` (see
+  # the module docstring). None: the data batch is fed as it is.
+  prepare: Callable[[Batch, jax.Array], Batch] | None = None
 
   def __post_init__(self):
+    # With `prepare`, inputs may be arrays it makes; `model_args` checks them when traced.
     missing = [k for k in self.inputs if k not in self.batch_spec]
-    if missing:
+    if missing and self.prepare is None:
       raise ValueError(f"family {self.name}: model inputs {missing} are not in its batch_spec "
                        f"{sorted(self.batch_spec)}")
 
@@ -73,8 +87,19 @@ class Family:
             for k, e in self.batch_spec.items()}
 
   def model_args(self, batch: Batch) -> tuple:
-    """The model's positional arguments taken from a batch."""
+    """The model's positional arguments taken from a (prepared) batch."""
+    missing = [k for k in self.inputs if k not in batch]
+    if missing:
+      raise ValueError(f"family {self.name}: model inputs {missing} are not in the "
+                       f"{'prepared ' if self.prepare else ''}batch, which holds {sorted(batch)}")
     return tuple(batch[k] for k in self.inputs)
+
+  def init_args(self) -> tuple:
+    """Model arguments of one all-zero example (prepared with a fixed key): what init traces."""
+    batch = {k: jnp.zeros(s.shape, s.dtype) for k, s in self.abstract_batch(1).items()}
+    if self.prepare is not None:
+      batch = self.prepare(batch, jax.random.key(0))
+    return self.model_args(batch)
 
   def check_arrays(self, arrays: Mapping[str, np.ndarray], source: str) -> None:
     """Raise unless `arrays` holds exactly the batch_spec's keys with its shapes and dtypes."""

@@ -8,10 +8,10 @@ device it just fed. Every `eval_every` steps and at each epoch end: evaluate, tr
 validation loss, checkpoint with it, and stop early after `patience` evaluations in a row without a
 better one. SIGTERM/SIGINT (from the moment `train` holds the lock) finish the step, checkpoint and
 return `stopped`. Too many non-finite steps in a row fail the run before anything of that state is
-checkpointed. At the end the trained adapter (`adapter.lora`) or model (`params.safetensors`) is
-exported into the workdir: the parameters of the checkpoint with the lowest validation loss
-(`ckpt.export = 'best'`, the default: after early stopping or overfitting the last step is not the
-best) or the last step's (`'final'`).
+checkpointed. At the end the trained adapter (`adapter.lora`) or model (`params.safetensors`,
+also after ReLoRA: `lora_jax.train.relora`) is exported into the workdir: the parameters of the
+checkpoint with the lowest validation loss (`ckpt.export = 'best'`, the default: after early
+stopping or overfitting the last step is not the best) or the last step's (`'final'`).
 """
 
 import dataclasses
@@ -30,6 +30,7 @@ from lora_jax.train import mesh as mesh_lib
 from lora_jax.train import metrics as metrics_lib
 from lora_jax.train import precision
 from lora_jax.train import preemption
+from lora_jax.train import relora
 from lora_jax.train import resume
 from lora_jax.train import state as state_lib
 from lora_jax.train import step as step_lib
@@ -97,12 +98,16 @@ def metadata(config: TrainConfig, family_name: str, fingerprint: str) -> dict:
           "lora_spec": config.lora.to_json() if config.training.type == "lora" else None,
           "training_type": config.training.type,
           "parent_adapter": config.training.parent_adapter,
-          "config": config.to_json()}
+          "config": config.to_json(),
+          # Only when on, so checkpoints from before ReLoRA existed still resume.
+          **({"relora_every": config.training.relora_every} if config.training.relora_every
+             else {})}
 
 
 def _evaluate(eval_fn, params, frozen, val_batches: list[dict], sharding) -> dict[str, float]:
   """Mean of the eval step's metrics over the validation batches (all dispatched, then read)."""
-  outs = [eval_fn(params, frozen, jax.device_put(b, sharding)) for b in val_batches]
+  outs = [eval_fn(params, frozen, jax.device_put(b, sharding), i)
+          for i, b in enumerate(val_batches)]
   host = jax.device_get(outs)
   return {k: float(np.mean([o[k] for o in host])) for k in host[0]}
 
@@ -115,7 +120,7 @@ def is_primary() -> bool:
 
 def _export(workdir: str, config: TrainConfig, setup: state_lib.Setup, params: Any,
             family_name: str, step: int, export_step: int) -> str:
-  if config.training.type == "full":
+  if config.training.type == "full" or config.training.relora_every:  # `params`: the whole model
     path = os.path.join(workdir, "params.safetensors")
     if not is_primary():
       return path
@@ -182,11 +187,16 @@ def _train(config: TrainConfig, workdir: str, devices, stop_after: int | None,
   meta = metadata(config, family.name, setup.base_fingerprint)
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config.ckpt)
   state, frozen = setup.state, setup.frozen
+  reset = relora.jit_reset(config, setup) if tc.relora_every else None
+  abstract_base = relora.abstract_base(setup) if reset else None
   loop_state = checkpoint.LoopState(batches.Position(0, 0), None, 0)
   restored = resume.restore(ckpts, setup.abstract_state(), meta, tc.allow_changed_config,
                             is_primary())
   if restored is not None:
     state, loop_state, resumed = restored
+    if reset:  # the base the run had folded its adapters into by then
+      frozen = frozen.replace(base=ckpts.restore_base(resumed, abstract_base))
+      jax.tree.map(lambda x: x.delete(), setup.frozen.base)  # not two bases in memory
     logging.info("resumed from step %d at epoch %d batch %d", resumed,
                  loop_state.position.epoch, loop_state.position.index)
 
@@ -234,6 +244,9 @@ def _train(config: TrainConfig, workdir: str, devices, stop_after: int | None,
       state, step_metrics = train_fn(
           state, frozen, jax.device_put(batches.micro_batches(batch, accum), train_sharding))
       step += 1
+      if reset and step % tc.relora_every == 0:
+        state, base = reset(state, frozen.base)
+        frozen = frozen.replace(base=base)
       if pending is not None:  # step N is on its way: now read step N - 1
         finish(pending)
       pending = _Record(step, epoch, step_metrics, None, step % tc.log_every == 0 or step == total)
@@ -250,7 +263,8 @@ def _train(config: TrainConfig, workdir: str, devices, stop_after: int | None,
           or step == total):
         finish(pending)  # a non-finite failure must surface before this state is saved
         ckpts.save(step, state, checkpoint.LoopState(iterator.position, best, bad_evals), meta,
-                   val_loss=last_val if pending.val is not None else None)
+                   val_loss=last_val if pending.val is not None else None,
+                   base=frozen.base if reset else None)
         pending = None
       if interrupted:
         ended = "stopped"
@@ -269,9 +283,14 @@ def _train(config: TrainConfig, workdir: str, devices, stop_after: int | None,
     export_step = None
     if ended != "stopped":
       export_step = best_step if config.ckpt.export == "best" and best_step is not None else step
-      export_params = state.params
+      export_params, export_base = state.params, frozen.base
       if export_step != step:
         export_params = ckpts.restore(export_step, setup.abstract_state())[0].params
+        if reset:
+          export_base = ckpts.restore_base(export_step, abstract_base)
+      if reset:  # the folded base with the last adapter: the whole of what the run learned
+        export_params = relora.merged_model(export_base, (
+            *frozen.parents, lora.Adapter(export_params, frozen.scales)))
   finally:  # in-flight saves complete, files close, also when the run fails
     ckpts.close()
     progress.close()

@@ -30,7 +30,7 @@ from lora_jax.train.family import Family
 from lora_jax.train.step import StepConfig
 
 # Streams folded out of the seed's key, so adding a consumer never shifts another's randomness.
-BASE_INIT, LORA_INIT, TRAIN = 0, 1, 2
+BASE_INIT, LORA_INIT, TRAIN, RELORA = 0, 1, 2, 3
 
 
 @flax.struct.dataclass
@@ -83,9 +83,7 @@ def root_key(seed: int) -> jax.Array:
 def abstract_base(family: Family) -> Any:
   """The base parameter tree's shapes and dtypes, from the family's batch spec."""
   def init(key):
-    args = family.model_args({k: jnp.zeros(v.shape, v.dtype)
-                              for k, v in family.abstract_batch(1).items()})
-    return family.model.init(key, *args, deterministic=True)["params"]
+    return family.model.init(key, *family.init_args(), deterministic=True)["params"]
   return jax.eval_shape(init, jax.random.key(0))
 
 
@@ -108,10 +106,8 @@ def base_params(config: TrainConfig, family: Family, abstract: Any, shardings: A
     return jax.device_put(_cast(host, dtype), shardings), lora.fingerprint(host)
 
   def init(key):
-    args = family.model_args({k: jnp.zeros(v.shape, v.dtype)
-                              for k, v in family.abstract_batch(1).items()})
     return family.model.init(jax.random.fold_in(jax.random.wrap_key_data(key), BASE_INIT),
-                             *args, deterministic=True)["params"]
+                             *family.init_args(), deterministic=True)["params"]
 
   params = jax.jit(init, out_shardings=shardings)(root_key(config.training.seed))
   fingerprint = lora.fingerprint(params)
@@ -205,7 +201,8 @@ def setup(config: TrainConfig, family: Family, mesh: Mesh) -> Setup:
 
   step_config = StepConfig(
       family=family, tx=tx, schedule=sched, dynamic_loss_scale=pol.dynamic_loss_scale,
-      trains_base=trains_base, lora_dropout=spec.dropout, lora_module_dropout=spec.module_dropout)
+      trains_base=trains_base, lora_dropout=spec.dropout, lora_module_dropout=spec.module_dropout,
+      relora_every=config.training.relora_every, relora_warmup=config.training.relora_warmup)
   return Setup(mesh, state, frozen, state_sh, frozen_sh, step_config, targets, fingerprint, parent)
 
 

@@ -15,6 +15,14 @@ Randomness: the step's key is fold_in(run key, step), then fold_in(micro-batch i
 masks are drawn for the global batch with the partitionable threefry generator, so each device
 draws the bits of its own shard (per-device randomness) while the values stay those of the global
 array: a run gives the same numbers on one device or on any mesh, and the seed reproduces it.
+A family's `prepare` (diffusion time and noise) draws from fold_in(micro-batch key, PREPARE),
+apart from the dropout keys (a split of the micro-batch key), so adding it shifts nothing else;
+evaluation prepares with fold_in(key(EVAL_SEED), batch index): the same draws at every evaluation.
+
+ReLoRA (`relora_every` > 0, see `lora_jax.train.relora`): after each reset the update is scaled by
+min(1, steps since the reset / relora_warmup), the jagged re-warm, on top of the run's schedule.
+Resets fall on train steps that are multiples of `relora_every`, so the factor is a function of
+the step alone and resume reproduces it.
 """
 
 import dataclasses
@@ -23,6 +31,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh
 
@@ -30,6 +39,9 @@ from lora_jax import lora
 from lora_jax.train import mesh as mesh_lib
 from lora_jax.train import precision
 from lora_jax.train.family import Batch, Family
+
+PREPARE = 1  # fold_in constant of `prepare`'s stream; dropout's keys are a split, never a fold
+EVAL_SEED = 0  # evaluation prepares its batches from this key whatever the run's seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +55,24 @@ class StepConfig:
   trains_base: bool
   lora_dropout: float
   lora_module_dropout: float
+  relora_every: int = 0  # ReLoRA reset period in train steps; 0 is plain LoRA
+  relora_warmup: int = 0  # steps of linear re-warm after each reset
+
+
+def prepare(config: StepConfig, batch: Batch, key: jax.Array) -> Batch:
+  """The batch the model and loss read: the family's `prepare` with `key`, or `batch` as it is."""
+  if config.family.prepare is None:
+    return batch
+  return config.family.prepare(batch, jax.random.fold_in(key, PREPARE))
+
+
+def rewarm_factor(config: StepConfig, step: jax.Array) -> jax.Array:
+  """ReLoRA's jagged re-warm: 1 before the first reset, then min(1, (step mod N) / warmup)."""
+  if config.relora_warmup == 0:
+    return jnp.float32(1.0)
+  since = (step % config.relora_every).astype(jnp.float32)
+  ramp = jnp.minimum(1.0, since / jnp.float32(config.relora_warmup))
+  return jnp.where(step < config.relora_every, jnp.float32(1.0), ramp)
 
 
 def forward(config: StepConfig, params: Any, frozen: Any, batch: Batch,
@@ -70,8 +100,11 @@ def train_step(state: Any, frozen: Any, batch_AxB: Batch, *,
   key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
   def loss_and_grads(micro: Batch, index: jax.Array):
+    micro_key = jax.random.fold_in(key, index)
+    micro = prepare(config, micro, micro_key)
+
     def scaled_loss(params):
-      outputs = forward(config, params, frozen, micro, jax.random.fold_in(key, index))
+      outputs = forward(config, params, frozen, micro, micro_key)
       loss, metrics = config.family.loss_fn(outputs, micro)
       return state.loss_scale.scale_loss(loss), (loss, metrics)
     grads, (loss, metrics) = jax.grad(scaled_loss, has_aux=True)(state.params)
@@ -99,6 +132,10 @@ def train_step(state: Any, frozen: Any, batch_AxB: Batch, *,
 
   finite = jnp.isfinite(loss) & precision.all_finite(grads)
   updates, new_opt_state = config.tx.update(grads, state.opt_state, state.params)
+  lr_factor = jnp.float32(1.0)
+  if config.relora_every:
+    lr_factor = rewarm_factor(config, state.step)
+    updates = jax.tree.map(lambda u: u * lr_factor, updates)
   new_params = optax.apply_updates(state.params, updates)
   keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
   applied = state.step - state.skipped  # optimiser updates so far: what the schedule counts
@@ -112,7 +149,7 @@ def train_step(state: Any, frozen: Any, batch_AxB: Batch, *,
       skipped=skipped,
       skipped_in_a_row=in_a_row)
   out = {"loss": loss, **metrics,
-         "lr": jnp.asarray(config.schedule(applied), jnp.float32),
+         "lr": jnp.asarray(config.schedule(applied), jnp.float32) * lr_factor,
          "grad_norm": optax.tree.norm(grads),
          "finite": finite,
          "skipped": skipped,
@@ -121,9 +158,10 @@ def train_step(state: Any, frozen: Any, batch_AxB: Batch, *,
   return new_state, out
 
 
-def eval_step(params: Any, frozen: Any, batch: Batch, *,
+def eval_step(params: Any, frozen: Any, batch: Batch, index: jax.Array, *,
               config: StepConfig) -> dict[str, jax.Array]:
-  """The family's loss and metrics on one batch, without dropout."""
+  """The family's loss and metrics on validation batch number `index`, without dropout."""
+  batch = prepare(config, batch, jax.random.fold_in(jax.random.key(EVAL_SEED), index))
   loss, metrics = config.family.loss_fn(forward(config, params, frozen, batch, None), batch)
   return {"loss": loss, **metrics}
 
@@ -138,7 +176,11 @@ def jit_train_step(config: StepConfig, mesh: Mesh, state_shardings: Any, frozen_
 
 
 def jit_eval_step(config: StepConfig, mesh: Mesh, param_shardings: Any, frozen_shardings: Any):
-  """`eval_step` jitted once with explicit shardings; nothing donated."""
-  return jax.jit(functools.partial(eval_step, config=config),
-                 in_shardings=(param_shardings, frozen_shardings, mesh_lib.batch_sharding(mesh)),
-                 out_shardings=mesh_lib.replicated(mesh))
+  """`eval_step` jitted once with explicit shardings, nothing donated, called as
+  `fn(params, frozen, batch, index=0)` (`index` is data: a new one does not recompile)."""
+  rep = mesh_lib.replicated(mesh)
+  jitted = jax.jit(functools.partial(eval_step, config=config),
+                   in_shardings=(param_shardings, frozen_shardings, mesh_lib.batch_sharding(mesh),
+                                 rep),
+                   out_shardings=rep)
+  return lambda params, frozen, batch, index=0: jitted(params, frozen, batch, np.int32(index))
