@@ -25,7 +25,11 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 # Exactly torch 2.13.0: its CPU wheel is on disk here; any other version pulls a CUDA build.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[torch,test,data]'
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[torch,test,data,parity]'
+# The original Stable Audio models for the parity tests, without its requirements (they pull
+# torchaudio and another torch build); the extra `parity` holds the few its DiT imports.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+  stable-audio-tools==0.0.19
 PYTHON=.venv/bin/python bash scripts/fetch_performances.sh .cache/performances
 
 if [[ "$ACCELERATOR" != cpu ]]; then
