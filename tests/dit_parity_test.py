@@ -17,7 +17,7 @@ import torch
 
 from lora_jax.interop import dit_convert
 from lora_jax.interop.flax_weights import WeightFileError
-from lora_jax.models import dit
+from lora_jax.models import dit, dit_objective
 from stable_audio_tools.models.dit import DiffusionTransformer as TorchDiT
 
 # embed 256 / 4 heads: head size 64 with 32 rotary features (Stable Audio Open's split); context
@@ -151,3 +151,29 @@ def test_unsupported_options_are_refused():
     dit.config_from_original(dict(_ORIGINAL, attn_kwargs={"qk_norm": "ln"}, qk_norm="ln"))
   with pytest.raises(ValueError, match="rotary size 32"):
     dit.DiTConfig(embed_dim=64, num_heads=4)
+
+
+def test_v_loss_matches_the_originals_training_objective(converted):
+  """The training wrapper's v-objective (noised = x a + n s, target = n a - x s, MSE) on both."""
+  model, config, params = converted
+  inputs = _inputs()
+  g = torch.Generator().manual_seed(2)
+  x0, t, noise = inputs["x"], inputs["t"], torch.randn(inputs["x"].shape, generator=g)
+  alpha, sigma = (f(t * math.pi / 2)[:, None, None] for f in (torch.cos, torch.sin))
+  noised = dict(inputs, x=x0 * alpha + noise * sigma)
+  want = np.mean((_run_torch(model, noised, torch.float64)
+                  - (noise * alpha - x0 * sigma).double().numpy()) ** 2)
+  cond = {k: jax.numpy.asarray(inputs[k].numpy())
+          for k in ("cross_attn_cond", "global_embed", "prepend_cond")}
+  model_fn = lambda x, t, **c: _apply(params, x, t, c)
+  got = dit_objective.v_loss(model_fn, jax.numpy.asarray(x0.numpy()), jax.numpy.asarray(t.numpy()),
+                             jax.numpy.asarray(noise.numpy()), cond)
+  np.testing.assert_allclose(float(got), want, rtol=1e-5)
+  # A padding mask restricts the mean to real positions (the original's masked MSE).
+  mask = np.arange(_T)[None, :] < np.array([[_T], [_T // 2]])
+  masked = dit_objective.v_loss(model_fn, jax.numpy.asarray(x0.numpy()),
+                                jax.numpy.asarray(t.numpy()), jax.numpy.asarray(noise.numpy()),
+                                cond, padding_mask_BxT=jax.numpy.asarray(mask))
+  err = (_run_torch(model, noised, torch.float64) - (noise * alpha - x0 * sigma).double().numpy())
+  want_masked = (err ** 2).transpose(0, 2, 1)[mask].mean()
+  np.testing.assert_allclose(float(masked), want_masked, rtol=1e-5)

@@ -140,3 +140,35 @@ def save(params: Any, config: dit.DiTConfig, path: str) -> None:
       safetensors.torch.save_file(sd, tmp)
     else:
       torch.save({"state_dict": sd} if suffix == ".ckpt" else sd, tmp)
+
+
+_NUMBER_KEYS = ("embedder.embedding.0.weights", "embedder.embedding.1.weight",
+                "embedder.embedding.1.bias")
+
+
+def number_conditioner_to_params(state_dict: Mapping[str, torch.Tensor], prefix: str = "", *,
+                                 source: str = "state dict") -> dict:
+  """One original `NumberConditioner`'s weights (keys under `prefix`, e.g.
+  'conditioner.conditioners.seconds_total.') to `dit_conditioning.NumberConditioner` params."""
+  inside = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+  missing = [prefix + k for k in _NUMBER_KEYS if k not in inside]
+  unknown = [prefix + k for k in inside if k not in _NUMBER_KEYS]
+  if missing or unknown:
+    problems = ([f"missing {listed(missing)}"] if missing else []) + (
+        [f"unexpected {listed(unknown)}"] if unknown else [])
+    raise WeightFileError(f"{source}: number conditioner under {prefix!r}: "
+                          f"{'; '.join(problems)}")
+  weights, weight, bias = (torch_convert.tensor_to_numpy(inside[k]) for k in _NUMBER_KEYS)
+  if weights.ndim != 1 or weight.shape != (bias.shape[0], weights.shape[0] * 2 + 1):
+    raise WeightFileError(f"{source}: number conditioner shapes {weights.shape}, {weight.shape}, "
+                          f"{bias.shape} do not fit (Fourier weights [F], Linear [D, 2F + 1])")
+  return {"embedder": {"embedding_0": {"weights": weights},
+                       "embedding_1": {"kernel": np.ascontiguousarray(weight.T), "bias": bias}}}
+
+
+def number_conditioner_to_state_dict(params: Any, prefix: str = "") -> dict[str, torch.Tensor]:
+  """`dit_conditioning.NumberConditioner` params to the original's keys under `prefix`."""
+  e = params["embedder"]
+  arrays = (e["embedding_0"]["weights"], np.asarray(e["embedding_1"]["kernel"]).T,
+            e["embedding_1"]["bias"])
+  return {prefix + k: torch_convert.numpy_to_tensor(a) for k, a in zip(_NUMBER_KEYS, arrays)}
