@@ -26,6 +26,9 @@ _ORIGINAL = dict(io_channels=8, embed_dim=256, depth=2, num_heads=4, cond_token_
                  project_cond_tokens=False, global_cond_dim=16, prepend_cond_dim=12,
                  transformer_type="continuous_transformer")
 _B, _T, _S, _P = 2, 24, 5, 3
+_STABLE_AUDIO_OPEN = dict(io_channels=64, embed_dim=1536, depth=24, num_heads=24,
+                          cond_token_dim=768, global_cond_dim=1536, project_cond_tokens=False,
+                          transformer_type="continuous_transformer")
 
 
 def _torch_model():
@@ -177,3 +180,15 @@ def test_v_loss_matches_the_originals_training_objective(converted):
   err = (_run_torch(model, noised, torch.float64) - (noise * alpha - x0 * sigma).double().numpy())
   want_masked = (err ** 2).transpose(0, 2, 1)[mask].mean()
   np.testing.assert_allclose(float(masked), want_masked, rtol=1e-5)
+
+
+def test_stable_audio_open_state_dict_layout_is_the_converters():
+  """At full size (built on the meta device, no memory): every key and shape the converter
+  expects is the original's, buffers included."""
+  with torch.device("meta"):
+    # Stable Audio Open's model_config.json `model.diffusion.config`.
+    original = TorchDiT(**_STABLE_AUDIO_OPEN)
+  want = {k: tuple(v.shape) for k, v in original.state_dict().items()}
+  assert dit_convert.expected_shapes(dit.config_from_original(_STABLE_AUDIO_OPEN)) == want
+  assert dit.config_from_original(_STABLE_AUDIO_OPEN) == dit.DiTConfig()
+  assert sum(p.numel() for p in original.parameters()) == 1_056_828_544

@@ -21,7 +21,7 @@ import numpy as np
 import safetensors.torch
 import torch
 
-from lora_jax import atomic
+from lora_jax import atomic, tree_paths
 from lora_jax.interop import torch_convert
 from lora_jax.interop.flax_weights import WeightFileError, listed
 from lora_jax.models import dit
@@ -172,3 +172,21 @@ def number_conditioner_to_state_dict(params: Any, prefix: str = "") -> dict[str,
   arrays = (e["embedding_0"]["weights"], np.asarray(e["embedding_1"]["kernel"]).T,
             e["embedding_1"]["bias"])
   return {prefix + k: torch_convert.numpy_to_tensor(a) for k, a in zip(_NUMBER_KEYS, arrays)}
+
+
+def expected_shapes(config: dit.DiTConfig) -> dict[str, tuple[int, ...]]:
+  """{original state-dict key: shape} for a config, computed without building any weights."""
+  abstract = dit.abstract_params(config)
+  rest = _without_fourier(abstract)
+  out = {}
+  flat = {tree_paths.dotted(k): v.shape for k, v in tree_paths.flatten(rest).items()}
+  for path, key in torch_convert.torch_names(rest, RENAMES).items():
+    shape = tuple(flat[path])
+    out[key] = tuple(reversed(shape)) if path.endswith(".kernel") else shape
+  for conv in _CONVS:
+    out[f"{conv}.weight"] += (1,)
+  for norm in _norm_names(abstract):
+    out[f"{norm}.beta"] = out[f"{norm}.gamma"]
+  out[_INV_FREQ] = (config.rotary_dim // 2,)
+  out[f"{_FOURIER}.weight"] = tuple(abstract[_FOURIER]["weight"].shape)
+  return out

@@ -316,4 +316,4 @@ def init(config: DiTConfig, key, seq_len: int = 16, cond_len: int = 4):
     kwargs["global_embed"] = jnp.zeros((1, config.global_cond_dim), jnp.float32)
   if config.prepend_cond_dim:
     kwargs["prepend_cond"] = jnp.zeros((1, 1, config.prepend_cond_dim), jnp.float32)
-  return DiffusionTransformer(config).init(key, x, jnp.zeros((1,)), **kwargs)["params"]
+  return jax.jit(DiffusionTransformer(config).init)(key, x, jnp.zeros((1,)), **kwargs)["params"]
