@@ -17,7 +17,7 @@ import torch
 
 from lora_jax.interop import dit_convert
 from lora_jax.interop.flax_weights import WeightFileError
-from lora_jax.models import dit, dit_objective
+from lora_jax.models import dit, dit_guidance, dit_objective
 from stable_audio_tools.models.dit import DiffusionTransformer as TorchDiT
 
 # embed 256 / 4 heads: head size 64 with 32 rotary features (Stable Audio Open's split); context
@@ -192,3 +192,22 @@ def test_stable_audio_open_state_dict_layout_is_the_converters():
   assert dit_convert.expected_shapes(dit.config_from_original(_STABLE_AUDIO_OPEN)) == want
   assert dit.config_from_original(_STABLE_AUDIO_OPEN) == dit.DiTConfig()
   assert sum(p.numel() for p in original.parameters()) == 1_056_828_544
+
+
+@pytest.mark.parametrize("scale_phi", [0.0, 0.7])
+def test_classifier_free_guidance_matches_the_original(converted, scale_phi):
+  model, _, params = converted
+  inputs = _inputs()
+  with torch.no_grad():
+    want = model.to(torch.float32)(**inputs, cfg_scale=3.5, scale_phi=scale_phi,
+                                    use_checkpointing=False,
+                                    prepend_cond_mask=torch.ones(_B, _P, dtype=torch.bool)).numpy()
+  cond = {k: jax.numpy.asarray(inputs[k].numpy())
+          for k in ("cross_attn_cond", "global_embed", "prepend_cond")}
+  got = dit_guidance.guided(lambda x, t, **c: _apply(params, x, t, c),
+                            jax.numpy.asarray(inputs["x"].numpy()),
+                            jax.numpy.asarray(inputs["t"].numpy()), cfg_scale=3.5,
+                            scale_phi=scale_phi, **cond)
+  unguided = _run_flax(params, inputs)
+  assert np.abs(np.asarray(got) - unguided).max() > 1e-2  # guidance really moved the output
+  np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=2e-5 * np.abs(want).max())
