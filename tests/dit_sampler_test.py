@@ -71,6 +71,8 @@ def test_schedule_and_sampling_match_k_diffusion():
       jnp.asarray(noise.numpy()) * sigmas[0], sigmas,
       noises=[jnp.asarray(n.numpy()) for n in step_noises], **jcond)
   assert np.abs(want).max() > 0.1
+  print(f"sampler: max |lora_jax - k-diffusion| / max |out| = "
+        f"{np.abs(np.asarray(got) - want).max() / np.abs(want).max():.2e}")
   np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=1e-4 * np.abs(want).max())
   # With its own noise (a key), sampling is deterministic per key and differs across keys.
   run = lambda k: dit_sampler.sample(lambda x, t, **c: apply(x, t, c), jnp.asarray(noise.numpy()),
