@@ -7,7 +7,8 @@ import pytest
 
 from lora_jax.lora import adapter as adapter_lib
 from lora_jax.lora import forward, spec as spec_lib
-from lora_jax.models import dit
+from lora_jax import tree_paths
+from lora_jax.models import dit, dit_guidance
 
 _TINY = dit.DiTConfig(io_channels=4, embed_dim=64, depth=2, num_heads=2, cond_token_dim=32,
                       project_cond_tokens=False, global_cond_dim=8)
@@ -20,6 +21,10 @@ def _random_params(config, scale=0.1):
   return jax.tree_util.tree_map(
       lambda a: jnp.asarray(rng.normal(size=a.shape) * scale, a.dtype),
       dit.abstract_params(config))
+
+
+def _dotted(params):
+  return {tree_paths.dotted(k): v for k, v in tree_paths.flatten(params).items()}
 
 
 def _inputs(b=2, t=6, s=3):
@@ -77,3 +82,30 @@ def test_inputs_the_model_was_not_built_for_are_refused():
                                           prepend_cond=jnp.ones((2, 1, 4)), **cond)
   with pytest.raises(ValueError, match="input has 5 channels, the model 4"):
     dit.DiffusionTransformer(_TINY).apply({"params": params}, jnp.ones((2, 5, 6)), t, **cond)
+
+
+def test_init_zeroes_the_layers_the_original_zeroes():
+  config = dit.DiTConfig(io_channels=2, embed_dim=32, depth=1, num_heads=1, cond_token_dim=32,
+                         project_cond_tokens=False, global_cond_dim=4)
+  params = dit.init(config, jax.random.key(0), seq_len=4, cond_len=2)
+  zeros = {p for p, leaf in _dotted(params).items() if not np.any(np.asarray(leaf))}
+  layer = "transformer.layers.0."
+  # The original zeroes these weights (the branch outputs and 1x1 convolutions, so a fresh model
+  # is the identity plus the skip paths); Flax also starts every bias at zero, torch's Linear
+  # uniformly (only an initialisation difference: converted weights are the same).
+  assert {p for p in zeros if p.endswith(".kernel")} == {
+      "preprocess_conv.kernel", "postprocess_conv.kernel", layer + "self_attn.to_out.kernel",
+      layer + "cross_attn.to_out.kernel", layer + "ff.ff.2.kernel"}
+  assert layer + "ff.ff.2.bias" in zeros
+
+
+def test_cfg_dropout_drops_whole_rows():
+  cross = jnp.ones((64, 3, 4))
+  kept, prepend = dit_guidance.cfg_dropout(jax.random.key(0), 0.0, cross)
+  assert kept is cross and prepend is None
+  dropped, _ = dit_guidance.cfg_dropout(jax.random.key(0), 0.5, cross)
+  per_row = np.asarray(dropped).reshape(64, -1)
+  assert set(per_row.min(1)) == {0.0, 1.0} and np.all(per_row.min(1) == per_row.max(1))
+  assert 10 < int(per_row[:, 0].sum()) < 54
+  with pytest.raises(ValueError, match="got 1.0"):
+    dit_guidance.cfg_dropout(jax.random.key(0), 1.0, cross)

@@ -11,6 +11,7 @@ same whenever a batch shares its time, as in sampling).
 
 from typing import Any, Callable
 
+import jax
 import jax.numpy as jnp
 
 
@@ -47,3 +48,21 @@ def guided(apply_fn: Callable[..., Any], x_BxCxT, t_B, *, cfg_scale: float,
   sigma_B = jnp.sin(t_B * jnp.pi / 2)
   inside = ((interval[0] <= sigma_B) & (sigma_B <= interval[1]))[:, None, None]
   return jnp.where(inside, cfg_out, apply_fn(x_BxCxT, t_B, **cond))
+
+
+def cfg_dropout(key, prob: float, cross_attn_cond=None, prepend_cond=None):
+  """Training's conditioning dropout, as the original's forward: each row's cross-attention tokens
+  (and, with an independent draw, its prepended conditioning) become zeros with probability
+  `prob`, so the model also learns the unconditioned output guidance subtracts. The global
+  embedding (the timing numbers) is kept, as in the original."""
+  if not 0.0 <= prob < 1.0:
+    raise ValueError(f"cfg dropout probability must be in [0, 1), got {prob}")
+  cross_key, prepend_key = jax.random.split(key)
+  out = []
+  for k, cond in ((cross_key, cross_attn_cond), (prepend_key, prepend_cond)):
+    if cond is None or prob == 0.0:
+      out.append(cond)
+      continue
+    drop = jax.random.bernoulli(k, prob, (cond.shape[0],) + (1,) * (cond.ndim - 1))
+    out.append(jnp.where(drop, jnp.zeros_like(cond), cond))
+  return tuple(out)
