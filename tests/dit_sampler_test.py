@@ -1,11 +1,5 @@
 """The DPM-Solver++(2M) SDE sampler against k-diffusion's, on the converted original DiT."""
 
-import importlib
-import importlib.util
-import pathlib
-import sys
-import types
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,23 +7,9 @@ import torch
 
 from lora_jax.interop import dit_convert
 from lora_jax.models import dit, dit_sampler
+import original_stable_audio  # tests/: stand-ins for torchaudio, torchvision
 
-_STAND_INS = pathlib.Path(__file__).parent / "stand_ins"
-if importlib.util.find_spec("torchvision") is None:
-  sys.path.insert(0, str(_STAND_INS))  # tests/stand_ins/README.md
 from stable_audio_tools.models.dit import DiffusionTransformer as TorchDiT
-
-
-def _k_diffusion():
-  """k_diffusion.sampling and .external, without the package __init__ (clean-fid, CLIP, ...)."""
-  if "k_diffusion" not in sys.modules:
-    spec = importlib.util.find_spec("k_diffusion")
-    package = types.ModuleType("k_diffusion")
-    package.__path__ = list(spec.submodule_search_locations)
-    sys.modules["k_diffusion"] = package
-  return (importlib.import_module("k_diffusion.sampling"),
-          importlib.import_module("k_diffusion.external"))
-
 
 _CONFIG = dict(io_channels=4, embed_dim=64, depth=2, num_heads=2, cond_token_dim=32,
                project_cond_tokens=False, global_cond_dim=8,
@@ -37,7 +17,7 @@ _CONFIG = dict(io_channels=4, embed_dim=64, depth=2, num_heads=2, cond_token_dim
 
 
 def test_schedule_and_sampling_match_k_diffusion():
-  sampling, external = _k_diffusion()
+  sampling, external = original_stable_audio.k_diffusion()
   torch.manual_seed(0)
   model = TorchDiT(**_CONFIG).eval()
   with torch.no_grad():
