@@ -8,6 +8,7 @@ The reference is the original in float64; the Flax float32 output must sit as cl
 original's own float32 output does (times a small factor), which is float32 rounding.
 """
 
+import inspect
 import math
 
 import jax
@@ -211,3 +212,35 @@ def test_classifier_free_guidance_matches_the_original(converted, scale_phi):
   unguided = _run_flax(params, inputs)
   assert np.abs(np.asarray(got) - unguided).max() > 1e-2  # guidance really moved the output
   np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=2e-5 * np.abs(want).max())
+
+
+def test_patches_and_no_cross_attention_match_the_original():
+  """patch_size 2 (time steps folded into channels) with only the timestep and global embedding."""
+  original = dict(io_channels=3, patch_size=2, embed_dim=64, depth=1, num_heads=2,
+                  global_cond_dim=5, transformer_type="continuous_transformer")
+  torch.manual_seed(3)
+  model = TorchDiT(**original).eval()
+  with torch.no_grad():
+    for p in model.parameters():
+      p.copy_(torch.randn_like(p) * 0.2)
+  config = dit.config_from_original(original)
+  params = dit_convert.state_dict_to_params(model.state_dict(), config)
+  g = torch.Generator().manual_seed(4)
+  x, t, glob = torch.randn(2, 3, 8, generator=g), torch.rand(2, generator=g), torch.randn(
+      2, 5, generator=g)
+  with torch.no_grad():
+    want = model(x, t, global_embed=glob, use_checkpointing=False).numpy()
+  got = dit.DiffusionTransformer(config).apply(
+      {"params": params}, jax.numpy.asarray(x.numpy()), jax.numpy.asarray(t.numpy()),
+      global_embed=jax.numpy.asarray(glob.numpy()))
+  np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+def test_keys_a_config_leaves_out_take_the_originals_defaults():
+  defaults = {k: v.default for k, v in inspect.signature(TorchDiT).parameters.items()
+              if v.default is not inspect.Parameter.empty}
+  config = dit.config_from_original({})
+  for field in ("io_channels", "patch_size", "embed_dim", "cond_token_dim", "project_cond_tokens",
+                "global_cond_dim", "project_global_cond", "prepend_cond_dim", "depth",
+                "num_heads"):
+    assert getattr(config, field) == defaults[field], field

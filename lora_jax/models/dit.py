@@ -79,8 +79,14 @@ class DiTConfig:
     return self.embed_dim if self.project_global_cond else self.global_cond_dim
 
 
-# The original's arguments this twin implements, with the only values it accepts where they are
-# options (None: any value of the right type).
+# The original constructor's defaults, which a JSON config that leaves a key out gets (DiTConfig's
+# own defaults are Stable Audio Open's sizes).
+_ORIGINAL_DEFAULTS = {"io_channels": 32, "patch_size": 1, "embed_dim": 768, "cond_token_dim": 0,
+                      "project_cond_tokens": True, "global_cond_dim": 0,
+                      "project_global_cond": True, "prepend_cond_dim": 0, "depth": 12,
+                      "num_heads": 8}
+
+# Options of the original this twin implements only at these values.
 _FIXED = {"transformer_type": "continuous_transformer", "global_cond_type": "prepend",
           "timestep_cond_type": "global", "input_concat_dim": 0, "diffusion_objective": "v"}
 
@@ -99,7 +105,7 @@ def config_from_original(diffusion_config: Mapping[str, Any], dtype: str = "floa
     if key in diffusion_config and diffusion_config[key] != value:
       raise ValueError(f"diffusion config {key}={diffusion_config[key]!r} is not implemented; "
                        f"lora_jax.models.dit supports {key}={value!r} only")
-  kwargs = {k: v for k, v in diffusion_config.items() if k in fields}
+  kwargs = {**_ORIGINAL_DEFAULTS, **{k: v for k, v in diffusion_config.items() if k in fields}}
   return DiTConfig(**kwargs, dtype=dtype)
 
 
