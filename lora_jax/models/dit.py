@@ -231,7 +231,7 @@ class ContinuousTransformer(nn.Module):
 
 
 class FourierFeatures(nn.Module):
-  """cos and sin of 2 pi t w for fixed random frequencies w (trained in the original too)."""
+  """cos and sin of 2 pi t w: frequencies w drawn N(0, 1) at init and trained, as the original."""
 
   @nn.compact
   def __call__(self, t_Bx1):
