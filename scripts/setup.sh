@@ -25,7 +25,12 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 # Exactly torch 2.13.0: its CPU wheel is on disk here; any other version pulls a CUDA build.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[torch,test,data]'
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[torch,test,data,parity]'
+# The original Stable Audio models and sampler for the parity tests, without their requirements
+# (they pull torchaudio, torchvision and another torch build); the extra `parity` holds the few
+# modules they import.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+  stable-audio-tools==0.0.19 k-diffusion==0.1.1.post1
 PYTHON=.venv/bin/python bash scripts/fetch_performances.sh .cache/performances
 
 if [[ "$ACCELERATOR" != cpu ]]; then

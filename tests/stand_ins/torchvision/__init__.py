@@ -1,0 +1,1 @@
+"""Test-only stand-in for torchvision (see tests/stand_ins/README.md): imports, never computes."""
