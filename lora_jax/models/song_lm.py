@@ -239,51 +239,64 @@ class ConditionerProvider(nn.Module):
     return Conditioners(self.config, name="conditioners")(conditions)
 
 
+def forward(module: nn.Module, sequence_BxKxS, conditions: Mapping[str, object]):
+  """The song LM's forward, creating its submodules inside `module`'s compact method.
+
+  A plain function so that other modules (the training family's window model) run the very same
+  layers under the very same parameter paths, without a wrapper level in the names.
+  """
+  cfg = module.config
+  dtype = jnp.dtype(cfg.dtype)
+  b, k, s = sequence_BxKxS.shape
+  if k != cfg.code_depth:
+    raise ValueError(f"sequence has {k} streams, the model {cfg.code_depth}")
+  missing = [n for n in cfg.prepend if n not in conditions]
+  if missing:
+    raise ValueError(f"condition {missing[0]!r} is missing; the model prepends "
+                     f"{', '.join(cfg.prepend)}")
+  vocab_in = cfg.code_size + 2
+  # Embeddings summed in float32 at least, whatever the weights are stored in.
+  emb_dtype = jnp.promote_types(dtype, jnp.float32)
+  x1 = nn.Embed(vocab_in, cfg.dim, dtype=emb_dtype, name="emb_0", parent=module)(
+      sequence_BxKxS[:, 0])
+  layer2 = [nn.Embed(vocab_in, cfg.dim, dtype=emb_dtype, name=f"layer2_emb_{q}", parent=module)
+            for q in range(cfg.code_depth)]
+  if module.is_initializing():  # layer2_emb.0: stored by the original, never read
+    layer2[0](sequence_BxKxS[:, 0])
+  x2 = sum(layer2[q](sequence_BxKxS[:, q]) for q in range(1, k))
+  embedded = ConditionerProvider(cfg, name="condition_provider", parent=module)(conditions)
+  for name in reversed(cfg.prepend):
+    c1, c2 = embedded[name]
+    x1 = jnp.concatenate([c1.astype(x1.dtype), x1], axis=1)
+    x2 = jnp.concatenate([c2.astype(x2.dtype), x2], axis=1)
+  x1, x2 = x1.astype(dtype), x2.astype(dtype)
+  logits0, hidden = CausalLM(cfg, cfg.num_layers, cfg.rope_theta, True, name="transformer",
+                             parent=module)(x1)
+  fused = jnp.concatenate([x2, hidden], axis=-1)
+  fused = nn.Dense(cfg.dim, dtype=dtype, name="mlp_0", parent=module)(fused)
+  fused = nn.Dense(cfg.dim, dtype=dtype, name="mlp_2", parent=module)(gelu(fused))
+  _, hidden2 = CausalLM(cfg, cfg.num_layers_sub, cfg.rope_theta_sub, False, name="transformer2",
+                        parent=module)(fused)
+  heads = [nn.Dense(cfg.code_size + 1, use_bias=False, dtype=dtype, name=f"linears_{q}",
+                    parent=module) for q in range(cfg.code_depth - 1)]
+  logits = jnp.stack([logits0] + [h(hidden2) for h in heads], axis=1)
+  return logits[:, :, -s:].astype(jnp.float32)
+
+
 class SongLM(nn.Module):
   """Patterned codes [B, K, S] + condition inputs -> logits [B, K, S, code_size + 1] (float32).
 
   `conditions[name]` for each name of `config.prepend`: `description` (token ids [B, L], section
-  ids [B, L]); `type_info` token ids [B, L]; `prompt_audio` codes [B, K, L].
+  ids [B, L]); `type_info` token ids [B, L]; `prompt_audio` codes [B, K, L]. `deterministic` is
+  accepted for the training loop's contract; the original has no dropout.
   """
 
   config: SongLMConfig
 
   @nn.compact
-  def __call__(self, sequence_BxKxS, conditions: Mapping[str, object]):
-    cfg = self.config
-    dtype = jnp.dtype(cfg.dtype)
-    b, k, s = sequence_BxKxS.shape
-    if k != cfg.code_depth:
-      raise ValueError(f"sequence has {k} streams, the model {cfg.code_depth}")
-    missing = [n for n in cfg.prepend if n not in conditions]
-    if missing:
-      raise ValueError(f"condition {missing[0]!r} is missing; the model prepends "
-                       f"{', '.join(cfg.prepend)}")
-    vocab_in = cfg.code_size + 2
-    # Embeddings summed in float32 at least, whatever the weights are stored in.
-    emb_dtype = jnp.promote_types(dtype, jnp.float32)
-    x1 = nn.Embed(vocab_in, cfg.dim, dtype=emb_dtype, name="emb_0")(sequence_BxKxS[:, 0])
-    layer2 = [nn.Embed(vocab_in, cfg.dim, dtype=emb_dtype, name=f"layer2_emb_{q}")
-              for q in range(cfg.code_depth)]
-    if self.is_initializing():  # layer2_emb.0: stored by the original, never read
-      layer2[0](sequence_BxKxS[:, 0])
-    x2 = sum(layer2[q](sequence_BxKxS[:, q]) for q in range(1, k))
-    embedded = ConditionerProvider(cfg, name="condition_provider")(conditions)
-    for name in reversed(cfg.prepend):
-      c1, c2 = embedded[name]
-      x1 = jnp.concatenate([c1.astype(x1.dtype), x1], axis=1)
-      x2 = jnp.concatenate([c2.astype(x2.dtype), x2], axis=1)
-    x1, x2 = x1.astype(dtype), x2.astype(dtype)
-    logits0, hidden = CausalLM(cfg, cfg.num_layers, cfg.rope_theta, True, name="transformer")(x1)
-    fused = jnp.concatenate([x2, hidden], axis=-1)
-    fused = nn.Dense(cfg.dim, dtype=dtype, name="mlp_0")(fused)
-    fused = nn.Dense(cfg.dim, dtype=dtype, name="mlp_2")(gelu(fused))
-    _, hidden2 = CausalLM(cfg, cfg.num_layers_sub, cfg.rope_theta_sub, False,
-                          name="transformer2")(fused)
-    heads = [nn.Dense(cfg.code_size + 1, use_bias=False, dtype=dtype, name=f"linears_{q}")
-             for q in range(cfg.code_depth - 1)]
-    logits = jnp.stack([logits0] + [h(hidden2) for h in heads], axis=1)
-    return logits[:, :, -s:].astype(jnp.float32)
+  def __call__(self, sequence_BxKxS, conditions: Mapping[str, object], deterministic: bool = True):
+    del deterministic
+    return forward(self, sequence_BxKxS, conditions)
 
 
 def example_conditions(config: SongLMConfig, batch: int = 1, text_len: int = 4,
