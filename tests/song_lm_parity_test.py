@@ -11,6 +11,9 @@ by XLA and torch, and nothing else. Measured (tiny config, weights N(0, 0.3), pe
 
 import argparse
 import functools
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +25,7 @@ from lora_jax import tree_paths
 from lora_jax.interop import song_lm_weights
 from lora_jax.interop.flax_weights import WeightFileError
 from lora_jax.models import delay_pattern, song_lm
+from lora_jax.train import config as config_lib
 from third_party import song_lm_torch
 
 _SIZES = dict(code_depth=3, code_size=40, dim=32, intermediate_size=48, num_heads=4,
@@ -214,3 +218,30 @@ def test_delay_pattern_round_trip_and_alignment():
     delay_pattern.build(codes, (3, 0, 0), 101)
   with pytest.raises(ValueError, match="2 delays"):
     delay_pattern.build(codes, (0, 1), 101)
+
+
+def test_launch_converts_model_pt_both_ways(tmp_path):
+  """launch/convert_song_lm.py: model.pt -> Flax safetensors (-> model.pt again, in-process), bit
+  for bit, and a checkpoint of another size refused in one line before anything is written."""
+  root = pathlib.Path(__file__).resolve().parents[1]
+  cfg = f"--config={root / 'configs' / 'song_lm.py'}:tiny"
+  model = config_lib.load(str(root / "configs" / "song_lm.py"), "tiny", {}).model
+  twin = song_lm_torch.LmModel(song_lm_torch.SongLMConfig(
+      code_size=model.code_size, dim=model.dim, intermediate_size=model.intermediate_size,
+      num_heads=model.num_heads, num_layers=model.num_layers,
+      num_layers_sub=model.num_layers_sub, text_vocab_size=model.text_vocab_size,
+      prepend=model.prepend))
+  original = {"audiolm." + k: v for k, v in twin.state_dict().items()}
+  torch.save(original, tmp_path / "model.pt")
+  run = lambda *a: subprocess.run([sys.executable, str(root / "launch" / "convert_song_lm.py"),
+                                   cfg, *a], capture_output=True, text=True, cwd=tmp_path)
+  done = run("--input=model.pt", "--output=base.safetensors")
+  assert done.returncode == 0, done.stderr[-2000:]
+  song_lm_weights.convert(str(tmp_path / "base.safetensors"), str(tmp_path / "back.pt"),
+                          song_lm.abstract_params(model.lm_config("float32")))
+  back = torch.load(tmp_path / "back.pt", weights_only=True)
+  assert back.keys() == original.keys()
+  assert all(torch.equal(back[k], original[k]) for k in original)
+  done = run("--input=model.pt", "--output=wrong.safetensors", "--config.model.dim=64")
+  assert done.returncode == 1 and not (tmp_path / "wrong.safetensors").exists()
+  assert "convert_song_lm: error:" in done.stderr and "shape" in done.stderr

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import torch
 
 from lora_jax import atomic
-from lora_jax.interop import torch_convert
+from lora_jax.interop import flax_weights, torch_convert
 from lora_jax.interop.flax_weights import WeightFileError, listed
 
 PREFIX = "audiolm."
@@ -51,3 +51,25 @@ def save_model_pt(params: Any, path: str) -> None:
   state_dict = params_to_state_dict(params)
   with atomic.atomic_path(path) as tmp:
     torch.save(state_dict, tmp)
+
+
+def convert(input_path: str, output_path: str, abstract_params: Any, *,
+            ignore_other_keys: bool = False) -> str:
+  """`model.pt` -> Flax-native safetensors (the loop's `training.base_params`), or the reverse,
+  chosen by the input's suffix; checked strictly before anything is written. Returns the
+  direction."""
+  suffix_in = os.path.splitext(input_path)[1]
+  suffix_out = os.path.splitext(output_path)[1]
+  if suffix_in in (".pt", ".pth"):
+    if suffix_out != ".safetensors":
+      raise WeightFileError(f"{output_path}: a model.pt converts to a Flax .safetensors file")
+    params = load_model_pt(input_path, abstract_params, ignore_other_keys=ignore_other_keys)
+    flax_weights.save_params(params, output_path)
+    return "model.pt -> flax"
+  if suffix_in == ".safetensors":
+    if suffix_out not in (".pt", ".pth"):
+      raise WeightFileError(f"{output_path}: Flax parameters convert to the original's .pt")
+    save_model_pt(flax_weights.load_params(input_path, abstract_params), output_path)
+    return "flax -> model.pt"
+  raise WeightFileError(f"{input_path}: expected the original's .pt or Flax .safetensors, "
+                        f"got {suffix_in!r}")
