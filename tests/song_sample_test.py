@@ -82,3 +82,33 @@ def test_end_of_sequence_stops_each_stream():
       t = int(np.argmax(ended[b, q]))
       assert (codes[b, q, t + 1:] == CONFIG.special_token).all()
       assert not (codes[b, q, :t] >= CONFIG.eos_token).any()
+
+
+def test_cached_sampling_gives_the_same_codes():
+  for kw in ({"temperature": 0.0, "cfg_coef": 2.0}, {"temperature": 1.0}):
+    cond, null = _conditions()
+    args = dict(frames=FRAMES, delays=DELAYS, key=jax.random.key(3), top_k=8, **kw)
+    want = song_sample.sample(_params(), CONFIG, cond, null, **args)
+    got = song_sample.sample_cached(_params(), CONFIG, cond, null, **args)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_cached_logits_equal_the_full_forward():
+  cond, _ = _conditions()
+  codes = jnp.asarray(np.random.default_rng(4).integers(0, CONFIG.code_size, (2, 3, FRAMES)))
+  seq = delay_pattern.build(codes, DELAYS, CONFIG.special_token)
+  s = seq.shape[-1]
+  full = np.asarray(song_lm.SongLM(CONFIG).apply({"params": _params()}, seq, cond))
+  cache_len = 5 + s
+  model = song_lm.SongLM(CONFIG, cache_len)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), seq[:, :, :1], cond)["cache"]
+  cache = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+  # Prefill with the conditions and 3 steps, then one step at a time.
+  got, v = model.apply({"params": _params(), "cache": cache}, seq[:, :, :3], cond,
+                       mutable=["cache"])
+  parts = [np.asarray(got)]
+  for i in range(3, s):
+    got, v = model.apply({"params": _params(), "cache": v["cache"]}, seq[:, :, i:i + 1], None,
+                         mutable=["cache"])
+    parts.append(np.asarray(got))
+  np.testing.assert_allclose(np.concatenate(parts, axis=2), full, atol=2e-5)

@@ -99,8 +99,12 @@ def _rotate_half(x):
 
 
 class LlamaAttention(nn.Module):
+  """Causal self-attention with rotary positions; with `cache_len` > 0 keys and values of earlier
+  calls are kept in the `cache` collection and each call continues the sequence."""
+
   config: SongLMConfig
   theta: float
+  cache_len: int = 0
 
   @nn.compact
   def __call__(self, x_BxSxD):
@@ -111,12 +115,28 @@ class LlamaAttention(nn.Module):
     q = dense("q_proj")(x_BxSxD).reshape(b, s, h, dh)
     k = dense("k_proj")(x_BxSxD).reshape(b, s, h, dh)
     v = dense("v_proj")(x_BxSxD).reshape(b, s, h, dh)
-    cos_SxK, sin_SxK = rotary(jnp.arange(s), dh, self.theta, x_BxSxD.dtype)
+    start = jnp.zeros((), jnp.int32)
+    if self.cache_len:
+      is_initialized = self.has_variable("cache", "key")
+      shape = (b, self.cache_len, h, dh)
+      cached_k = self.variable("cache", "key", jnp.zeros, shape, k.dtype)
+      cached_v = self.variable("cache", "value", jnp.zeros, shape, v.dtype)
+      index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+      start = index.value if is_initialized else start
+    cos_SxK, sin_SxK = rotary(start + jnp.arange(s), dh, self.theta, x_BxSxD.dtype)
     cos, sin = cos_SxK[None, :, None, :], sin_SxK[None, :, None, :]
     q = q * cos + _rotate_half(q) * sin
     k = k * cos + _rotate_half(k) * sin
-    out = attention(q, k, v, is_causal=True).reshape(b, s, d)
-    return dense("o_proj")(out)
+    if self.cache_len and is_initialized:
+      cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, (0, start, 0, 0))
+      cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, (0, start, 0, 0))
+      index.value = start + s
+      # Query i (at position start + i) sees keys 0 .. start + i.
+      keep = jnp.arange(self.cache_len)[None, :] <= start + jnp.arange(s)[:, None]
+      out = attention(q, cached_k.value, cached_v.value, mask=keep[None, None])
+    else:
+      out = attention(q, k, v, is_causal=True)
+    return dense("o_proj")(out.reshape(b, s, d))
 
 
 class LlamaMLP(nn.Module):
@@ -134,11 +154,12 @@ class LlamaMLP(nn.Module):
 class LlamaDecoderLayer(nn.Module):
   config: SongLMConfig
   theta: float
+  cache_len: int = 0
 
   @nn.compact
   def __call__(self, x):
     eps = self.config.rms_norm_eps
-    x = x + LlamaAttention(self.config, self.theta, name="self_attn")(
+    x = x + LlamaAttention(self.config, self.theta, self.cache_len, name="self_attn")(
         RMSNorm(eps, name="input_layernorm")(x))
     return x + LlamaMLP(self.config, name="mlp")(RMSNorm(eps, name="post_attention_layernorm")(x))
 
@@ -147,6 +168,7 @@ class LlamaModel(nn.Module):
   config: SongLMConfig
   num_layers: int
   theta: float
+  cache_len: int = 0
 
   @nn.compact
   def __call__(self, x):
@@ -154,7 +176,7 @@ class LlamaModel(nn.Module):
     if self.is_initializing():  # stored by the original, never read: created for a whole checkpoint
       nn.Embed(cfg.code_size + 1, cfg.dim, name="embed_tokens")(jnp.zeros((1,), jnp.int32))
     for i in range(self.num_layers):
-      x = LlamaDecoderLayer(cfg, self.theta, name=f"layers_{i}")(x)
+      x = LlamaDecoderLayer(cfg, self.theta, self.cache_len, name=f"layers_{i}")(x)
     return RMSNorm(cfg.rms_norm_eps, name="norm")(x)
 
 
@@ -165,10 +187,12 @@ class CausalLM(nn.Module):
   num_layers: int
   theta: float
   use_head: bool
+  cache_len: int = 0
 
   @nn.compact
   def __call__(self, x):
-    hidden = LlamaModel(self.config, self.num_layers, self.theta, name="model")(x)
+    hidden = LlamaModel(self.config, self.num_layers, self.theta, self.cache_len,
+                        name="model")(x)
     head = nn.Dense(self.config.code_size + 1, use_bias=False, dtype=x.dtype, name="lm_head")
     if self.use_head:
       return head(hidden), hidden
@@ -239,18 +263,22 @@ class ConditionerProvider(nn.Module):
     return Conditioners(self.config, name="conditioners")(conditions)
 
 
-def forward(module: nn.Module, sequence_BxKxS, conditions: Mapping[str, object]):
+def forward(module: nn.Module, sequence_BxKxS, conditions: Mapping[str, object] | None,
+            cache_len: int = 0):
   """The song LM's forward, creating its submodules inside `module`'s compact method.
 
   A plain function so that other modules (the training family's window model) run the very same
-  layers under the very same parameter paths, without a wrapper level in the names.
+  layers under the very same parameter paths, without a wrapper level in the names. With
+  `cache_len` > 0 the stacks keep keys and values in the `cache` collection: the first call
+  passes the conditions (prepended) and the sequence so far, later calls `conditions=None` and
+  the next steps only.
   """
   cfg = module.config
   dtype = jnp.dtype(cfg.dtype)
   b, k, s = sequence_BxKxS.shape
   if k != cfg.code_depth:
     raise ValueError(f"sequence has {k} streams, the model {cfg.code_depth}")
-  missing = [n for n in cfg.prepend if n not in conditions]
+  missing = [] if conditions is None else [n for n in cfg.prepend if n not in conditions]
   if missing:
     raise ValueError(f"condition {missing[0]!r} is missing; the model prepends "
                      f"{', '.join(cfg.prepend)}")
@@ -264,19 +292,20 @@ def forward(module: nn.Module, sequence_BxKxS, conditions: Mapping[str, object])
   if module.is_initializing():  # layer2_emb.0: stored by the original, never read
     layer2[0](sequence_BxKxS[:, 0])
   x2 = sum(layer2[q](sequence_BxKxS[:, q]) for q in range(1, k))
-  embedded = ConditionerProvider(cfg, name="condition_provider", parent=module)(conditions)
-  for name in reversed(cfg.prepend):
+  embedded = ({} if conditions is None else
+              ConditionerProvider(cfg, name="condition_provider", parent=module)(conditions))
+  for name in reversed(cfg.prepend if embedded else ()):
     c1, c2 = embedded[name]
     x1 = jnp.concatenate([c1.astype(x1.dtype), x1], axis=1)
     x2 = jnp.concatenate([c2.astype(x2.dtype), x2], axis=1)
   x1, x2 = x1.astype(dtype), x2.astype(dtype)
-  logits0, hidden = CausalLM(cfg, cfg.num_layers, cfg.rope_theta, True, name="transformer",
-                             parent=module)(x1)
+  logits0, hidden = CausalLM(cfg, cfg.num_layers, cfg.rope_theta, True, cache_len,
+                             name="transformer", parent=module)(x1)
   fused = jnp.concatenate([x2, hidden], axis=-1)
   fused = nn.Dense(cfg.dim, dtype=dtype, name="mlp_0", parent=module)(fused)
   fused = nn.Dense(cfg.dim, dtype=dtype, name="mlp_2", parent=module)(gelu(fused))
-  _, hidden2 = CausalLM(cfg, cfg.num_layers_sub, cfg.rope_theta_sub, False, name="transformer2",
-                        parent=module)(fused)
+  _, hidden2 = CausalLM(cfg, cfg.num_layers_sub, cfg.rope_theta_sub, False, cache_len,
+                        name="transformer2", parent=module)(fused)
   heads = [nn.Dense(cfg.code_size + 1, use_bias=False, dtype=dtype, name=f"linears_{q}",
                     parent=module) for q in range(cfg.code_depth - 1)]
   logits = jnp.stack([logits0] + [h(hidden2) for h in heads], axis=1)
@@ -292,11 +321,13 @@ class SongLM(nn.Module):
   """
 
   config: SongLMConfig
+  cache_len: int = 0  # > 0: cached decoding over at most this many positions (see `forward`)
 
   @nn.compact
-  def __call__(self, sequence_BxKxS, conditions: Mapping[str, object], deterministic: bool = True):
+  def __call__(self, sequence_BxKxS, conditions: Mapping[str, object] | None,
+               deterministic: bool = True):
     del deterministic
-    return forward(self, sequence_BxKxS, conditions)
+    return forward(self, sequence_BxKxS, conditions, self.cache_len)
 
 
 def example_conditions(config: SongLMConfig, batch: int = 1, text_len: int = 4,
