@@ -22,7 +22,6 @@ def test_section_ids_cover_from_each_tag_to_the_next():
 
 
 def test_byte_tokenizer_encodes_tags_and_sections():
-
   tokens, sections = song_text.encode_lyrics("[verse] hi [chorus] é", 16)
   n = 1 + 1 + 4 + 1 + 3  # start, [verse], " hi ", [chorus], " é" (é is 2 bytes)
   assert tokens[0] == song_text.START and tokens[1] == song_text.TAG0
