@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from lora_jax.lora.adapter import Adapter
+from lora_jax.quant import dense as quant_dense
 
 FOLD_WIDENING = True  # see `_foldable`; a switch for bench/lora_step_ab.py
 
@@ -128,6 +129,8 @@ def _foldable(module: nn.Dense, x) -> bool:
   if not (module.use_bias and module.precision is None and module.dot_general is None
           and module.dot_general_cls is None and module.has_variable("params", "kernel")):
     return False
+  if quant_dense.kernels.is_quantized(quant_dense.kernel_of(module)):
+    return False  # a quantised kernel is dequantised per product by lora_jax.quant.dense
   kernel = module.get_variable("params", "kernel")
   bias = module.get_variable("params", "bias")
   dtypes = {x.dtype, kernel.dtype, bias.dtype, jnp.dtype(module.dtype or jnp.float32)}
@@ -193,7 +196,8 @@ def inject(actives: Sequence[Active], rng: jax.Array | None = None):
       y = y + _delta(h, a, b, scale, weight).astype(y.dtype)
     return y
 
-  with nn.intercept_methods(interceptor):
+  # The quantised-kernel interceptor is the inner one: every `next_fn` above reaches it.
+  with nn.intercept_methods(interceptor), quant_dense.dequantized():
     yield
   missing = sorted(set().union(*map(set, tables)) - used) if tables else []
   if missing:

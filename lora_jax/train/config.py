@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 from lora_jax import families
 from lora_jax.lora.spec import LoraSpec
+from lora_jax.quant.kernels import KINDS as QUANT_KINDS
 
 
 class ConfigError(ValueError):
@@ -99,6 +100,7 @@ class TrainingConfig:
   base_dtype: str  # storage dtype of a frozen base: 'float32' or 'bfloat16'
   base_params: str  # Flax safetensors of the base; '' initialises it from the seed (smoke runs)
   parent_adapter: str  # .lora of a frozen parent adapter the trained one sits on; '' for none
+  quantize: str  # frozen base's dense kernels stored as '' (base_dtype), 'int8', 'int8_block', 'nf4'
   eval_every: int  # steps; evaluation also runs at each epoch end
   patience: int  # evaluations without a better validation loss before stopping; 0 never stops
   log_every: int
