@@ -61,7 +61,7 @@ def abstract_kernel(shape: tuple[int, int], kind: str) -> Int8Kernel | NF4Kernel
   if kind == "int8_block":
     return Int8Kernel(s(shape, jnp.int8), s((n_in // BLOCK, n_out), jnp.float32))
   return NF4Kernel(s((n_in // 2, n_out), jnp.uint8), s((n_in // BLOCK, n_out), jnp.uint8),
-                   s((n_in // BLOCK, -(-n_out // BLOCK2)), jnp.float32), s((), jnp.float32))
+                   s((n_in // BLOCK, -(-n_out // BLOCK2)), jnp.float32), s((1,), jnp.float32))
 
 
 def abstract_tree(abstract: Any, kind: str, dtype: str) -> dict:

@@ -72,7 +72,7 @@ class NF4Kernel:
   codes: Any  # uint8 [in / 2, out]: rows 2j (high nibble) and 2j + 1 (low nibble)
   absmax_codes: Any  # uint8 [in / 64, out]: indices into DYNAMIC_MAP
   absmax_scale: Any  # float32 [in / 64, ceil(out / 256)]: each 256-block's absmax
-  absmax_offset: Any  # float32 []: the mean block absmax, subtracted before the second level
+  absmax_offset: Any  # float32 [1]: the mean block absmax, subtracted before the second level
 
 
 QUANTIZED = (Int8Kernel, NF4Kernel)
@@ -131,7 +131,7 @@ def quantize(kernel: Any, kind: str, where: str = "kernel") -> Int8Kernel | NF4K
   absmax_codes = _nearest(_normalised(centred_p, scale2[:, :, None]), DYNAMIC_MAP)
   absmax_codes = absmax_codes.reshape(n_in // BLOCK, -1)[:, :n_out]
   return NF4Kernel(packed.astype(np.uint8), absmax_codes, scale2.astype(np.float32),
-                   np.asarray(offset, np.float32))
+                   np.asarray([offset], np.float32))
 
 
 def block_absmax(q: NF4Kernel) -> jnp.ndarray:
