@@ -5,7 +5,8 @@ initialiser's [in, out] shape; a quantised kernel is a pytree of codes and scale
 is intercepted instead: the kernel is dequantised for this one product (in the layer's compute
 dtype; XLA is free to fuse the dequantisation into the matmul) and the layer's own arithmetic
 (dtype promotion, precision, bias) follows. No dequantised copy of the whole base exists at any
-time: each kernel's float copy lives only as long as its product. The codes are integers and
+time: each kernel's float copy lives only as long as its product, in the backward pass too (the
+product is rematerialised, see `_dense`). The codes are integers and
 never differentiated; gradients reach the input (and through it every adapter) as they would
 through the float kernel.
 
@@ -32,10 +33,17 @@ def _dense(module: nn.Dense, x):
   q = kernel_of(module)
   bias = module.get_variable("params", "bias") if module.use_bias else None
   dtype = module.dtype or jnp.result_type(x, *([] if bias is None else [bias]))
-  kernel = kernels.dequantize(q, dtype)
-  x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=module.dtype)
-  y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())),
-                          precision=module.precision)
+  x, bias = nn.dtypes.promote_dtype(x, bias, dtype=dtype)
+
+  # Rematerialised: the backward pass (x's gradient needs the kernel) dequantises again from the
+  # codes rather than keeping every layer's float kernel alive from the forward, which would put
+  # a dequantised copy of the whole base in the step's peak memory (bitsandbytes does the same).
+  @jax.checkpoint
+  def product(x, q):
+    return jax.lax.dot_general(x, kernels.dequantize(q, dtype), (((x.ndim - 1,), (0,)), ((), ())),
+                               precision=module.precision)
+
+  y = product(x, q)
   if bias is not None:
     y = y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
   return y
