@@ -141,10 +141,15 @@ def block_absmax(q: NF4Kernel) -> jnp.ndarray:
   return jnp.asarray(DYNAMIC_MAP)[q.absmax_codes.astype(jnp.int32)] * scale2 + q.absmax_offset
 
 
-def dequantize(q: Int8Kernel | NF4Kernel, dtype: Any = jnp.float32) -> jnp.ndarray:
-  """The [in, out] kernel that `q` stores, computed in float32 and returned as `dtype`."""
+def dequantize(q: Int8Kernel | NF4Kernel, dtype: Any = jnp.float32, tie: Any = 0.0) -> jnp.ndarray:
+  """The [in, out] kernel that `q` stores, computed in float32 and returned as `dtype`.
+
+  `tie`, a float32 scalar that is zero (0 times some value), is added where the codes become
+  floats: it changes nothing but makes the whole dequantisation wait for that value (see
+  `lora_jax.quant.dense`).
+  """
   if isinstance(q, Int8Kernel):
-    codes = q.codes.astype(jnp.float32)
+    codes = q.codes.astype(jnp.float32) + tie
     if q.scale.ndim == 1:
       return (codes * q.scale).astype(dtype)
     n_in, n_out = codes.shape
@@ -153,7 +158,7 @@ def dequantize(q: Int8Kernel | NF4Kernel, dtype: Any = jnp.float32) -> jnp.ndarr
   packed = q.codes
   half, n_out = packed.shape
   codes = jnp.stack([packed >> 4, packed & 0xF], axis=1).reshape(2 * half, n_out)
-  values = jnp.asarray(NF4_LEVELS)[codes.astype(jnp.int32)]
+  values = (jnp.asarray(NF4_LEVELS) + tie)[codes.astype(jnp.int32)]
   blocks = values.reshape(2 * half // BLOCK, BLOCK, n_out) * block_absmax(q)[:, None, :]
   return blocks.reshape(2 * half, n_out).astype(dtype)
 
