@@ -44,6 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.lora.alpha_pattern = ()  # ((regex, alpha), ...)
   config.lora.use_rslora = False  # scale = alpha / sqrt(rank)
   config.lora.init = "zeros"  # B = 0, A kaiming-uniform (PEFT); or 'gaussian'
+  config.lora.use_dora = False  # DoRA: also learn a per-output magnitude (PEFT's use_dora)
 
   config.opt = ml_collections.ConfigDict()
   config.opt.learning_rate = 1e-3  # peak

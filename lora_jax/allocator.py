@@ -13,11 +13,14 @@ backend starts its threads (a thread that has taken an arena keeps it), so the l
 call it first (`lora_jax.cli.run`); call it at the top of a notebook or script to get the same.
 The cost: the process keeps its peak heap instead of returning freed memory to the system, and
 all threads share one arena's lock. It is skipped (returns False) off Linux/glibc, when
-LORA_JAX_MALLOC=default, or when the environment already sets glibc's malloc options (the
-user's choice wins).
+LORA_JAX_MALLOC=default, when the environment already sets glibc's malloc options (the
+user's choice wins), and where JAX will run on an accelerator (JAX_PLATFORMS names one, or,
+unset, a GPU or TPU plugin is installed): there the step's buffers live in device memory, and
+the gain was measured on CPU only.
 """
 
 import ctypes
+from importlib import metadata
 import os
 import platform
 import sys
@@ -39,5 +42,25 @@ def keep_freed_memory() -> bool:
     return False
   if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
     return False
+  if accelerator_expected():
+    return False
   libc = ctypes.CDLL("libc.so.6")
   return all(libc.mallopt(option, value) == 1 for option, value in _SETTINGS)
+
+
+_ACCELERATOR_PLUGINS = ("jax-cuda12-plugin", "jax-cuda13-plugin", "jax-rocm60-plugin",
+                        "jax-rocm7-plugin", "libtpu", "libtpu-nightly")
+
+
+def accelerator_expected() -> bool:
+  """Whether JAX will start on a GPU or TPU, judged without starting it (see the module doc)."""
+  platforms = os.environ.get("JAX_PLATFORMS", "").strip().lower()
+  if platforms:
+    return platforms.split(",")[0].strip() not in ("cpu", "")
+  for name in _ACCELERATOR_PLUGINS:
+    try:
+      metadata.version(name)
+      return True
+    except metadata.PackageNotFoundError:
+      continue
+  return False

@@ -4,8 +4,20 @@
 # packages, installed here when missing), plus the real data the tests and demos read offline.
 #
 #   bash scripts/setup.sh          (idempotent; a second run only checks)
+#   LORA_JAX_ACCELERATOR=cuda12 bash scripts/setup.sh    (an NVIDIA host: jax's CUDA 12 plugin)
+#
+# LORA_JAX_ACCELERATOR is cpu (the default), cuda12, cuda13 or tpu. On an accelerator host the
+# matching jax plugin is installed at the version of jax already resolved, and the CPU attention
+# kernel (and its g++/Eigen) is skipped: nothing there runs it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+ACCELERATOR="${LORA_JAX_ACCELERATOR:-cpu}"
+case "$ACCELERATOR" in
+  cpu|cuda12|cuda13|tpu) ;;
+  *) echo "setup: LORA_JAX_ACCELERATOR must be cpu, cuda12, cuda13 or tpu, not '$ACCELERATOR'" >&2
+     exit 1 ;;
+esac
 
 PYTHON="${PYTHON:-python3}"
 if [[ ! -x .venv/bin/python ]]; then
@@ -15,6 +27,14 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[torch,test,data]'
 PYTHON=.venv/bin/python bash scripts/fetch_performances.sh .cache/performances
+
+if [[ "$ACCELERATOR" != cpu ]]; then
+  jax_version=$(.venv/bin/python -c 'import jax; print(jax.__version__)')
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check \
+    "jax[$ACCELERATOR]==$jax_version"
+  echo "setup: jax $jax_version with the $ACCELERATOR plugin; the CPU attention kernel is not built"
+  exit 0
+fi
 
 # The compiled CPU attention kernel (lora_jax/kernels): a C++ compiler and Eigen's headers.
 missing=()

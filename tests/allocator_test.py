@@ -51,3 +51,12 @@ def test_launch_scripts_reuse_freed_blocks_instead_of_faulting_them_in_again():
   # Switched off, or with the user's own malloc settings, glibc maps every step's block afresh.
   assert _last_step_faults(LORA_JAX_MALLOC="default") > pages // 2
   assert _last_step_faults(MALLOC_ARENA_MAX="8") > pages // 2
+  # Where JAX will run on an accelerator the setting is left alone (it was measured on CPU).
+  assert _last_step_faults(JAX_PLATFORMS="cuda") > pages // 2
+
+
+def test_accelerator_expected_from_jax_platforms(monkeypatch):
+  from lora_jax import allocator
+  for value, expected in (("cpu", False), ("cuda", True), ("tpu,cpu", True), ("CPU", False)):
+    monkeypatch.setenv("JAX_PLATFORMS", value)
+    assert allocator.accelerator_expected() is expected, value

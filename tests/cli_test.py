@@ -96,6 +96,7 @@ CONFIG_SCRIPTS = {
     "train.py": [f"--config={ROOT / 'configs' / 'music_lm.py'}:tiny"],
     "convert_torch.py": [f"--config={ROOT / 'configs' / 'music_transformer.py'}"],
     "export_torch.py": [f"--config={ROOT / 'configs' / 'music_transformer.py'}"],
+    "convert_adapter.py": [f"--config={ROOT / 'configs' / 'music_transformer.py'}"],
     "train_duv.py": [f"--config={ROOT / 'configs' / 'duv' / 'base.py'}"],
     "train_duv_lora.py": [f"--config={ROOT / 'configs' / 'duv' / 'guitar.py'}"],
     "train_base.py": [],  # these have a default config, loaded when no --config is given

@@ -1,6 +1,7 @@
 """launch/convert_torch.py and launch/export_torch.py run as programs on tiny files."""
 
 import importlib.util
+import json
 import pathlib
 import subprocess
 import sys
@@ -128,9 +129,11 @@ def test_export_merged_with_adapters_and_peft(tmp_path, torch_state_dict):
   assert np.abs(got - np.asarray(want)).max() < 1e-5
 
   result = _run("export_torch.py", f"--peft_adapter={tmp_path / 'pop.lora'}",
-                f"--output={tmp_path / 'pop_peft'}")
+                f"--input={flax_file}", f"--output={tmp_path / 'pop_peft'}")
   assert result.returncode == 0, result.stderr
   assert (tmp_path / "pop_peft" / "adapter_model.safetensors").exists()
+  peft_config = json.loads((tmp_path / "pop_peft" / "adapter_config.json").read_text())
+  assert peft_config["base_model_name_or_path"] == "base.safetensors"
 
   # An adapter trained on another base is refused with one line naming both fingerprints.
   other = jax.tree.map(lambda x: x * 1.01, params)
@@ -161,3 +164,30 @@ def test_config_model_must_match_the_transformer_config(tmp_path):
                           cwd=_ROOT, capture_output=True, text=True, timeout=120)
   _assert_one_line_error(result, "convert_torch", "config.model.n_layer: no such field in "
                                                   "TransformerConfig")
+
+
+def _run_bare(script: str, *args: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, str(_ROOT / "launch" / script), *args], cwd=_ROOT,
+                        capture_output=True, text=True, timeout=120)
+
+
+def test_shipped_base_exports_and_converts_back_without_config(tmp_path):
+  shipped = _ROOT / "assets" / "base_model" / "base_model.safetensors"
+  exported = tmp_path / "base_torch.safetensors"
+  result = _run_bare("export_torch.py", f"--input={shipped}", f"--output={exported}")
+  assert result.returncode == 0, result.stderr
+  back = tmp_path / "back.safetensors"
+  result = _run_bare("convert_torch.py", f"--input={exported}", f"--output={back}")
+  assert result.returncode == 0, result.stderr
+  original, again = (safetensors.torch.load_file(p) for p in (shipped, back))
+  assert original.keys() == again.keys()
+  for k in original:
+    assert torch.equal(original[k], again[k]), k
+  # A .pt records no size: then --config is needed, and saying so is one line.
+  pt = tmp_path / "base_torch.pt"
+  torch.save(safetensors.torch.load_file(exported), pt)
+  result = _run_bare("convert_torch.py", f"--input={pt}", f"--output={tmp_path / 'x.safetensors'}")
+  _assert_one_line_error(result, "convert_torch", "base_torch.pt does not record the model's size")
+  # A config that disagrees with the size the file records is refused, not silently used.
+  result = _run("export_torch.py", f"--input={shipped}", f"--output={tmp_path / 'y.pt'}")
+  _assert_one_line_error(result, "export_torch", "records vocab_size=561 but the config says")

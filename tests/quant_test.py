@@ -263,3 +263,17 @@ def test_a_step_never_holds_every_dequantised_kernel(kind):
   for fn in (loss, jax.grad(loss)):
     temp = jax.jit(fn).lower(x, qs).compile().memory_analysis().temp_size_in_bytes
     assert temp < 0.6 * kernels_bytes, (fn, temp / kernels_bytes)
+
+
+def test_dora_over_a_quantised_base_is_dora_over_its_dequantised_kernels():
+  model, params = testlib.tiny_model(MODEL)
+  q = quant.quantize_tree(params, "nf4", "float32")
+  deq = quant.dequantize_tree(q)
+  spec = lora.LoraSpec(rank=4, alpha=8.0, use_dora=True, target_modules=("q_proj", "ff.in"))
+  adapter = testlib.random_adapter(deq, spec, seed=2, std=0.05)
+  tokens = testlib.tokens(2, 12, vocab=MODEL.vocab_size)
+  run = jax.jit(lambda b: lora.apply(model, b, [lora.Active(adapter, 0.8)], tokens))
+  np.testing.assert_allclose(run(q), run(deq), atol=1e-5, rtol=1e-5)
+  merged = lora.merge(q, [adapter], [0.8])
+  np.testing.assert_allclose(jax.jit(lambda b: model.apply({"params": b}, tokens))(merged),
+                             run(q), atol=1e-4, rtol=1e-4)

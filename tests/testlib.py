@@ -20,7 +20,7 @@ def tiny_model(config: TransformerConfig = TINY, seed: int = 0):
 def random_adapter(params, spec: lora.LoraSpec, seed: int, std: float = 0.3) -> lora.Adapter:
   """An adapter whose A and B are both random: with B = 0 every merge test passes trivially."""
   targets = lora.resolve(spec, params)
-  adapter = lora.init_adapter(targets, spec, jax.random.key(seed))
+  adapter = lora.init_adapter(targets, spec, jax.random.key(seed), base_params=params)
   leaves, treedef = jax.tree.flatten(adapter.params)
   keys = jax.random.split(jax.random.key(seed + 1000), len(leaves))
   leaves = [std * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]

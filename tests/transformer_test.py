@@ -132,3 +132,14 @@ def test_gelu_is_the_exact_gelu():
   np.testing.assert_allclose(jax.grad(lambda x: gelu(x).sum())(x),
                              jax.grad(lambda x: jax.nn.gelu(x, approximate=False).sum())(x),
                              atol=1e-6)
+
+
+def test_bfloat16_stored_weights_with_float32_compute_lose_nothing_in_the_embedding_sum():
+  """Weights stored in bfloat16, computed in float32: the logits are exactly those of the same
+  values upcast first (the token and position embeddings are summed in float32, not bfloat16)."""
+  model, params = testlib.tiny_model()
+  stored = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
+  upcast = jax.tree.map(lambda x: x.astype(jnp.float32), stored)
+  tokens = testlib.tokens()
+  np.testing.assert_array_equal(model.apply({"params": stored}, tokens),
+                                model.apply({"params": upcast}, tokens))

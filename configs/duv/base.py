@@ -71,6 +71,7 @@ def _common(variant: str) -> ml_collections.ConfigDict:
   config.lora.alpha_pattern = ()
   config.lora.use_rslora = False
   config.lora.init = "zeros"
+  config.lora.use_dora = False  # DoRA: also learn a per-output magnitude
 
   config.opt = ml_collections.ConfigDict()
   config.opt.learning_rate = 1e-3  # peak

@@ -1,11 +1,15 @@
-"""Exports of a base with adapters: a merged PyTorch checkpoint, or one adapter in PEFT's format."""
+"""Exports of a base with adapters: a merged PyTorch checkpoint, or one adapter in PEFT's format;
+and the PyTorch-to-Flax conversion of a base. The model's size comes from the base file when it
+records it (`lora_jax.interop.model_size`), else from the config."""
 
-from typing import Any, Sequence
+import os
+from typing import Any, Mapping, Sequence
 
 from absl import logging
 
 from lora_jax import lora
-from lora_jax.interop import flax_weights, peft, torch_convert
+from lora_jax.interop import flax_weights, loraw, model_size, peft, torch_convert
+from lora_jax.models import transformer
 
 
 def load_checked_adapters(base_params: Any, paths: Sequence[str], *, model_family: str,
@@ -22,20 +26,107 @@ def load_checked_adapters(base_params: Any, paths: Sequence[str], *, model_famil
   return records
 
 
+def _base(base_path: str, config_model: Any) -> Any:
+  """The weights of a base file, its size from the file or the config."""
+  size = model_size.resolve(flax_weights.read_metadata(base_path), config_model,
+                            os.path.basename(base_path))
+  return flax_weights.load_params(base_path, transformer.abstract_params(size))
+
+
 def export_merged(base_path: str, abstract_params: Any, adapter_paths: Sequence[str],
                   weights: Sequence[float], output: str, *, model_family: str,
-                  blend_mode: str = "additive", allow_other_base: bool = False) -> None:
-  """Fold adapters into the base file's weights and write a PyTorch `.pt`/`.safetensors` file."""
+                  blend_mode: str = "additive", allow_other_base: bool = False,
+                  metadata: Mapping[str, str] | None = None) -> None:
+  """Fold adapters into the base file's weights and write a PyTorch `.pt`/`.safetensors` file.
+
+  `metadata` goes into a `.safetensors` output (a `.pt` state dict has no place for it).
+  """
   if len(weights) != len(adapter_paths):
     raise ValueError(f"{len(adapter_paths)} adapters but {len(weights)} weights")
   base = flax_weights.load_params(base_path, abstract_params)
   records = load_checked_adapters(base, adapter_paths, model_family=model_family,
                                   allow_other_base=allow_other_base)
   merged = lora.merge(base, [r.adapter for r in records], lora.blend_weights(blend_mode, weights))
-  torch_convert.save_torch_file(merged, output)
+  if os.path.splitext(output)[1] == ".safetensors":
+    torch_convert.save_safetensors(merged, output, metadata=metadata)
+  else:
+    torch_convert.save_torch_file(merged, output)
 
 
-def export_adapter_peft(adapter_path: str, folder: str, *, base_model_name: str | None = None
-                        ) -> None:
-  """Write one `.lora` adapter as a PEFT adapter folder."""
-  peft.export_peft(lora.load_adapter(adapter_path), folder, base_model_name=base_model_name)
+def export_base(base_path: str, config_model: Any, adapter_paths: Sequence[str],
+                weights: Sequence[float], output: str, *, model_family: str,
+                blend_mode: str = "additive", allow_other_base: bool = False) -> None:
+  """`export_merged` of a music transformer base whose size the file records, or the config gives.
+
+  A `.safetensors` output records the size too, so `convert_torch` reads it back without a config.
+  """
+  size = model_size.resolve(flax_weights.read_metadata(base_path), config_model,
+                            os.path.basename(base_path))
+  export_merged(base_path, transformer.abstract_params(size), adapter_paths, weights, output,
+                model_family=model_family, blend_mode=blend_mode,
+                allow_other_base=allow_other_base, metadata=model_size.metadata_of(size))
+
+
+def convert_base(input_path: str, output: str, config_model: Any, *,
+                 prefix: str | None = None) -> None:
+  """A PyTorch music transformer file to a Flax-native base file that records its size."""
+  metadata = {}
+  if os.path.splitext(input_path)[1] == ".safetensors":
+    metadata = flax_weights.read_metadata(input_path)
+  size = model_size.resolve(metadata, config_model, os.path.basename(input_path))
+  params = torch_convert.load_torch_params(input_path, transformer.abstract_params(size),
+                                           prefix=prefix)
+  flax_weights.save_params(params, output, {"source": os.path.basename(input_path),
+                                            **model_size.metadata_of(size)})
+
+
+def export_adapter_peft(adapter_path: str, folder: str, *, base_path: str | None = None,
+                        base_model_name: str | None = None, config_model: Any = None,
+                        model_family: str = "music_lm", allow_other_base: bool = False) -> None:
+  """Write one `.lora` adapter as a PEFT adapter folder.
+
+  With `base_path` the adapter is first checked against that base (its modules, shapes and
+  fingerprint), and `base_model_name_or_path` defaults to the base file's name.
+  """
+  if base_path is None:
+    record = lora.load_adapter(adapter_path)
+  else:
+    record = load_checked_adapters(_base(base_path, config_model), [adapter_path],
+                                   model_family=model_family,
+                                   allow_other_base=allow_other_base)[0]
+    base_model_name = base_model_name or os.path.basename(base_path)
+  peft.export_peft(record, folder, base_model_name=base_model_name)
+
+
+ADAPTER_FORMATS = ("loraw", "comfyui", "lora")
+
+
+def convert_adapter(input_path: str, output: str, to: str, *, base_path: str | None = None,
+                    config_model: Any = None, prefix: str = "", alpha: float | None = None,
+                    rank: int | None = None, multiplier: float = 1.0,
+                    model_family: str = "music_lm") -> str:
+  """A `.lora` to a LoRAW checkpoint or ComfyUI safetensors, or a LoRAW checkpoint to a `.lora`.
+
+  Returns a line for the log (for LoRAW, the alpha and rank its config needs).
+  """
+  if to not in ADAPTER_FORMATS:
+    raise ValueError(f"unknown adapter format {to!r}; choose one of {', '.join(ADAPTER_FORMATS)}")
+  base = _base(base_path, config_model) if base_path else None
+  if to == "lora":
+    if base is None or alpha is None:
+      raise ValueError("reading a LoRAW file needs --input_base (the base it adapts) and --alpha "
+                       "(LoRAW's config alpha; --rank defaults to the file's)")
+    record = loraw.read(input_path, base, alpha=alpha, rank=rank, multiplier=multiplier,
+                        prefix=prefix, model_family=model_family,
+                        base_fingerprint=lora.fingerprint(base))
+    lora.save_adapter(output, record)
+    return f"{len(record.adapter.modules())} modules, use_dora={record.spec.use_dora}"
+  if base is None:
+    record = lora.load_adapter(input_path)
+  else:
+    record = load_checked_adapters(base, [input_path], model_family=model_family)[0]
+  if to == "comfyui":
+    loraw.write_comfyui(record, output, prefix=prefix)
+    return f"{len(record.adapter.modules())} modules in ComfyUI's naming"
+  alpha, rank = loraw.write(record, output, prefix=prefix, base_params=base)
+  return f"LoRAW config: rank {rank}, alpha {alpha:g}, multiplier 1"

@@ -16,6 +16,7 @@ read with `torch.load(weights_only=True)`. Arrays keep the dtype they were store
 
 import collections
 import os
+import pickle
 import re
 from typing import Any, Mapping, Sequence
 
@@ -150,16 +151,21 @@ def _unpickle_detail(e: Exception) -> str:
   return m.group(1).rstrip(". ") if m else text[:200]
 
 
-def _torch_load(path: str) -> Any:
+def load_weights_only(path: str) -> Any:
+  """`torch.load(weights_only=True)`: plain tensors and containers, never an arbitrary object."""
   try:
     return torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as e:  # UnpicklingError for foreign objects, RuntimeError for broken zips
+  except pickle.UnpicklingError as e:  # the weights-only unpickler met an object it will not build
+    raise WeightFileError(
+        f"cannot load {path}: this file needs pickle to load; lora_jax never unpickles; re-save "
+        f"it as safetensors or a weights-only state dict ({_unpickle_detail(e)})") from None
+  except Exception as e:  # a broken zip or truncated file
     raise WeightFileError(f"cannot load {path} safely: torch.load(weights_only=True) failed "
                           f"({_unpickle_detail(e)})") from e
 
 
 def read_torch_file(path: str) -> dict[str, torch.Tensor]:
-  """The raw state dict in a .pt, .pth, Lightning .ckpt (its `state_dict`) or .safetensors file."""
+  """The raw state dict in a .pt/.pth/.bin, Lightning .ckpt (its `state_dict`) or .safetensors."""
   if not os.path.isfile(path):
     raise WeightFileError(f"no such weight file: {path}")
   suffix = os.path.splitext(path)[1]
@@ -168,10 +174,10 @@ def read_torch_file(path: str) -> dict[str, torch.Tensor]:
       return safetensors.torch.load_file(path)
     except Exception as e:  # the Rust reader raises SafetensorError for any malformed file
       raise WeightFileError(f"cannot read {path} as safetensors: {e}") from e
-  if suffix not in (".pt", ".pth", ".ckpt"):
+  if suffix not in (".pt", ".pth", ".bin", ".ckpt"):
     raise WeightFileError(f"unknown weight file type {suffix!r} for {path}; expected .pt, .pth, "
-                          ".ckpt or .safetensors")
-  loaded = _torch_load(path)
+                          ".bin, .ckpt or .safetensors")
+  loaded = load_weights_only(path)
   if suffix == ".ckpt":
     if not isinstance(loaded, dict) or "state_dict" not in loaded:
       top = sorted(loaded) if isinstance(loaded, dict) else type(loaded).__name__

@@ -1,6 +1,7 @@
 """The `.lora` adapter file: safetensors tensors plus everything needed to use them, never a pickle.
 
-Tensors: `<dotted module path>.lora_A` [in, r] and `.lora_B` [r, out], e.g. `blocks.0.attn.q_proj.lora_A`.
+Tensors: `<dotted module path>.lora_A` [in, r] and `.lora_B` [r, out], e.g. `blocks.0.attn.q_proj.lora_A`,
+and `.lora_magnitude` [out] when the spec says `use_dora`.
 Metadata (string to string): `format` = `lora_jax.adapter`, `format_version`, `spec` (LoraSpec JSON),
 `base_fingerprint`, `model_family`, `name`, and free-form `extra` JSON (a child records its parent
 there). Per-module scales are recomputed from the spec and the stored shapes on load.
@@ -17,7 +18,7 @@ import safetensors.numpy
 
 from lora_jax import atomic, tree_paths
 from lora_jax.lora import spec as spec_lib
-from lora_jax.lora.adapter import Adapter
+from lora_jax.lora.adapter import MAGNITUDE, Adapter
 
 FORMAT = "lora_jax.adapter"
 FORMAT_VERSION = 1
@@ -47,10 +48,16 @@ class AdapterRecord:
 def save_adapter(path: str, record: AdapterRecord) -> None:
   """Write `record` to `path` atomically."""
   tensors = {}
+  magnitudes = record.adapter.magnitudes()
+  if bool(magnitudes) != record.spec.use_dora:
+    raise AdapterFileError(f"adapter has {len(magnitudes)} DoRA magnitudes but its spec says "
+                           f"use_dora={record.spec.use_dora}")
   for keys, (a, b, _) in record.adapter.modules().items():
     name = tree_paths.dotted(keys)
     tensors[name + ".lora_A"] = np.asarray(a)
     tensors[name + ".lora_B"] = np.asarray(b)
+    if keys in magnitudes:
+      tensors[f"{name}.{MAGNITUDE}"] = np.asarray(magnitudes[keys])
   metadata = {
       "format": FORMAT,
       "format_version": str(FORMAT_VERSION),
@@ -114,6 +121,15 @@ def load_adapter(path: str, base_params: Any = None) -> AdapterRecord:
     _, scale = spec_lib.module_scale(spec, name, a.shape[1])
     keys = _module_keys(name, base_modules)
     params[keys] = {"lora_A": jnp.asarray(a), "lora_B": jnp.asarray(b)}
+    magnitude = tensors.get(f"{name}.{MAGNITUDE}")
+    if spec.use_dora:
+      if magnitude is None or magnitude.shape != (b.shape[1],):
+        got = "none" if magnitude is None else f"shape {magnitude.shape}"
+        raise AdapterFileError(f"{path}: DoRA module {name} needs a {MAGNITUDE} of shape "
+                               f"({b.shape[1]},), found {got}")
+      params[keys][MAGNITUDE] = jnp.asarray(magnitude)
+    elif magnitude is not None:
+      raise AdapterFileError(f"{path}: module {name} has a {MAGNITUDE} but the spec is not DoRA")
     scales[keys] = jnp.asarray(scale, jnp.float32)
   if not params:
     raise AdapterFileError(f"{path} holds no LoRA tensors")

@@ -26,12 +26,16 @@ def check_adapter(base_params: Any, record: AdapterRecord, *, base_fingerprint: 
     raise IncompatibleAdapterError(
         f"{label} is for model family {record.model_family!r}, this base is {model_family!r}")
   flat = tree_paths.flatten(base_params)
+  magnitudes = record.adapter.magnitudes()
   for keys, (a, b, _) in record.adapter.modules().items():
     name = tree_paths.dotted(keys)
     kernel = flat.get(keys + ("kernel",))
     if kernel is None:
       raise IncompatibleAdapterError(f"{label} adapts {name}, which this base does not have "
                                      f"(wrong base?)")
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+      raise IncompatibleAdapterError(f"{label} module {name} has factors of shapes {a.shape} and "
+                                     f"{b.shape}, not [in, r] and [r, out]")
     want = (a.shape[0], b.shape[1])
     if tuple(kernel.shape) != want:
       raise IncompatibleAdapterError(
@@ -42,6 +46,10 @@ def check_adapter(base_params: Any, record: AdapterRecord, *, base_fingerprint: 
                                      f"float kernel (dequantise first)")
     if not (jnp.issubdtype(a.dtype, jnp.floating) and jnp.issubdtype(b.dtype, jnp.floating)):
       raise IncompatibleAdapterError(f"{label} module {name} has non-float factors")
+    if keys in magnitudes and tuple(magnitudes[keys].shape) != (want[1],):
+      raise IncompatibleAdapterError(
+          f"{label} module {name} has a DoRA magnitude of shape {tuple(magnitudes[keys].shape)}, "
+          f"expected ({want[1]},)")
   if base_fingerprint is not None and record.base_fingerprint != base_fingerprint:
     if not allow_other_base:
       how = f"; pass {override_flag} to use it anyway" if override_flag else " (wrong base?)"

@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lora_jax.lora import dora
 from lora_jax.lora.adapter import Adapter
 from lora_jax.quant import dense as quant_dense
 
@@ -47,6 +48,26 @@ def _path_seed(keys: tuple[str, ...]) -> int:
 
 def _delta(x, a, b, scale, weight):
   return _low_rank(x, a.astype(x.dtype), b.astype(x.dtype), (scale * weight).astype(x.dtype))
+
+
+def _dora_delta(module: nn.Dense, x, h, y_base, a, b, magnitude, scale, weight):
+  """A DoRA adapter's delta to the dense layer's output `y_base` (see `lora_jax.lora.dora`).
+
+  Without dropout (h is x) the base product is the layer's own output less its bias, as in PEFT;
+  with dropout it is recomputed on the dropped input.
+  """
+  kernel = quant_dense.effective_kernel(module, jnp.float32)  # dequantised if stored quantised
+  if h is x:
+    base = y_base
+    if module.use_bias:
+      base = base - module.get_variable("params", "bias").astype(y_base.dtype)
+  else:
+    base = jnp.dot(h, kernel.astype(h.dtype))
+  # The norm is a constant in the backward (the paper's section 4.3, and PEFT's detach()).
+  norm = jax.lax.stop_gradient(dora.column_norm(kernel, a, b, scale))
+  g = (magnitude.astype(jnp.float32) / norm).astype(base.dtype)
+  low_rank = _delta(h, a, b, scale, jnp.float32(1.0)).astype(base.dtype)
+  return weight.astype(base.dtype) * ((g - 1) * base + g * low_rank)
 
 
 @jax.custom_vjp
@@ -162,6 +183,7 @@ def inject(actives: Sequence[Active], rng: jax.Array | None = None):
   `rng` drives the adapters' dropout and module dropout; without it both are off (evaluation).
   """
   tables = [a.adapter.modules() for a in actives]
+  magnitudes = [a.adapter.magnitudes() for a in actives]
   used: set[tuple[str, ...]] = set()
 
   def interceptor(next_fn, args, kwargs, context):
@@ -173,8 +195,10 @@ def inject(actives: Sequence[Active], rng: jax.Array | None = None):
     if not hits:
       return next_fn(*args, **kwargs)
     used.add(keys)
-    fold = len(hits) == 1 and not kwargs and len(args) == 1 and _foldable(context.module, x)
+    fold = (len(hits) == 1 and keys not in magnitudes[hits[0]] and not kwargs and len(args) == 1
+            and _foldable(context.module, x))
     y = None if fold else next_fn(*args, **kwargs)
+    y_base = y
     for i in hits:
       active = actives[i]
       a, b, scale = tables[i][keys]
@@ -193,7 +217,11 @@ def inject(actives: Sequence[Active], rng: jax.Array | None = None):
         return _folded(x, module.get_variable("params", "kernel"),
                        module.get_variable("params", "bias"), h, a.astype(x.dtype),
                        b.astype(x.dtype), (scale * weight).astype(x.dtype))
-      y = y + _delta(h, a, b, scale, weight).astype(y.dtype)
+      if keys in magnitudes[i]:
+        y = y + _dora_delta(context.module, x, h, y_base, a, b, magnitudes[i][keys], scale,
+                            weight).astype(y.dtype)
+      else:
+        y = y + _delta(h, a, b, scale, weight).astype(y.dtype)
     return y
 
   # The quantised-kernel interceptor is the inner one: every `next_fn` above reaches it.

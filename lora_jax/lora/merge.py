@@ -5,6 +5,9 @@ Every blend is an exact sum of scaled deltas against the untouched base, in floa
 never a weighted sum of A's and B's separately (which makes cross terms), and never computed in
 the base's low-precision dtype. The seed's blend modes are weight formulas on top of that sum:
 additive uses (a, b) as given, interpolative uses (a, b) / (a + b).
+A DoRA module's delta is its whole change of the kernel, (W + s A B) m / ||W + s A B|| - W, also
+against the untouched base (`lora_jax.lora.dora`); such adapters merge exactly but cannot be
+unmerged from the merged kernel alone, nor concatenated or compressed as plain factors.
 """
 
 import functools
@@ -16,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lora_jax import quant, tree_paths
+from lora_jax.lora import dora
 from lora_jax.lora.adapter import Adapter
 from lora_jax.lora.spec import LoraSpec
 
@@ -39,21 +43,40 @@ def _delta_f32(a, b, scale):
   return (a.astype(jnp.float32) * scale.astype(jnp.float32)) @ b.astype(jnp.float32)
 
 
-def _summed_deltas(adapters: Sequence[Adapter], weights) -> dict[tuple[str, ...], jax.Array]:
+def _kernel(flat, keys):
+  if keys + ("kernel",) not in flat:
+    raise KeyError(f"adapter module {tree_paths.dotted(keys)} has no kernel in the base tree")
+  return flat[keys + ("kernel",)]
+
+
+def _summed_deltas(flat_base, adapters: Sequence[Adapter], weights
+                   ) -> dict[tuple[str, ...], jax.Array]:
   deltas: dict[tuple[str, ...], jax.Array] = {}
   for i, adapter in enumerate(adapters):
+    magnitudes = adapter.magnitudes()
     for keys, (a, b, scale) in adapter.modules().items():
-      d = weights[i] * _delta_f32(a, b, scale)
+      if keys in magnitudes:
+        w = _kernel(flat_base, keys)
+        d = dora.merged_kernel(w, a, b, scale, magnitudes[keys]) - w.astype(jnp.float32)
+      else:
+        d = _delta_f32(a, b, scale)
+      d = weights[i] * d
       deltas[keys] = deltas[keys] + d if keys in deltas else d
   return deltas
 
 
+def _refuse_dora(adapters: Sequence[Adapter], what: str) -> None:
+  for adapter in adapters:
+    if adapter.magnitudes():
+      name = tree_paths.dotted(next(iter(adapter.magnitudes())))
+      raise ValueError(f"cannot {what} a DoRA adapter (module {name} has a magnitude): its "
+                       f"change of the kernel is not a product of factors")
+
+
 def _fold(base_params, adapters, weights, sign):
   flat = tree_paths.flatten(base_params)
-  for keys, d in _summed_deltas(adapters, weights).items():
+  for keys, d in _summed_deltas(flat, adapters, weights).items():
     kernel_keys = keys + ("kernel",)
-    if kernel_keys not in flat:
-      raise KeyError(f"adapter module {tree_paths.dotted(keys)} has no kernel in the base tree")
     w = flat[kernel_keys]
     flat[kernel_keys] = (w.astype(jnp.float32) + sign * d).astype(w.dtype)
   return tree_paths.unflatten(flat)
@@ -96,6 +119,8 @@ def merge(base_params: Any, adapters: Sequence[Adapter], weights=None, *,
 
 def unmerge(merged_params: Any, adapters: Sequence[Adapter], weights=None) -> Any:
   """Undo `merge` with the same adapters and weights (exact up to float rounding)."""
+  # A DoRA delta depends on the base it was merged into, which the merged kernel no longer holds.
+  _refuse_dora(adapters, "unmerge")
   adapters, weights = _nonzero(adapters, weights)
   return _fold_jit(merged_params, adapters, weights, -1.0)
 
@@ -106,6 +131,7 @@ def concat(adapters: Sequence[Adapter], weights=None) -> Adapter:
   A = [A_1 | A_2 | ...], B = [w_1 s_1 B_1; w_2 s_2 B_2; ...], scale 1. Modules only some adapters
   touch get only those adapters' factors.
   """
+  _refuse_dora(adapters, "concatenate")
   weights = np.ones(len(adapters), np.float32) if weights is None else np.asarray(
       weights, np.float32)
   parts: dict[tuple[str, ...], list] = {}
@@ -134,6 +160,7 @@ def svd_compress(adapter: Adapter, rank: int) -> Adapter:
 
   Used to save a blend (see `concat`) as one adapter of a chosen rank.
   """
+  _refuse_dora([adapter], "compress")
   params, scales = {}, {}
   for keys, (a, b, scale) in adapter.modules().items():
     new_a, new_b = _compress_one(a, b, scale, rank)

@@ -41,6 +41,7 @@ class LoraSpec:
   use_rslora: bool = False  # scale alpha / sqrt(rank) instead of alpha / rank
   init: str = "zeros"  # 'zeros': B = 0 and A kaiming-uniform (PEFT); 'gaussian': A ~ N(0, 1/r)
   module_dropout: float = 0.0  # probability of skipping a whole adapted module in a train step
+  use_dora: bool = False  # DoRA: a learned per-output magnitude over the normalised W + s A B
 
   def __post_init__(self):
     for name in ("target_modules", "include", "exclude"):
@@ -86,6 +87,7 @@ class Target:
   rank: int
   alpha: float
   scale: float
+  use_dora: bool = False  # the module also learns a DoRA magnitude [out]
 
 
 def expand_ranges(pattern: str) -> str:
@@ -177,13 +179,13 @@ def resolve(spec: LoraSpec, params: Any) -> tuple[Target, ...]:
     keys, (in_dim, out_dim) = modules[path]
     rank = module_rank(spec, path)
     alpha, scale = module_scale(spec, path, rank)
-    targets.append(Target(keys, path, in_dim, out_dim, rank, alpha, scale))
+    targets.append(Target(keys, path, in_dim, out_dim, rank, alpha, scale, spec.use_dora))
   return tuple(targets)
 
 
 def describe(targets: tuple[Target, ...]) -> str:
   """One line a run logs: how many modules and parameters the rules selected."""
-  n = sum(t.rank * (t.in_dim + t.out_dim) for t in targets)
+  n = sum(t.rank * (t.in_dim + t.out_dim) + (t.out_dim if t.use_dora else 0) for t in targets)
   return f"LoRA adapts {len(targets)} modules with {n:,} parameters"
 
 

@@ -1,15 +1,17 @@
 """Multi-head attention kernels shared by the models.
 
-Four paths, picked by `attention`:
-- causal self-attention without a mask, on CPU, float32: `compiled_causal_attention`, the C++
-  kernel of lora_jax/kernels called through XLA's FFI (end of this file), when it is built. It is
-  what the music transformer trains with.
-- the same in other dtypes, or without the built kernel: `causal_attention`, a blockwise jnp
-  kernel with its own gradient (below).
-- float16 otherwise (masked, or off CPU): spelled out, float16 matmuls and the softmax in float32.
-  `jax.nn.dot_product_attention` differentiates float16 inputs with float32-accumulating dots, which
-  XLA:CPU does not implement ("precision F16_F16_F32 is not supported by dot_general on CPU").
-- everything else: `jax.nn.dot_product_attention` (cuDNN on GPU where it applies).
+`attention` runs the implementation `attention_dispatch.choose` picks for the call (backend,
+dtype, shapes, mask) and logs each distinct choice once:
+- on CPU, causal unmasked self-attention: `compiled_causal_attention` (the C++ kernel of
+  lora_jax/kernels through XLA's FFI, float32, when built; what the music transformer trains
+  with), else `causal_attention`, a blockwise jnp kernel with its own gradient (below). float16
+  masked attention is spelled out (float16 matmuls, float32 softmax): jax.nn's gradient of it uses
+  float32-accumulating float16 dots, which XLA:CPU does not implement.
+- on NVIDIA GPUs, bfloat16/float16 with a head size cuDNN takes: cuDNN's fused flash attention
+  (causal, unmasked, key lengths for cached decoding, or a boolean mask as a bias).
+- on TPU, unmasked self-attention its blocks tile: the Pallas flash-attention kernel.
+- otherwise: XLA's reference attention (`jax.nn.dot_product_attention(implementation='xla')`),
+  which forms the [B, H, T, S] scores.
 
 Why kernels of our own on CPU (measured by bench/lora_step_profile.py, 4 layers, d=256, T=512,
 batch 8): differentiating the fused kernel, XLA:CPU saved the softmax probabilities for the
@@ -34,21 +36,107 @@ import jax.numpy as jnp
 import numpy as np
 
 from lora_jax import kernels
+from lora_jax.models import attention_dispatch as dispatch
 
 BLOCK = 128  # queries per block of the causal kernel
 PAIRS_PER_CHUNK = 8  # (batch row, head) pairs per independent chunk of the causal kernel
 
 
-def attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, *, mask=None, is_causal: bool = False):
-  """Scaled dot-product attention over [batch, time, heads, head_dim] arrays."""
-  same_length = q_BxTxHxK.shape[1] == k_BxSxHxK.shape[1]
-  if is_causal and mask is None and same_length and jax.default_backend() == "cpu":
-    if _compiled_kernel_applies(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK):
-      return compiled_causal_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK)
+def attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, *, mask=None, kv_lengths_B=None,
+              is_causal: bool = False):
+  """Scaled dot-product attention over [batch, time, heads, head_dim] arrays.
+
+  `mask` is boolean, broadcastable to [B, H, T, S] (True attends); `kv_lengths_B` says that row
+  b attends to its first kv_lengths_B[b] keys only (cached decoding), which fused kernels take
+  without a mask tensor. The implementation is `attention_dispatch.choose`'s.
+  """
+  call = dispatch.Call(
+      backend=jax.default_backend(), dtype=dispatch.dtype_name(q_BxTxHxK),
+      q_len=q_BxTxHxK.shape[1], kv_len=k_BxSxHxK.shape[1], head_dim=q_BxTxHxK.shape[-1],
+      causal=is_causal, mask=dispatch.mask_kind(mask, kv_lengths_B),
+      cpu_kernel_built=_cpu_kernel_built(q_BxTxHxK), gpu_capability=_gpu_capability())
+  path, why = dispatch.choose(call)
+  _log_choice(path, why, call)
+  if path == "cpu_compiled":
+    return compiled_causal_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK)
+  if path == "cpu_blockwise":
     return causal_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK)
-  if q_BxTxHxK.dtype != jnp.float16:
-    return jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask,
-                                        is_causal=is_causal)
+  if path == "cudnn":
+    return _cudnn(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask, kv_lengths_B, is_causal)
+  if path == "pallas_tpu":
+    return _pallas_tpu(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, is_causal)
+  if kv_lengths_B is not None:
+    mask = _length_mask(kv_lengths_B, k_BxSxHxK.shape[1])
+  if path == "cpu_float16":
+    return _float16_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask, is_causal)
+  return jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask,
+                                      is_causal=is_causal, implementation="xla")
+
+
+_LOGGED: set = set()
+
+
+def _log_choice(path: str, why: str, call: dispatch.Call) -> None:
+  """One log line per distinct decision and process (a warning where a faster path is missed)."""
+  if (path, why) in _LOGGED:
+    return
+  _LOGGED.add((path, why))
+  level = logging.INFO
+  if path == "cpu_blockwise" and "not built" in why:
+    level, why = logging.WARNING, why + " (python -m lora_jax.kernels builds it; about 2x faster)"
+  logging.log(level, "attention: %s for %s [%d queries x %d keys, head %d, mask %s]: %s", path,
+              call.dtype, call.q_len, call.kv_len, call.head_dim, call.mask, why)
+
+
+def _cpu_kernel_built(q_BxTxHxK) -> bool:
+  # Only asked where it matters, so other backends and dtypes never try to load the library.
+  return (USE_COMPILED_KERNEL and jax.default_backend() == "cpu"
+          and q_BxTxHxK.dtype == jnp.float32 and bool(kernels.load()))
+
+
+def _gpu_capability() -> float | None:
+  device = jax.devices()[0]
+  capability = getattr(device, "compute_capability", None)
+  try:
+    return float(capability) if capability is not None else None
+  except (TypeError, ValueError):
+    return None
+
+
+def _length_mask(kv_lengths_B, s: int):
+  """[B, 1, 1, S] True for the keys each row attends to."""
+  return (jnp.arange(s)[None, :] < kv_lengths_B[:, None])[:, None, None, :]
+
+
+def _cudnn(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask, kv_lengths_B, is_causal):
+  """cuDNN flash attention; a boolean mask goes in as a [B, 1, T, S] bias (cuDNN's layout)."""
+  b, t, s = q_BxTxHxK.shape[0], q_BxTxHxK.shape[1], k_BxSxHxK.shape[1]
+  if mask is not None:
+    mask = jnp.broadcast_to(mask, (b, 1, t, s)) if mask.shape[1] == 1 else mask
+  lengths = None if kv_lengths_B is None else kv_lengths_B.astype(jnp.int32)
+  return jax.nn.dot_product_attention(
+      q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask, is_causal=is_causal,
+      key_value_seq_lengths=lengths,
+      query_seq_lengths=None if lengths is None else jnp.full((b,), t, jnp.int32),
+      implementation="cudnn")
+
+
+def _pallas_tpu(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, is_causal):
+  """The Pallas TPU flash-attention kernel (heads-first layout, blocks of 128)."""
+  # Imported here: only a TPU (or a test in interpret mode) needs Pallas's TPU ops.
+  from jax.experimental.pallas.ops.tpu import flash_attention as tpu_flash
+  n = dispatch.TPU_BLOCK
+  blocks = tpu_flash.BlockSizes(block_q=n, block_k_major=n, block_k=n, block_b=1,
+                                block_q_major_dkv=n, block_k_major_dkv=n, block_k_dkv=n,
+                                block_q_dkv=n, block_k_major_dq=n, block_k_dq=n, block_q_dq=n)
+  out_BxHxTxK = tpu_flash.flash_attention(
+      *map(_heads_first, (q_BxTxHxK, k_BxSxHxK, v_BxSxHxK)), causal=is_causal,
+      sm_scale=1.0 / (q_BxTxHxK.shape[-1] ** 0.5), block_sizes=blocks)
+  return _heads_first(out_BxHxTxK)
+
+
+def _float16_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask, is_causal):
+  """float16 matmuls with the softmax in float32, spelled out for XLA:CPU (see module doc)."""
   t, s = q_BxTxHxK.shape[1], k_BxSxHxK.shape[1]
   scale = jnp.float16(1.0 / (q_BxTxHxK.shape[-1] ** 0.5))
   logits_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK * scale, k_BxSxHxK)
@@ -177,17 +265,6 @@ causal_attention.defvjp(_chunked_fwd, _chunked_bwd)
 # Off with LORA_JAX_CPU_KERNEL=0 (or by setting this before tracing), e.g. for an A/B in one process.
 USE_COMPILED_KERNEL = os.environ.get("LORA_JAX_CPU_KERNEL", "1") != "0"
 KERNEL_BLOCK = 64  # queries per block in the compiled kernel (32, 64, 96, 128 measured; 64 best)
-
-
-def _compiled_kernel_applies(*qkv) -> bool:
-  if not USE_COMPILED_KERNEL or any(x.dtype != jnp.float32 for x in qkv):
-    return False
-  if kernels.load():
-    return True
-  logging.log_first_n(logging.WARNING, "The compiled CPU attention kernel is not built for this "
-                      "machine (python -m lora_jax.kernels builds it); using the jnp kernel, "
-                      "about half as fast.", 1)
-  return False
 
 
 def _per_shard(op, rule: str):

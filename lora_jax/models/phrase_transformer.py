@@ -124,7 +124,9 @@ class PhraseTransformer(nn.Module):
                        f"({b}, {l})")
     dtype = jnp.dtype(cfg.dtype)
     x_BxLxD = nn.Dense(cfg.d_model, dtype=dtype, name="in_proj")(inputs_BxLxC)
-    x_BxLxD = x_BxLxD + nn.Embed(cfg.max_len, cfg.d_model, name="pos_emb")(jnp.arange(l))[None]
+    # Summed in float32 (see transformer.py), then cast to the compute dtype.
+    pos_LxD = nn.Embed(cfg.max_len, cfg.d_model, dtype=jnp.float32, name="pos_emb")(jnp.arange(l))
+    x_BxLxD = x_BxLxD.astype(jnp.float32) + pos_LxD[None]
     x_BxLxD = nn.Dropout(cfg.dropout)(x_BxLxD, deterministic=deterministic).astype(dtype)
     keymask_Bx1x1xL = (mask_BxL > 0)[:, None, None, :]
     for i in range(cfg.n_layers):

@@ -193,7 +193,9 @@ def setup(config: TrainConfig, family: Family, mesh: Mesh) -> Setup:
       params = base_or_none
     else:
       lora_key = jax.random.fold_in(jax.random.wrap_key_data(key), LORA_INIT)
-      params = lora.init_params(targets, spec, lora_key, jnp.dtype(pol.param_dtype))
+      # DoRA's magnitudes are the norms of the kernels the forward computes with: dequantised.
+      params = lora.init_params(targets, spec, lora_key, jnp.dtype(pol.param_dtype),
+                                quant.dequantize_tree(base_or_none))
     train_key = jax.random.key_data(
         jax.random.fold_in(jax.random.wrap_key_data(key), TRAIN))
     zero = jnp.zeros((), jnp.int32)
@@ -206,7 +208,10 @@ def setup(config: TrainConfig, family: Family, mesh: Mesh) -> Setup:
     frozen = Frozen(None, None, ())
     frozen_sh = Frozen(None, None, ())
   else:
-    state = jax.jit(init_state, static_argnums=1, out_shardings=state_sh)(key, None)
+    if spec.use_dora:  # DoRA magnitudes start at the base kernels' column norms
+      state = jax.jit(init_state, out_shardings=state_sh)(key, base)
+    else:
+      state = jax.jit(init_state, static_argnums=1, out_shardings=state_sh)(key, None)
     scales = jax.device_put(lora.scales_of(targets),
                             jax.tree.map(lambda _: rep, lora.scales_of(targets)))
     parents = (parent_adapter,) if parent_adapter is not None else ()
