@@ -277,3 +277,25 @@ def test_dora_over_a_quantised_base_is_dora_over_its_dequantised_kernels():
   merged = lora.merge(q, [adapter], [0.8])
   np.testing.assert_allclose(jax.jit(lambda b: model.apply({"params": b}, tokens))(merged),
                              run(q), atol=1e-4, rtol=1e-4)
+
+
+def test_quantize_base_launch_on_the_shipped_base(tmp_path):
+  import subprocess
+  import sys
+  from lora_jax.hierarchy import base_file
+  src = str(ROOT / "assets" / "base_model" / "base_model.safetensors")
+  out = str(tmp_path / "base.nf4.safetensors")
+  done = subprocess.run([sys.executable, str(ROOT / "launch" / "quantize_base.py"),
+                         f"--input={src}", f"--output={out}", "--quantize=nf4"],
+                        capture_output=True, text=True, cwd=tmp_path)
+  assert done.returncode == 0, done.stderr
+  model = base_file.load_model(src)
+  loaded, meta = quant.load_base(out, base_file.abstract_params(model.settings))
+  assert meta["source_file"] == "base_model.safetensors" and "model" in meta
+  expected = quant.quantize_tree(model.params, "nf4", "bfloat16")
+  for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(expected)):
+    np.testing.assert_array_equal(a, b)
+  bad = subprocess.run([sys.executable, str(ROOT / "launch" / "quantize_base.py"),
+                        f"--input={tmp_path / 'missing.safetensors'}", f"--output={out}"],
+                       capture_output=True, text=True, cwd=tmp_path)
+  assert bad.returncode == 1 and "no such weight file" in bad.stderr

@@ -46,6 +46,28 @@ def save(params: Any, path: str, kind: str, metadata: Mapping[str, str] | None =
     safetensors.numpy.save_file(arrays, tmp, metadata=header)
 
 
+def quantize_file(src: str, dst: str, kind: str, dtype: str) -> dict[str, str]:
+  """Quantise a Flax-native base file (dotted keys) into a quantised base file; its metadata.
+
+  The source's own metadata is kept (the model's size, for one), its `format` recorded as
+  `source_format`. Read back with `load` and the model's abstract tree.
+  """
+  if not os.path.isfile(src):
+    raise WeightFileError(f"no such weight file: {src}")
+  try:
+    f = safetensors.safe_open(src, framework="np")
+  except Exception as e:  # the Rust reader raises SafetensorError for any malformed file
+    raise WeightFileError(f"cannot read {src} as safetensors: {e}") from e
+  with f:
+    meta = dict(f.metadata() or {})
+    flat = {tuple(name.split(".")): f.get_tensor(name) for name in f.keys()}
+  tree = base.quantize_tree(tree_paths.unflatten(flat), kind, dtype)
+  if "format" in meta:
+    meta["source_format"] = meta.pop("format")
+  save(tree, dst, kind, {**meta, "source_file": os.path.basename(src)})
+  return meta
+
+
 def load(path: str, abstract_float: Any) -> tuple[Any, dict[str, str]]:
   """(the quantised base tree as host arrays, the file's metadata), checked against the model."""
   if not os.path.isfile(path):
