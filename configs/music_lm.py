@@ -86,6 +86,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.training.base_dtype = "float32"  # frozen base storage: 'float32' or 'bfloat16'
   config.training.base_params = ""  # Flax safetensors of the base; '' = random (smoke runs)
   config.training.parent_adapter = ""  # .lora this adapter is trained on top of (child)
+  config.training.quantize = ""  # QLoRA: base kernels 'int8', 'int8_block', 'nf4'; '' none
   config.training.eval_every = 250  # steps; also at each epoch end
   config.training.patience = 0  # evaluations without improvement before stopping; 0 = never
   config.training.log_every = 50  # steps per CSV/TensorBoard/console line

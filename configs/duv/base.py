@@ -113,6 +113,7 @@ def _common(variant: str) -> ml_collections.ConfigDict:
   config.training.base_dtype = "float32"
   config.training.base_params = ""  # adapters: set to <duv.bundle>/model.safetensors
   config.training.parent_adapter = ""
+  config.training.quantize = ""  # QLoRA: 'int8', 'int8_block' or 'nf4' base kernels; '' none
   config.training.eval_every = 10**9  # steps: evaluate at each epoch end only
   config.training.patience = 3  # evaluations without a better validation loss
   config.training.log_every = 50

@@ -76,6 +76,7 @@ def _train_config(name: str, model: music_lm.LmConfig, spec: lora.LoraSpec,
       training=train_config.TrainingConfig(
           type="full" if full else "lora", steps=steps, seed=stage.seed, precision="float32",
           base_dtype="float32", base_params=base_params, parent_adapter=parent_adapter,
+          quantize="",
           eval_every=stage.eval_every or steps, patience=0, log_every=run.log_every,
           max_nonfinite_in_a_row=run.max_nonfinite_in_a_row))
 

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from lora_jax.lora import dora
 from lora_jax.lora.adapter import Adapter
+from lora_jax.quant import dense as quant_dense
 
 FOLD_WIDENING = True  # see `_foldable`; a switch for bench/lora_step_ab.py
 
@@ -55,7 +56,7 @@ def _dora_delta(module: nn.Dense, x, h, y_base, a, b, magnitude, scale, weight):
   Without dropout (h is x) the base product is the layer's own output less its bias, as in PEFT;
   with dropout it is recomputed on the dropped input.
   """
-  kernel = module.get_variable("params", "kernel")
+  kernel = quant_dense.effective_kernel(module, jnp.float32)  # dequantised if stored quantised
   if h is x:
     base = y_base
     if module.use_bias:
@@ -149,6 +150,8 @@ def _foldable(module: nn.Dense, x) -> bool:
   if not (module.use_bias and module.precision is None and module.dot_general is None
           and module.dot_general_cls is None and module.has_variable("params", "kernel")):
     return False
+  if quant_dense.kernels.is_quantized(quant_dense.kernel_of(module)):
+    return False  # a quantised kernel is dequantised per product by lora_jax.quant.dense
   kernel = module.get_variable("params", "kernel")
   bias = module.get_variable("params", "bias")
   dtypes = {x.dtype, kernel.dtype, bias.dtype, jnp.dtype(module.dtype or jnp.float32)}
@@ -221,7 +224,8 @@ def inject(actives: Sequence[Active], rng: jax.Array | None = None):
         y = y + _delta(h, a, b, scale, weight).astype(y.dtype)
     return y
 
-  with nn.intercept_methods(interceptor):
+  # The quantised-kernel interceptor is the inner one: every `next_fn` above reaches it.
+  with nn.intercept_methods(interceptor), quant_dense.dequantized():
     yield
   missing = sorted(set().union(*map(set, tables)) - used) if tables else []
   if missing:

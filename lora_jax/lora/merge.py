@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lora_jax import tree_paths
+from lora_jax import quant, tree_paths
 from lora_jax.lora import dora
 from lora_jax.lora.adapter import Adapter
 from lora_jax.lora.spec import LoraSpec
@@ -107,7 +107,11 @@ def merge(base_params: Any, adapters: Sequence[Adapter], weights=None, *,
   """Base tree with `sum_i weights[i] * delta_i` folded into each adapted kernel.
 
   With `donate=True` the base buffers are reused for the result (the caller's base is consumed).
+  A quantised base (`lora_jax.quant`) is dequantised to float32 first: the merge of a QLoRA
+  adapter is a float base, every kernel float32.
   """
+  if quant.is_quantized_tree(base_params):
+    base_params, donate = quant.dequantize_tree(base_params, jnp.float32), False
   adapters, weights = _nonzero(adapters, weights)
   fn = _fold_jit_donated if donate else _fold_jit
   return fn(base_params, adapters, weights, 1.0)

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from lora_jax import families
 from lora_jax.lora.spec import LoraSpec
+from lora_jax.quant.kernels import KINDS as QUANT_KINDS
 
 
 class ConfigError(ValueError):
@@ -122,6 +123,7 @@ class TrainingConfig:
   base_dtype: str  # storage dtype of a frozen base: 'float32' or 'bfloat16'
   base_params: str  # Flax safetensors of the base; '' initialises it from the seed (smoke runs)
   parent_adapter: str  # .lora of a frozen parent adapter the trained one sits on; '' for none
+  quantize: str  # base dense kernels as 'int8', 'int8_block' or 'nf4' (QLoRA); '' for base_dtype
   eval_every: int  # steps; evaluation also runs at each epoch end
   patience: int  # evaluations without a better validation loss before stopping; 0 never stops
   log_every: int
@@ -147,6 +149,12 @@ class TrainingConfig:
       raise ConfigError("full fine-tuning trains the base itself: it needs base_dtype 'float32' "
                         f"(got {self.base_dtype!r}) and no parent adapter "
                         f"(got {self.parent_adapter!r})")
+    if self.quantize not in ("", *QUANT_KINDS):
+      raise ConfigError(f"training.quantize must be '' or one of {', '.join(QUANT_KINDS)}, got "
+                        f"{self.quantize!r}")
+    if self.quantize and self.type != "lora":
+      raise ConfigError(f"training.quantize {self.quantize!r} stores a frozen base quantised; "
+                        f"training.type {self.type!r} trains the base itself (use 'lora')")
 
 
 @dataclasses.dataclass(frozen=True)

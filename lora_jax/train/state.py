@@ -14,12 +14,14 @@ from typing import Any
 
 import flax.struct
 import jax
+from absl import logging
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
 from lora_jax import lora
+from lora_jax import quant
 from lora_jax.interop import flax_weights
 from lora_jax.lora.adapter_file import AdapterRecord
 from lora_jax.train import mesh as mesh_lib
@@ -99,10 +101,16 @@ def base_params(config: TrainConfig, family: Family, abstract: Any, shardings: A
 
   The base comes from `training.base_params` or is initialised from the seed. The fingerprint is
   taken before the storage cast, so an adapter trained over a bfloat16-stored base still names
-  the base it was trained on.
+  the base it was trained on. With `training.quantize` the dense kernels are quantised from the
+  float base on the host (the same codes on any mesh, at every start: the quantised base is
+  never checkpointed) and `shardings` are the float base's, from which the quantised ones follow.
   """
+  kind = config.training.quantize
   if config.training.base_params:
     host = flax_weights.load_params(config.training.base_params, abstract)
+    if kind:
+      return (jax.device_put(quant.quantize_tree(host, kind, dtype),
+                             quant.shardings(abstract, shardings, kind)), lora.fingerprint(host))
     return jax.device_put(_cast(host, dtype), shardings), lora.fingerprint(host)
 
   def init(key):
@@ -111,6 +119,11 @@ def base_params(config: TrainConfig, family: Family, abstract: Any, shardings: A
 
   params = jax.jit(init, out_shardings=shardings)(root_key(config.training.seed))
   fingerprint = lora.fingerprint(params)
+  if kind:
+    host = host_params(params)
+    del params
+    return (jax.device_put(quant.quantize_tree(host, kind, dtype),
+                           quant.shardings(abstract, shardings, kind)), fingerprint)
   if all(x.dtype == jnp.dtype(dtype) for x in jax.tree.leaves(params)):
     return params, fingerprint
   return jax.jit(lambda p: _cast(p, dtype), out_shardings=shardings, donate_argnums=0)(
@@ -149,6 +162,8 @@ def setup(config: TrainConfig, family: Family, mesh: Mesh) -> Setup:
   trains_base = config.training.type == "full"
   abstract = abstract_base(family)
   base_sh = mesh_lib.param_shardings(family.partition_rules, abstract, mesh)
+  if config.training.quantize:
+    logging.info(quant.describe(abstract, config.training.quantize, pol.base_dtype))
   base, fingerprint = base_params(config, family, abstract, base_sh,
                                   pol.param_dtype if trains_base else pol.base_dtype)
   rep = mesh_lib.replicated(mesh)
@@ -174,8 +189,9 @@ def setup(config: TrainConfig, family: Family, mesh: Mesh) -> Setup:
       params = base_or_none
     else:
       lora_key = jax.random.fold_in(jax.random.wrap_key_data(key), LORA_INIT)
+      # DoRA's magnitudes are the norms of the kernels the forward computes with: dequantised.
       params = lora.init_params(targets, spec, lora_key, jnp.dtype(pol.param_dtype),
-                                base_or_none)
+                                quant.dequantize_tree(base_or_none))
     train_key = jax.random.key_data(
         jax.random.fold_in(jax.random.wrap_key_data(key), TRAIN))
     zero = jnp.zeros((), jnp.int32)
@@ -196,7 +212,9 @@ def setup(config: TrainConfig, family: Family, mesh: Mesh) -> Setup:
                             jax.tree.map(lambda _: rep, lora.scales_of(targets)))
     parents = (parent_adapter,) if parent_adapter is not None else ()
     frozen = Frozen(base, scales, parents)
-    frozen_sh = Frozen(base_sh, jax.tree.map(lambda _: rep, scales),
+    frozen_base_sh = (quant.shardings(abstract, base_sh, config.training.quantize)
+                      if config.training.quantize else base_sh)
+    frozen_sh = Frozen(frozen_base_sh, jax.tree.map(lambda _: rep, scales),
                        (parent_sh,) if parent_sh is not None else ())
 
   step_config = StepConfig(
