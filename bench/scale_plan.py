@@ -1,0 +1,248 @@
+"""The training step at 100M, 1B and 8B parameters on 8 and 64 devices, compiled, never run.
+
+    python bench/scale_plan.py                       # every size, mode and mesh (minutes)
+    python bench/scale_plan.py --sizes=100M --devices=8 --modes=lora
+
+Each devices count runs in a child process with that many fake CPU devices
+(`--xla_force_host_platform_device_count`). There the music transformer's LoRA step (bfloat16
+compute, the frozen base stored in bfloat16, float32 adapters and AdamW moments) and its full
+fine-tuning step (float32 weights and moments, bfloat16 compute) are built from abstract arrays
+(no weights exist), sharded by the family's partition rules over an fsdp mesh, lowered and
+compiled by XLA. Printed per case: per-device memory XLA plans (arguments + outputs - aliased +
+temporaries), the collectives in the compiled HLO with their bytes per step, the compiled FLOPs
+per device, and, for a stated accelerator, the step time those imply (compute at peak, and
+collectives at the link bandwidth, overlapped or not) and so the MFU bound.
+
+Depth is extrapolated: the model unrolls its layers, so compile time grows with depth; each
+case compiles the same model at PROBE_LAYERS depths and extends every figure linearly to the real
+depth (per layer: the difference between the two, divided by their layer gap). Memory, FLOPs and
+collectives are sums over identical layers plus the embedding, head and optimiser, so the line is
+exact up to XLA choosing differently at another depth.
+
+What this is and is not: XLA:CPU's plan for the same sharded program, not a GPU's or a TPU's
+(their compilers fuse and schedule differently, and keep different temporaries); no step ran.
+
+Status: work in progress, not yet to be quoted. Its first run (100M, LoRA, 8 devices, on a
+machine shared with other jobs: 20 minutes) planned 14.3 GiB a device, about ten times what the
+activations of one 2,048-token sequence should need, and counted 4.7 GiB of all-gathers a step;
+neither is explained yet (the CPU attention path for bfloat16, the extrapolation, or the
+collective parser may be at fault). Check those before the figures go in the README.
+"""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+
+SIZES = {  # name: (d_model, n_layers, d_ff, n_heads)
+    "100M": (768, 12, 3072, 12),
+    "1B": (2048, 20, 8192, 16),
+    "8B": (4096, 40, 16384, 32),
+}
+ACCELERATORS = {  # name: (bf16 dense FLOP/s, HBM bytes/s, link bytes/s per device, memory bytes)
+    "H100": (989e12, 3.35e12, 450e9, 80e9),
+    "TPU v5e": (197e12, 819e9, 200e9, 16e9),
+}
+PROBE_LAYERS = (2, 4)
+SEQ_LEN = 2048
+VOCAB = 512  # the MIDI event vocabulary
+_COLLECTIVE = re.compile(
+    r"= (\(?[^=]*?\)?) (all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)"
+    r"(-start)?\(")
+_SHAPE = re.compile(r"(bf16|f16|f32|f64|s32|u32|s8|u8|pred)\[([0-9,]*)\]")
+_BYTES = {"bf16": 2, "f16": 2, "f32": 4, "f64": 8, "s32": 4, "u32": 4, "s8": 1, "u8": 1,
+          "pred": 1}
+
+
+def _shape_bytes(text: str) -> int:
+  total = 0
+  for dtype, dims in _SHAPE.findall(text):
+    n = 1
+    for d in filter(None, dims.split(",")):
+      n *= int(d)
+    total += n * _BYTES[dtype]
+  return total
+
+
+def collectives(hlo: str) -> dict[str, list[int]]:
+  """{kind: [count, bytes of their results]} over the compiled HLO's collectives."""
+  out: dict[str, list[int]] = {}
+  for result, kind, _ in _COLLECTIVE.findall(hlo):
+    entry = out.setdefault(kind, [0, 0])
+    entry[0] += 1
+    entry[1] += _shape_bytes(result)
+  return out
+
+
+def compile_case(size: str, mode: str, n_devices: int, layers: int) -> dict:
+  """Build, lower and compile one train step on this process's fake devices; its figures."""
+  import jax  # pylint: disable=g-import-not-at-top; XLA_FLAGS must be set first
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  from lora_jax import families, lora  # pylint: disable=g-import-not-at-top
+  from lora_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
+  from lora_jax.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from lora_jax.train import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
+  from lora_jax.train import precision  # pylint: disable=g-import-not-at-top
+  from lora_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  from lora_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+
+  d, _, d_ff, heads = SIZES[size]
+  full = mode == "full"
+  config = config_lib.load("configs/music_lm.py", None, {
+      "model.vocab_size": VOCAB, "model.d_model": d, "model.n_layers": layers,
+      "model.d_ff": d_ff, "model.n_heads": heads, "model.max_len": SEQ_LEN,
+      "model.seq_len": SEQ_LEN, "model.dropout": 0.0, "lora.rank": 16, "lora.dropout": 0.0,
+      "lora.target_modules": ("q_proj", "k_proj", "v_proj", "out_proj", "ff.in", "ff.out"),
+      "training.type": mode, "training.precision": "bfloat16",
+      "training.base_dtype": "float32" if full else "bfloat16",
+      "mesh.data": 1, "mesh.fsdp": -1, "data.synthetic_examples": 1,
+      "data.batch_size": n_devices, "data.eval_batch_size": n_devices})
+  pol = precision.policy(config.training.precision, config.training.base_dtype)
+  family = families.lookup(config.family).make(config.model, pol.compute_dtype)
+  mesh = mesh_lib.make_mesh(config.mesh, jax.devices()[:n_devices])
+  rep = mesh_lib.replicated(mesh)
+  abstract = state_lib.abstract_base(family)
+  n_params = sum(x.size for x in jax.tree.leaves(abstract))
+  base_sh = mesh_lib.param_shardings(family.partition_rules, abstract, mesh)
+  if full:
+    trainable = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), abstract)
+    trainable_sh, targets = base_sh, ()
+  else:
+    targets = lora.resolve(config.lora, abstract)
+    trainable = lora.abstract_params(targets, jnp.float32)
+    trainable_sh = lora.shardings(targets, base_sh)
+  tx, sched = optimizer_lib.optimizer(config.opt, config.training.steps, trainable)
+  opt_sh = mesh_lib.like_params(jax.eval_shape(tx.init, trainable), trainable, trainable_sh, mesh)
+  state_sh = state_lib.TrainState(rep, trainable_sh, opt_sh, rep,
+                                  precision.LossScale(rep, rep), rep, rep)
+
+  def init_state(params):
+    zero = jnp.zeros((), jnp.int32)
+    return state_lib.TrainState(zero, params, tx.init(params), jnp.zeros((2,), jnp.uint32),
+                                precision.LossScale.create(pol.dynamic_loss_scale), zero, zero)
+
+  with_sharding = lambda tree, sh: jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, sh)
+  abstract_state = with_sharding(jax.eval_shape(init_state, trainable), state_sh)
+  if full:
+    frozen, frozen_sh = state_lib.Frozen(None, None, ()), state_lib.Frozen(None, None, ())
+  else:
+    scales = jax.eval_shape(lambda: lora.scales_of(targets))
+    base = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.bfloat16), abstract)
+    frozen_sh = state_lib.Frozen(base_sh, jax.tree.map(lambda _: rep, scales), ())
+    frozen = with_sharding(state_lib.Frozen(base, scales, ()), frozen_sh)
+  step_config = step_lib.StepConfig(
+      family=family, tx=tx, schedule=sched, dynamic_loss_scale=pol.dynamic_loss_scale,
+      trains_base=full, lora_dropout=0.0, lora_module_dropout=0.0)
+  batch = with_sharding(family.abstract_batch(1, n_devices),
+                        jax.tree.map(lambda _: mesh_lib.batch_sharding(mesh, 1),
+                                     family.abstract_batch(1, n_devices)))
+  fn = step_lib.jit_train_step(step_config, mesh, state_sh, frozen_sh)
+  compiled = fn.lower(abstract_state, frozen, batch).compile()
+  memory = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  planned = (memory.argument_size_in_bytes + memory.output_size_in_bytes
+             - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
+  tokens = n_devices * SEQ_LEN
+  return {"size": size, "mode": mode, "devices": n_devices, "params": int(n_params),
+          "mesh": dict(mesh.shape), "tokens_per_step": tokens,
+          "memory_per_device": {"arguments": memory.argument_size_in_bytes,
+                                "outputs": memory.output_size_in_bytes,
+                                "aliased": memory.alias_size_in_bytes,
+                                "temporaries": memory.temp_size_in_bytes,
+                                "planned": planned},
+          "flops_per_device": float(cost.get("flops", 0.0)),
+          "model_flops_per_device": (6 if full else 4) * n_params * tokens / n_devices,
+          "collectives": collectives(compiled.as_text())}
+
+
+def implied(row: dict, accelerator: str) -> dict:
+  """Step time the figures imply on `accelerator`, and the MFU bound."""
+  peak, _, link, capacity = ACCELERATORS[accelerator]
+  compute = row["flops_per_device"] / peak
+  comm = sum(b for _, b in row["collectives"].values()) / link
+  overlapped, serial = max(compute, comm), compute + comm
+  useful = row["model_flops_per_device"] / peak
+  return {"compute_s": compute, "collectives_s": comm,
+          "step_s_overlapped": overlapped, "step_s_serial": serial,
+          "mfu_bound": useful / overlapped if overlapped else 0.0,
+          "fits": row["memory_per_device"]["planned"] <= capacity}
+
+
+def _extrapolate(low: dict, high: dict, layers: int) -> dict:
+  """`high` with every number extended linearly in depth through `low` to `layers` layers."""
+  gap = PROBE_LAYERS[1] - PROBE_LAYERS[0]
+
+  def line(a, b):
+    if isinstance(b, dict):
+      return {k: line(a.get(k, 0 if not isinstance(v, (dict, list)) else type(v)()), v)
+              for k, v in b.items()}
+    if isinstance(b, list):
+      a = a or [0] * len(b)
+      return [line(x, y) for x, y in zip(a, b)]
+    if isinstance(b, (int, float)) and not isinstance(b, bool):
+      value = b + (b - a) * (layers - PROBE_LAYERS[1]) / gap
+      return type(b)(round(value)) if isinstance(b, int) else value
+    return b
+
+  out = {k: line(low[k], v) for k, v in high.items()
+         if k in ("params", "memory_per_device", "flops_per_device", "model_flops_per_device",
+                  "collectives")}
+  return {**high, **out, "layers": layers, "probed_layers": list(PROBE_LAYERS)}
+
+
+def _child(args) -> None:
+  for size in args.sizes.split(","):
+    for mode in args.modes.split(","):
+      low, high = (compile_case(size, mode, args.child, n) for n in PROBE_LAYERS)
+      print(json.dumps(_extrapolate(low, high, SIZES[size][1])), flush=True)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--sizes", default="100M,1B,8B")
+  parser.add_argument("--devices", default="8,64")
+  parser.add_argument("--modes", default="lora,full")
+  parser.add_argument("--accelerator", default="H100", choices=sorted(ACCELERATORS))
+  parser.add_argument("--out", default="", help="write every row as JSON here")
+  parser.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.child:
+    _child(args)
+    return
+  rows = []
+  for n in map(int, args.devices.split(",")):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
+               JAX_PLATFORMS="cpu")
+    done = subprocess.run([sys.executable, __file__, f"--child={n}", f"--sizes={args.sizes}",
+                           f"--modes={args.modes}"], env=env, capture_output=True, text=True)
+    if done.returncode:
+      sys.exit(f"scale_plan: the {n}-device child failed:\n{done.stderr[-3000:]}")
+    rows += [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+  gib = lambda b: b / 2**30
+  print(f"accelerator model: {args.accelerator} "
+        f"(bf16 {ACCELERATORS[args.accelerator][0] / 1e12:.0f} TFLOP/s, link "
+        f"{ACCELERATORS[args.accelerator][2] / 1e9:.0f} GB/s, "
+        f"{ACCELERATORS[args.accelerator][3] / 1e9:.0f} GB); XLA:CPU's compiled plan, not run")
+  print("| size | mode | devices | params | GiB/device planned | collectives (count, GiB) | "
+        "TFLOP/device | step s (overlap / serial) | MFU bound | fits |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
+  for row in rows:
+    t = implied(row, args.accelerator)
+    coll = ", ".join(f"{k} {c} ({gib(b):.2f})" for k, (c, b) in sorted(row["collectives"].items()))
+    print(f"| {row['size']} | {row['mode']} | {row['devices']} | {row['params'] / 1e9:.2f}B | "
+          f"{gib(row['memory_per_device']['planned']):.1f} | {coll or 'none'} | "
+          f"{row['flops_per_device'] / 1e12:.1f} | {t['step_s_overlapped']:.3f} / "
+          f"{t['step_s_serial']:.3f} | {t['mfu_bound']:.0%} | {'yes' if t['fits'] else 'no'} |")
+    row["implied"] = {name: implied(row, name) for name in ACCELERATORS}
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()
