@@ -3,12 +3,15 @@
 bash scripts/fetch_performances.sh .cache/performances
 python launch/build_duv_manifest.py --cache=.cache/performances --out=build/duv \
   --sources=maestro,pop909,mozart --max_len=256
+
+Bad input ends in one error line and exit status 1, before anything is written.
 """
 
 import json
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from lora_jax import cli
 from lora_jax.data import duv_build, duv_manifest
 
 _CACHE = flags.DEFINE_string("cache", ".cache/performances", "performance cache "
@@ -27,7 +30,8 @@ _VELOCITY = flags.DEFINE_integer("deadpan_velocity", 64, "constant velocity of t
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise ValueError(f"unexpected arguments: {argv[1:]}")
   config = duv_build.BuildConfig(
       cache_dir=_CACHE.value, out_dir=_OUT.value, sources=tuple(_SOURCES.value),
       filters=duv_manifest.Filters(_MIN_NOTES.value, _MIN_DURATION.value, _MAX_DURATION.value),
@@ -39,4 +43,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, "build_duv_manifest")

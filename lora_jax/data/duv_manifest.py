@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from lora_jax import atomic
+from lora_jax import atomic, errors
 from lora_jax.data import duv_features, duv_pairs
 
 SOURCE_SUFFIX = {"maestro": ".mid", "pop909": ".mid", "mozart": ".match"}
@@ -27,7 +27,7 @@ _ROW_KEYS = ("file", "source", "piece_id", "instrument", "split", "notes", "down
              "sections", "features", "targets")
 
 
-class ManifestError(ValueError):
+class ManifestError(errors.UserError):
   """A manifest that cannot be used; the message names the file and line (or row)."""
 
 

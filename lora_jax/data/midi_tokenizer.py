@@ -26,7 +26,7 @@ import mido
 import numpy as np
 import pretty_midi
 
-from lora_jax import atomic
+from lora_jax import atomic, errors
 
 PAD, BOS, EOS = 0, 1, 2
 DRUM_PROGRAM = 128  # program index of drum instruments
@@ -34,11 +34,11 @@ MIDI_RESOLUTION = 480  # ticks per quarter of decoded MIDI: a multiple of 12 and
 VOCAB_FORMAT = "lora_jax.midi_tokenizer/1"
 
 
-class UnsupportedMidiError(ValueError):
+class UnsupportedMidiError(errors.UserError):
   """A MIDI file holds something the tokenizer's vocabulary cannot express."""
 
 
-class TokenSequenceError(ValueError):
+class TokenSequenceError(errors.UserError):
   """A token sequence breaks the grammar decode expects."""
 
 

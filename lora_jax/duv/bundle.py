@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from lora_jax import atomic, lora
+from lora_jax import atomic, errors, lora
 from lora_jax.data import duv_manifest
 from lora_jax.interop import flax_weights
 from lora_jax.models.phrase_transformer import PhraseTransformer, PhraseTransformerConfig
@@ -39,7 +39,7 @@ SCALER_FILE = "scaler.json"
 ADAPTER_SUFFIX = ".lora"
 
 
-class BundleError(ValueError):
+class BundleError(errors.UserError):
   """A DUV model folder or adapter that cannot be used as it is."""
 
 

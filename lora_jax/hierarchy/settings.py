@@ -25,6 +25,7 @@ import dataclasses
 import os
 from typing import Any, Mapping, Sequence
 
+from lora_jax import errors
 from lora_jax.train import config as config_lib
 
 TARGET_GROUPS: dict[str, tuple[str, ...]] = {
@@ -36,7 +37,7 @@ STYLE_GROUPS = ("child",)  # what a sub-style file may override: its own adapter
 GENRES_DIR, STYLES_DIR = "genres", "styles"
 
 
-class HierarchyConfigError(ValueError):
+class HierarchyConfigError(errors.UserError):
   """An override file or value that does not fit the defaults."""
 
 

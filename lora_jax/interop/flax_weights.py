@@ -13,12 +13,12 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from lora_jax import atomic, tree_paths
+from lora_jax import atomic, errors, tree_paths
 
 Shape = tuple[int, ...]
 
 
-class WeightFileError(ValueError):
+class WeightFileError(errors.UserError):
   """A weight file that does not fit the model, or cannot be read safely."""
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from lora_jax import atomic, tree_paths
+from lora_jax import atomic, errors, tree_paths
 from lora_jax.lora import spec as spec_lib
 from lora_jax.lora.adapter import Adapter
 
@@ -23,7 +23,7 @@ FORMAT = "lora_jax.adapter"
 FORMAT_VERSION = 1
 
 
-class AdapterFileError(ValueError):
+class AdapterFileError(errors.UserError):
   """An adapter file that is not one, is corrupt, or is from an unknown format version."""
 
 

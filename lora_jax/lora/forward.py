@@ -21,12 +21,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lora_jax import errors
 from lora_jax.lora.adapter import Adapter
 
 FOLD_WIDENING = True  # see `_foldable`; a switch for bench/lora_step_ab.py
 
 
-class UnusedAdapterError(RuntimeError):
+class UnusedAdapterError(errors.UserError, RuntimeError):
   """An adapter names modules that the forward never called."""
 
 

@@ -17,12 +17,12 @@ import math
 import re
 from typing import Any, Mapping
 
-from lora_jax import tree_paths
+from lora_jax import errors, tree_paths
 
 _RANGE = re.compile(r"\{(\d+)-(\d+)\}")
 
 
-class LoraRuleError(ValueError):
+class LoraRuleError(errors.UserError):
   """A target rule that matches nothing, or a malformed rule."""
 
 

@@ -14,11 +14,11 @@ import types
 import typing
 from typing import Any, Mapping
 
-from lora_jax import families
+from lora_jax import errors, families
 from lora_jax.lora.spec import LoraSpec
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError):
   """A config that does not fit the dataclasses it must become."""
 
 
