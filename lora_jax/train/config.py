@@ -22,6 +22,14 @@ class ConfigError(errors.UserError):
   """A config that does not fit the dataclasses it must become."""
 
 
+def _at_least(group: Any, low: int, where: str, *names: str) -> None:
+  """Counts are checked where they are declared, so a 0 batch never reaches a division."""
+  for name in names:
+    value = getattr(group, name)
+    if isinstance(value, int) and not isinstance(value, bool) and value < low:
+      raise ConfigError(f"config.{where}.{name} must be >= {low}, got {value}")
+
+
 @dataclasses.dataclass(frozen=True)
 class OptConfig:
   """AdamW, its learning-rate schedule, clipping and gradient accumulation."""
@@ -57,6 +65,8 @@ class DataConfig:
   eval_batch_size: int
 
   def __post_init__(self):
+    _at_least(self, 1, "data", "batch_size", "eval_batch_size")
+    _at_least(self, 0, "data", "synthetic_examples")
     if bool(self.path) == (self.synthetic_examples > 0):
       raise ConfigError(f"give exactly one of data.path ({self.path!r}) and "
                         f"data.synthetic_examples ({self.synthetic_examples})")
@@ -72,6 +82,8 @@ class CkptConfig:
   export: str = "best"  # what the run exports at its end: 'best' (lowest validation loss) or 'final'
 
   def __post_init__(self):
+    _at_least(self, 1, "ckpt", "every_steps", "keep_last")
+    _at_least(self, 0, "ckpt", "keep_best")
     if self.export not in ("best", "final"):
       raise ConfigError(f"config.ckpt.export must be 'best' or 'final', got {self.export!r}")
     if self.export == "best" and self.keep_best < 1:
@@ -105,6 +117,8 @@ class TrainingConfig:
   max_nonfinite_in_a_row: int  # skipped non-finite steps in a row that stop the run
 
   def __post_init__(self):
+    _at_least(self, 1, "training", "steps", "eval_every", "log_every", "max_nonfinite_in_a_row")
+    _at_least(self, 0, "training", "patience")
     if self.type not in ("lora", "full"):
       raise ConfigError(f"training.type must be 'lora' or 'full', got {self.type!r}")
     if self.type == "full" and (self.base_dtype != "float32" or self.parent_adapter):
