@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from lora_jax import lora
+from lora_jax import errors, lora
 from lora_jax.hierarchy import settings
 from lora_jax.train import config as config_lib
 import hierarchy_testlib
@@ -95,8 +95,10 @@ def test_unknown_flags_names_and_files_are_errors(defaults):
   with pytest.raises(settings.HierarchyConfigError, match=r"no genre config .*genres/rock.py; "
                                                           r"known: folk"):
     settings.resolve(tree, defaults, "rock", None, {})
-  with pytest.raises(settings.HierarchyConfigError, match=r"name '\.\./x' must be a plain"):
+  with pytest.raises(errors.UserError, match=r"name '\.\./x' must be a plain"):
     settings.resolve(tree, defaults, "../x", None, {})
+  with pytest.raises(settings.HierarchyConfigError, match=r"'run' is reserved"):
+    settings.resolve(tree, defaults, "folk", "run", {})
 
 
 def test_identity_fields_must_match(tmp_path):

@@ -26,6 +26,7 @@ import os
 from typing import Any, Mapping, Sequence
 
 from lora_jax import errors
+from lora_jax.hierarchy import layout
 from lora_jax.train import config as config_lib
 
 TARGET_GROUPS: dict[str, tuple[str, ...]] = {
@@ -229,10 +230,10 @@ def style_path(defaults_path: str, parent: str, child: str) -> str:
 
 
 def check_name(name: str, what: str) -> None:
-  """Style names become file and folder names: plain identifiers only."""
-  if not name or not name.replace("_", "a").isalnum() or name == "run":
-    raise HierarchyConfigError(f"{what} name {name!r} must be a plain identifier (letters, digits, "
-                               f"underscores) and not 'run'")
+  """Style names become file and folder names: plain names (`errors.check_name`), not 'run'."""
+  errors.check_name(name, f"{what} name")
+  if name == layout.RUN:  # a child's folder would be its parent's training workdir
+    raise HierarchyConfigError(f"{what} name {name!r} is reserved for the training folder")
 
 
 def resolve(defaults: Mapping[str, Any], defaults_path: str, parent: str, child: str | None,
