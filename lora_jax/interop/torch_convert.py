@@ -204,6 +204,9 @@ def save_state_dict(params: Any, path: str, renames: Renames = ()) -> None:
     torch.save(state_dict, tmp)
 
 
+SUFFIXES = (".safetensors", ".pt", ".pth")  # what `save_torch_file` writes
+
+
 def save_torch_file(params: Any, path: str, renames: Renames = ()) -> None:
   """Write a Flax tree as `.safetensors` or a `.pt`/`.pth` state dict, chosen by the suffix."""
   suffix = os.path.splitext(path)[1]
