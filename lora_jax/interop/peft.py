@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 
-from lora_jax import atomic, tree_paths
+from lora_jax import atomic, pickles, tree_paths
 from lora_jax.lora.adapter import Adapter
 from lora_jax.lora.adapter_file import AdapterRecord
 from lora_jax.lora.spec import LoraSpec
@@ -80,7 +80,7 @@ def _read_weights(folder: str) -> dict[str, np.ndarray]:
   bin_path = os.path.join(folder, "adapter_model.bin")
   if os.path.exists(bin_path):
     import torch  # only for the legacy format, and never unpickling arbitrary objects
-    state = torch.load(bin_path, map_location="cpu", weights_only=True)
+    state = pickles.torch_load(bin_path, PeftFormatError)
     return {k: v.float().numpy() for k, v in state.items()}
   raise PeftFormatError(f"{folder} has neither {WEIGHTS_NAME} nor adapter_model.bin")
 

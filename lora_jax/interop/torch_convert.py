@@ -25,7 +25,7 @@ import safetensors
 import safetensors.torch
 import torch
 
-from lora_jax import atomic, tree_paths
+from lora_jax import atomic, finite, pickles, tree_paths
 from lora_jax.interop.flax_weights import (WeightFileError, check_names_and_shapes, dotted_leaves,
                                            listed)
 
@@ -144,18 +144,8 @@ def flax_to_state_dict(params: Any, renames: Renames = ()) -> dict[str, torch.Te
   return out
 
 
-def _unpickle_detail(e: Exception) -> str:
-  text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split())
-  m = re.search(r"WeightsUnpickler error: (.+?)(?:\. Please| Check the documentation|$)", text)
-  return m.group(1).rstrip(". ") if m else text[:200]
-
-
 def _torch_load(path: str) -> Any:
-  try:
-    return torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as e:  # UnpicklingError for foreign objects, RuntimeError for broken zips
-    raise WeightFileError(f"cannot load {path} safely: torch.load(weights_only=True) failed "
-                          f"({_unpickle_detail(e)})") from e
+  return pickles.torch_load(path, WeightFileError)
 
 
 def read_torch_file(path: str) -> dict[str, torch.Tensor]:
@@ -184,9 +174,12 @@ def read_torch_file(path: str) -> dict[str, torch.Tensor]:
 
 def load_torch_params(path: str, abstract_params: Any, *, prefix: str | None = None,
                       renames: Renames = ()) -> dict:
-  """Read a PyTorch weight file into a Flax parameter tree shaped like `abstract_params`."""
-  return state_dict_to_flax(read_torch_file(path), abstract_params,
-                            source=os.path.basename(path), prefix=prefix, renames=renames)
+  """Read a PyTorch weight file into a Flax parameter tree shaped like `abstract_params`; a
+  tensor holding NaN or infinity is refused, naming it."""
+  params = state_dict_to_flax(read_torch_file(path), abstract_params,
+                              source=os.path.basename(path), prefix=prefix, renames=renames)
+  finite.check_tree(params, path)
+  return params
 
 
 def save_safetensors(params: Any, path: str, renames: Renames = (),

@@ -15,7 +15,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from lora_jax import atomic, errors, tree_paths
+from lora_jax import atomic, errors, pickles, tree_paths
 from lora_jax.lora import spec as spec_lib
 from lora_jax.lora.adapter import Adapter
 
@@ -88,8 +88,10 @@ def load_adapter(path: str, base_params: Any = None) -> AdapterRecord:
   except FileNotFoundError:
     raise AdapterFileError(f"adapter file {path} does not exist") from None
   except Exception as e:  # safetensors raises its own error types for bad headers
-    raise AdapterFileError(
-        f"{path} is not a safetensors adapter ({e}); pickled adapters are refused") from None
+    if pickles.looks_pickled(path):
+      raise pickles.refusal(path, "a torch.save or pickle file, not a .lora", AdapterFileError
+                            ) from None
+    raise AdapterFileError(f"{path} is not a safetensors adapter ({e})") from None
   if metadata.get("format") != FORMAT:
     raise AdapterFileError(f"{path} is safetensors but not a lora_jax adapter (format "
                            f"{metadata.get('format')!r}); for a PEFT adapter use interop.peft")
