@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from lora_jax import lora
+from lora_jax import lora, stable_safetensors
 import testlib
 
 SPEC = lora.LoraSpec(rank=4, alpha=8, target_modules=("q_proj", "ff.out"),
@@ -71,7 +71,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
   def crash(*args, **kwargs):
     raise OSError("disk full")
 
-  monkeypatch.setattr(safetensors.numpy, "save_file", crash)
+  monkeypatch.setattr(stable_safetensors, "canonical", crash)  # with the temporary file open
   with pytest.raises(OSError):
     lora.save_adapter(str(path), record(params))
   assert path.read_bytes() == b"previous"

@@ -25,7 +25,7 @@ import safetensors
 import safetensors.torch
 import torch
 
-from lora_jax import atomic, finite, pickles, tree_paths
+from lora_jax import atomic, finite, pickles, stable_safetensors, tree_paths
 from lora_jax.interop.flax_weights import (WeightFileError, check_names_and_shapes, dotted_leaves,
                                            listed)
 
@@ -186,8 +186,7 @@ def save_safetensors(params: Any, path: str, renames: Renames = (),
                      metadata: Mapping[str, str] | None = None) -> None:
   """Write a Flax tree as a PyTorch-named safetensors file, atomically."""
   state_dict = flax_to_state_dict(params, renames)
-  with atomic.atomic_path(path) as tmp:
-    safetensors.torch.save_file(state_dict, tmp, metadata=metadata)
+  stable_safetensors.save_torch(state_dict, path, metadata)
 
 
 def save_state_dict(params: Any, path: str, renames: Renames = ()) -> None:

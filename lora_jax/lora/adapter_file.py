@@ -13,9 +13,8 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 import safetensors
-import safetensors.numpy
 
-from lora_jax import atomic, errors, pickles, tree_paths
+from lora_jax import errors, pickles, stable_safetensors, tree_paths
 from lora_jax.lora import spec as spec_lib
 from lora_jax.lora.adapter import Adapter
 
@@ -60,8 +59,7 @@ def save_adapter(path: str, record: AdapterRecord) -> None:
       "name": record.name,
       "extra": json.dumps(record.extra, sort_keys=True),
   }
-  with atomic.atomic_path(path) as tmp:
-    safetensors.numpy.save_file(tensors, tmp, metadata=metadata)
+  stable_safetensors.save_numpy(tensors, path, metadata)
 
 
 def _module_keys(name: str, base_modules: dict[str, tuple[str, ...]] | None) -> tuple[str, ...]:
