@@ -93,6 +93,7 @@ def generate(model_path: str, adapter_paths: Sequence[str], weights: Sequence[fl
              prefix: str = "sample", program: int | None = None, grammar: bool = True
              ) -> list[Sample]:
   """Sample `n_samples` MIDI files into `output_dir` (see the module docstring)."""
+  decode.check_sampling(temperature, top_k, top_p)  # before any model is read
   if len(weights) != len(adapter_paths):
     raise ValueError(f"{len(adapter_paths)} adapters but {len(weights)} weights")
   if n_samples < 1 or length < 1:

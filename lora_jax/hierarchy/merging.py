@@ -180,13 +180,39 @@ def merge(base_path: str, parent_path: str | None, child_path: str | None, *, bl
                 config_path, torch_path, tuple(report))
 
 
+# The inference config's fields and their JSON types; `format` and `model` are required.
+CONFIG_FIELDS = {"format": str, "model": str, "vocab": str, "model_family": str,
+                 "model_settings": dict, "fingerprint": str, "torch_export": str,
+                 "merged_from": dict, "generate": str}
+
+
 def read_inference_config(path: str) -> str:
-  """The model file an inference config (from `create_config`) names."""
+  """The model file an inference config (from `create_config`) names, checked as a schema: a
+  missing, mistyped or unknown field is one error naming it."""
   try:
     with open(path) as f:
       config = json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
-    raise ValueError(f"cannot read inference config {path}: {e}") from e
-  if not isinstance(config, dict) or config.get("format") != CONFIG_FORMAT:
-    raise ValueError(f"{path} is not a {CONFIG_FORMAT} inference config")
-  return os.path.join(os.path.dirname(os.path.abspath(path)), config["model"])
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise errors.UserError(f"cannot read inference config {path}: {e}") from e
+  if not isinstance(config, dict):
+    raise errors.UserError(f"inference config {path} holds a JSON {type(config).__name__}, not "
+                           f"an object")
+  if config.get("format") != CONFIG_FORMAT:
+    raise errors.UserError(f"{path} is not a {CONFIG_FORMAT} inference config (format "
+                           f"{config.get('format')!r})")
+  unknown = sorted(set(config) - set(CONFIG_FIELDS))
+  if unknown:
+    raise errors.UserError(f"inference config {path}: unknown fields {unknown}; known: "
+                           f"{', '.join(CONFIG_FIELDS)}")
+  if "model" not in config:
+    raise errors.UserError(f"inference config {path} has no field 'model' (the model file)")
+  for key, value in config.items():
+    if not isinstance(value, CONFIG_FIELDS[key]):
+      raise errors.UserError(f"inference config {path}: field {key!r} must be a JSON "
+                             f"{'string' if CONFIG_FIELDS[key] is str else 'object'}, got "
+                             f"{type(value).__name__} {value!r:.60}")
+  model = config["model"]
+  if not model or os.path.basename(model) != model:
+    raise errors.UserError(f"inference config {path}: model {model!r} must be a file name in the "
+                           f"config's folder")
+  return os.path.join(os.path.dirname(os.path.abspath(path)), model)
