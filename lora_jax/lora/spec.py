@@ -176,6 +176,9 @@ def resolve(spec: LoraSpec, params: Any) -> tuple[Target, ...]:
   for path in sorted(selected, key=lambda p: modules[p][0]):
     keys, (in_dim, out_dim) = modules[path]
     rank = module_rank(spec, path)
+    if rank > min(in_dim, out_dim):  # B A would hold more numbers than the delta it stands for
+      raise LoraRuleError(f"LoRA rank {rank} of {path} exceeds its kernel's smaller side "
+                          f"min({in_dim}, {out_dim}) = {min(in_dim, out_dim)}")
     alpha, scale = module_scale(spec, path, rank)
     targets.append(Target(keys, path, in_dim, out_dim, rank, alpha, scale))
   return tuple(targets)
