@@ -174,13 +174,31 @@ CASES = [
                   "--config.data.val_fraction=0.25", "--config.model.seq_len=16"),
          "array 'tokens' holds 1000000 at [3, 5]", may_leave=STATUS),
     # train_parent_adapter: the shorthand flags and the genre name
-    Case("parent_rank_0", "train_parent_adapter", PARENT + ("--rank=0",), "rank"),
+    Case("parent_rank_0", "train_parent_adapter", PARENT + ("--rank=0",), "rank 0 must be >= 1"),
     Case("parent_batch_0", "train_parent_adapter", PARENT + ("--batch-size=0",), "batch_size 0"),
     Case("parent_epochs_negative", "train_parent_adapter", PARENT + ("--epochs=-1",), "epochs -1"),
     Case("parent_name_escapes", "train_parent_adapter",
          ("--parent=../x", "--pack={out}/no_pack", "--output-dir={out}/a"),
          "'../x' must be a plain name"),
 ]
+
+
+# The rule for output paths, the same in every command: missing parent folders are created when
+# the outputs are written, and a command's outputs appear together.
+GOOD = [
+    Case("merge_into_new_folders", "merge_adapters",
+         ("--base-model={base}", "--parent-adapter={parent}", "--child-adapter={child}",
+          "--output={out}/new/deeper/merged.safetensors", "--torch-output={out}/pt/merged.pt",
+          "--create-config"), ""),
+    Case("humanize_into_new_folders", "humanize_midi",
+         HUMANIZE[:1] + ("--input={song_mid}", "--output={out}/new/deeper/out.mid",
+                         "--pianoroll={out}/rolls/roll.png", "--pianoroll_seconds=0,4"), ""),
+]
+GOOD_OUTPUTS = {
+    "merge_into_new_folders": {"new/deeper/merged.safetensors", "new/deeper/vocab.json",
+                               "new/deeper/merged.json", "pt/merged.pt"},
+    "humanize_into_new_folders": {"new/deeper/out.mid", "rolls/roll.png"},
+}
 
 
 def _files_under(folder: str) -> set[str]:
@@ -205,15 +223,15 @@ def results(tmp_path_factory):
   files = bad_input_world.build(os.path.join(root, "world"), str(ROOT))
   before = _files_under(os.path.join(root, "world"))
   with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-    runs = dict(zip([c.id for c in CASES],
-                    pool.map(lambda c: _run(c, files, root), CASES)))
+    runs = dict(zip([c.id for c in GOOD + CASES],
+                    pool.map(lambda c: _run(c, files, root), GOOD + CASES)))
   return runs, before, _files_under(os.path.join(root, "world"))
 
 
 def test_inputs_are_untouched_and_nothing_was_unpickled(results):
   _, before, after = results
   assert after == before
-  assert not [c for c in CASES if os.path.exists(os.path.join("PWNED"))]
+  assert not [f for f in after if f.endswith("PWNED")]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -228,3 +246,10 @@ def test_bad_input_is_one_error_line(results, case):
       stderr[-3000:])
   assert case.expect in errors[0], errors[0]
   assert left <= set(case.may_leave), (sorted(left), errors[0])
+
+
+@pytest.mark.parametrize("case", GOOD, ids=[c.id for c in GOOD])
+def test_outputs_create_their_folders_and_appear_together(results, case):
+  done, left = results[0][case.id]
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert left == GOOD_OUTPUTS[case.id]

@@ -101,6 +101,11 @@ class AdapterSettings(StageSettings):
   dropout: float  # on the adapter's input while training
   target_modules: tuple[str, ...]  # seed group names or module suffixes, see the module docstring
 
+  def __post_init__(self):
+    super().__post_init__()
+    if self.rank < 1:  # before any pack or base is read (a rank above a kernel: lora.resolve)
+      raise HierarchyConfigError(f"rank {self.rank} must be >= 1")
+
 
 @dataclasses.dataclass(frozen=True)
 class AdapterConfig:
