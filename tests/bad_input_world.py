@@ -178,6 +178,7 @@ def duv_files(root: str) -> dict[str, str]:
 
 def build(root: str, repo: str) -> dict[str, str]:
   """Every file, by name."""
+  os.makedirs(root, exist_ok=True)
   files = {}
   for make in (midi_files, hierarchy_files, duv_files):
     files.update(make(root))

@@ -17,6 +17,7 @@ import numpy as np
 import safetensors.numpy
 
 from lora_jax import atomic, pickles, tree_paths
+from lora_jax.interop import peft_config
 from lora_jax.lora.adapter import Adapter
 from lora_jax.lora.adapter_file import AdapterRecord
 from lora_jax.lora.spec import LoraSpec
@@ -96,6 +97,7 @@ def import_peft(folder: str, base_params: Any, *, model_family: str,
     raise PeftFormatError(f"{config_path} does not exist") from None
   except json.JSONDecodeError as e:
     raise PeftFormatError(f"{config_path} is not valid JSON: {e}") from None
+  config = peft_config.check(config, config_path)
   if config.get("peft_type") != "LORA":
     raise PeftFormatError(f"{folder} is a {config.get('peft_type')} adapter, not LORA")
   for flag, bad in (("use_dora", True), ("fan_in_fan_out", True)):

@@ -93,10 +93,30 @@ def load_adapter(path: str, base_params: Any = None) -> AdapterRecord:
   if metadata.get("format") != FORMAT:
     raise AdapterFileError(f"{path} is safetensors but not a lora_jax adapter (format "
                            f"{metadata.get('format')!r}); for a PEFT adapter use interop.peft")
-  version = int(metadata.get("format_version", "0"))
+  try:
+    version = int(metadata.get("format_version", "0"))
+  except ValueError:
+    raise AdapterFileError(f"{path}: format_version {metadata['format_version']!r} is not a "
+                           f"number") from None
   if version > FORMAT_VERSION:
     raise AdapterFileError(f"{path} has format version {version}; this lora_jax reads up to "
                            f"{FORMAT_VERSION}")
+  if "spec" not in metadata:
+    raise AdapterFileError(f"{path} records no LoRA spec")
+  try:
+    extra = json.loads(metadata.get("extra", "{}"))
+  except json.JSONDecodeError as e:
+    raise AdapterFileError(f"{path}: metadata 'extra' is not JSON ({e})") from None
+  if not isinstance(extra, dict):
+    raise AdapterFileError(f"{path}: metadata 'extra' must be a JSON object")
+  try:  # the spec's rules are applied to the stored tensors: a bad rule is a bad file
+    return _record(path, metadata, extra, tensors, base_params)
+  except spec_lib.LoraRuleError as e:
+    raise AdapterFileError(f"{path}: {e}") from None
+
+
+def _record(path: str, metadata: dict, extra: dict, tensors: dict, base_params: Any
+            ) -> AdapterRecord:
   spec = spec_lib.LoraSpec.from_json(metadata["spec"])
   base_modules = None
   if base_params is not None:
@@ -119,5 +139,4 @@ def load_adapter(path: str, base_params: Any = None) -> AdapterRecord:
     raise AdapterFileError(f"{path} holds no LoRA tensors")
   adapter = Adapter(tree_paths.unflatten(params), tree_paths.unflatten(scales))
   return AdapterRecord(adapter, spec, metadata.get("base_fingerprint", ""),
-                       metadata.get("model_family", ""), metadata.get("name", ""),
-                       json.loads(metadata.get("extra", "{}")))
+                       metadata.get("model_family", ""), metadata.get("name", ""), extra)

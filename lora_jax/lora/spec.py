@@ -67,12 +67,43 @@ class LoraSpec:
 
   @classmethod
   def from_json(cls, text: str) -> "LoraSpec":
-    fields = json.loads(text)
+    """The spec a file records, every field type-checked (the file may come from anywhere)."""
+    try:
+      fields = json.loads(text)
+    except json.JSONDecodeError as e:
+      raise LoraRuleError(f"LoRA spec is not JSON ({e})") from None
+    if not isinstance(fields, dict):
+      raise LoraRuleError(f"LoRA spec must be a JSON object, got {type(fields).__name__}")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(fields) - known)
     if unknown:
-      raise LoraRuleError(f"unknown LoRA spec fields: {', '.join(unknown)}")
+      raise LoraRuleError(f"unknown LoRA spec fields: {', '.join(map(repr, unknown))}")
+    for name, value in fields.items():
+      if not _SPEC_FIELD_CHECKS[name](value):
+        raise LoraRuleError(f"LoRA spec field {name} has the wrong type: {value!r:.60}")
     return cls(**fields)
+
+
+def _number(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _strings(v) -> bool:
+  return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _pairs(v) -> bool:
+  items = v.items() if isinstance(v, dict) else v
+  return isinstance(v, (dict, list)) and all(
+      isinstance(p, (list, tuple)) and len(p) == 2 and isinstance(p[0], str) and _number(p[1])
+      for p in items)
+
+
+_SPEC_FIELD_CHECKS = {
+    "rank": lambda v: isinstance(v, int) and not isinstance(v, bool), "alpha": _number,
+    "dropout": _number, "target_modules": _strings, "include": _strings, "exclude": _strings,
+    "rank_pattern": _pairs, "alpha_pattern": _pairs, "use_rslora": lambda v: isinstance(v, bool),
+    "init": lambda v: isinstance(v, str), "module_dropout": _number}
 
 
 @dataclasses.dataclass(frozen=True)
