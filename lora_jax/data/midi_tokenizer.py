@@ -323,6 +323,9 @@ class MidiTokenizer:
       name = self.tokens[tokens[i]] if 0 <= tokens[i] < len(self.tokens) else tokens[i]
       raise TokenSequenceError(f"token {i} ({name}): {why}")
 
+    for i, tok in enumerate(tokens):  # first: the lookups below read tokens ahead of i
+      if not 0 <= tok < len(self.tokens):
+        fail(i, f"id outside the vocabulary of {len(self.tokens)}")
     notes, tempos, meters = [], [], []
     bar_start, bar_len, position, program, tempo = None, 0, -1, None, None
     i = 1 if tokens and tokens[0] == BOS else 0
