@@ -23,8 +23,8 @@ from lora_jax.data import duv_features, duv_pairs
 
 SOURCE_SUFFIX = {"maestro": ".mid", "pop909": ".mid", "mozart": ".match"}
 FETCH_COMMAND = "bash scripts/fetch_performances.sh"
-_ROW_KEYS = ("file", "source", "piece_id", "instrument", "split", "notes", "downbeat_beats",
-             "sections", "features", "targets")
+_ROW_KEYS = ("file", "source", "piece_id", "instrument", "track", "split", "notes",
+             "downbeat_beats", "sections", "features", "targets")
 
 
 class ManifestError(errors.UserError):
