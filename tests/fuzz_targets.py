@@ -15,7 +15,7 @@ import pretty_midi
 import safetensors
 import safetensors.numpy
 
-from lora_jax import errors, lora, stable_safetensors
+from lora_jax import errors, lora, pickles, stable_safetensors
 from lora_jax.data import duv_features, duv_manifest, duv_pairs
 from lora_jax.data import midi_tokenizer as mt
 from lora_jax.data import style_pack
@@ -126,6 +126,28 @@ MIDI_BYTES = st.one_of(
 def _midi_bytes(data: bytes) -> None:
   pm = duv_pairs.load_midi(_file("fuzz.mid", data))
   TOKENIZER.encode(pm)
+
+
+def _torch_bytes() -> bytes:
+  import torch  # pylint: disable=g-import-not-at-top
+  path = os.path.join(_DIR, "good.pt")
+  torch.save({"w": torch.arange(6.0).reshape(2, 3), "b": torch.zeros(3)}, path)
+  with open(path, "rb") as f:
+    return f.read()
+
+
+TORCH = _torch_bytes()
+TORCH_BYTES = st.one_of(
+    st.binary(max_size=300),
+    st.binary(max_size=200).map(lambda b: b"\x80\x02" + b),  # a pickle's opening
+    st.lists(st.tuples(st.integers(0, len(TORCH) - 1), st.integers(0, 255)), min_size=1,
+             max_size=6).map(lambda flips: bytes(
+                 [dict(flips).get(i, b) for i, b in enumerate(TORCH)])),
+    st.integers(0, len(TORCH)).map(lambda n: TORCH[:n]))
+
+
+def _torch_file(data: bytes) -> None:
+  pickles.torch_load(_file("fuzz.pt", data))
 
 
 # --- manifests ----------------------------------------------------------------------------
@@ -255,6 +277,7 @@ TARGETS = [
     Target("tokenizer_round_trip", EVENTS, _round_trip, (mt.UnsupportedMidiError,)),
     Target("midi_bytes", MIDI_BYTES, _midi_bytes, (duv_pairs.CorruptMidiError,
                                                    mt.UnsupportedMidiError)),
+    Target("torch_file_bytes", TORCH_BYTES, _torch_file, (errors.UserError,)),
     Target("duv_manifest", DUV_ROWS, _duv_manifest, (duv_manifest.ManifestError,)),
     Target("style_pack_manifest", PACK_MANIFESTS, _style_pack, (style_pack.StylePackError,)),
     Target("lora_metadata", LORA_METADATA_EDITS, _lora_metadata, (lora.AdapterFileError,)),

@@ -77,7 +77,7 @@ class LoraSpec:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(fields) - known)
     if unknown:
-      raise LoraRuleError(f"unknown LoRA spec fields: {', '.join(map(repr, unknown))}")
+      raise LoraRuleError(f"unknown LoRA spec fields: {', '.join(map(str, unknown))}")
     for name, value in fields.items():
       if not _SPEC_FIELD_CHECKS[name](value):
         raise LoraRuleError(f"LoRA spec field {name} has the wrong type: {value!r:.60}")
