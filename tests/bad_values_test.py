@@ -135,3 +135,24 @@ def test_atomic_paths_write_all_outputs_or_none(tmp_path):
 def pathlib_write(path, text):
   with open(path, "w") as f:
     f.write(text)
+
+
+class _Evil:
+  def __reduce__(self):
+    return (os.system, ("touch PWNED",))
+
+
+def test_a_pickled_peft_adapter_bin_is_refused_with_the_one_wording(tmp_path):
+  import torch  # pylint: disable=g-import-not-at-top
+  from lora_jax.interop import peft  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / "peft"
+  folder.mkdir()
+  (folder / peft.CONFIG_NAME).write_text(json.dumps(
+      {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]}))
+  torch.save({"base_model.model.x.lora_A.weight": torch.ones(2, 2), "evil": _Evil()},
+             folder / "adapter_model.bin")
+  with pytest.raises(peft.PeftFormatError,
+                     match="adapter_model.bin: this file needs pickle to load; lora_jax never "
+                           "unpickles; re-save it as safetensors or a weights-only state dict"):
+    peft.import_peft(str(folder), {}, model_family="music_lm")
+  assert not (tmp_path / "PWNED").exists() and not os.path.exists("PWNED")
