@@ -3,9 +3,11 @@ parser, and may fail only with the error type its module declares (any other exc
 Shared by tests/fuzz_parsers_test.py (bounded, in CI) and bench/fuzz_parsers.py (long runs).
 """
 
+import atexit
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 from typing import Any, Callable
 
@@ -24,6 +26,7 @@ from lora_jax.interop import peft, peft_config
 
 TOKENIZER = mt.MidiTokenizer(mt.MidiTokenizerConfig())
 _DIR = tempfile.mkdtemp(prefix="lora_jax_fuzz_")
+atexit.register(shutil.rmtree, _DIR, True)
 
 
 @dataclasses.dataclass(frozen=True)
