@@ -9,6 +9,8 @@ From a folder of your own takes (MIDI recordings, .match files), for one instrum
 which prints one line per file (tracks, notes, grid fit, or why it was dropped); then train the
 instrument's adapter with launch/train_duv_lora.py and configs/duv/guitar.py (README, "Your own
 music").
+
+Bad input ends in one error line and exit status 1, before anything is written.
 """
 
 import json

@@ -6,14 +6,15 @@ a `.lora` adapter beside its bundle (see lora_jax.duv.bundle). `--deadpan` human
 deadpan version instead (lora_jax.data.duv_pairs.deadpan_midi: what the models train on), and
 `--pianoroll=roll.png --pianoroll_seconds=30,39` draws that passage of the humanised tracks, the
 input above the output (lora_jax.duv.pianoroll; needs matplotlib). Bad input ends in one error
-line and exit status 1; the output MIDI is written last, so a passage with no notes writes nothing.
+line and exit status 1; the output MIDI and the piano roll are written together at the end (both
+or neither), so a passage with no notes writes nothing.
 """
 
 import os
 
 from absl import flags
 
-from lora_jax import cli
+from lora_jax import atomic, cli
 from lora_jax.data import duv_pairs
 from lora_jax.duv import apply, bundle
 
@@ -47,11 +48,13 @@ def main(argv):
   model = bundle.load_model(_MODEL.value)
   out, report = apply.humanize(pm, model, _INTENSITY.value, _INCLUDE.value, _EXCLUDE.value,
                                _DRUMS.value)
-  if _PIANOROLL.value is not None:
-    source = os.path.basename(_INPUT.value) + (" (deadpan)" if _DEADPAN.value else "")
-    pianoroll.draw(pm, out, _PIANOROLL.value, *seconds, tracks=tracks,
-                   title=f"{source} humanised by {_MODEL.value}, intensity {_INTENSITY.value:g}")
-  out.write(_OUTPUT.value)
+  outputs = [_OUTPUT.value] + ([_PIANOROLL.value] if _PIANOROLL.value is not None else [])
+  with atomic.atomic_paths(*outputs) as paths:  # the MIDI and its picture appear together
+    out.write(paths[0])
+    if _PIANOROLL.value is not None:
+      source = os.path.basename(_INPUT.value) + (" (deadpan)" if _DEADPAN.value else "")
+      pianoroll.draw(pm, out, paths[1], *seconds, tracks=tracks,
+                     title=f"{source} humanised by {_MODEL.value}, intensity {_INTENSITY.value:g}")
   print(f"humanised {report.notes} notes of {len(report.tracks)} tracks "
         f"({report.protected} protected, mean |velocity change| "
         f"{report.mean_abs_velocity_change:.2f}) -> {_OUTPUT.value}"

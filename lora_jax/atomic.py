@@ -1,8 +1,16 @@
-"""Writes that never leave a half-written file: write beside the target, then rename over it."""
+"""Writes that never leave a half-written file: write beside the target, then rename over it.
+
+The rule for output paths, the same in every command: missing parent folders are created when
+the output is written (never before the inputs were checked), and a file appears complete or not
+at all.
+"""
 
 import contextlib
 import os
+import shutil
 import tempfile
+
+from lora_jax import errors
 
 
 @contextlib.contextmanager
@@ -27,3 +35,37 @@ def write_text(path: str, text: str) -> None:
   """Atomically write a text file."""
   with atomic_path(path) as tmp, open(tmp, "w") as f:
     f.write(text)
+
+
+@contextlib.contextmanager
+def atomic_paths(*paths: str):
+  """Yields one temporary path per target; all are moved into place only after the block wrote
+  every one, so a command's outputs appear together or not at all.
+
+  Each temporary path sits in a hidden folder beside its target and has the target's own file
+  name, so writers that pick a format by suffix (`.pt`, `.png`) still see it. A target's missing
+  parent folders are created here, when the outputs are about to be written: the one rule every
+  command follows, after its inputs were checked.
+  """
+  targets = [os.path.abspath(p) for p in paths]
+  if len(set(targets)) != len(targets):
+    same = sorted({t for t in targets if targets.count(t) > 1})
+    raise errors.UserError(f"two outputs name the same file: {', '.join(same)}")
+  staging: dict[str, str] = {}
+  try:
+    tmps = []
+    for target in targets:
+      folder = os.path.dirname(target)
+      if folder not in staging:
+        os.makedirs(folder, exist_ok=True)
+        staging[folder] = tempfile.mkdtemp(prefix=".staging.", suffix=".tmp", dir=folder)
+      tmps.append(os.path.join(staging[folder], os.path.basename(target)))
+    yield tmps
+    unwritten = [t for t, tmp in zip(targets, tmps) if not os.path.isfile(tmp)]
+    if unwritten:
+      raise RuntimeError(f"outputs {unwritten} were not written")  # a bug in the caller
+    for target, tmp in zip(targets, tmps):
+      os.replace(tmp, target)
+  finally:
+    for folder in staging.values():
+      shutil.rmtree(folder, ignore_errors=True)

@@ -7,8 +7,10 @@
   parses it. config_flags would otherwise load a default, and apply `--config.<key>=value` to it,
   while the launch script is imported, where nothing can catch a bad override.
 - A user error ends in one line `name: error: message` and exit status 1, without a traceback:
-  a ValueError or OSError from `main`, a flag absl refuses, a config file that fails to load, and
-  a `--config.<key>` override naming a key the config does not have.
+  a `lora_jax.errors.UserError` (the project's error types), any other ValueError or OSError
+  from `main` (what parsers of user files raise), a flag absl refuses, a config file that fails
+  to load, and a `--config.<key>` override naming a key the config does not have. Every other
+  exception is a bug and keeps its traceback (see lora_jax/errors.py).
 - Before anything starts JAX, glibc's malloc is set to keep freed memory for the next step
   (`lora_jax.allocator`: on CPU, XLA's per-step buffers otherwise cost a page fault per page).
 - On a machine with no TPU chip, JAX's log line "Unable to initialize backend 'tpu'" (it tries
@@ -31,6 +33,7 @@ from ml_collections import config_flags
 from ml_collections.config_flags.config_flags import is_config_flag  # public, not re-exported
 
 from lora_jax import allocator
+from lora_jax import errors
 
 flags.disclaim_key_flags()  # `define_config` defines its flag for the launch script that calls it
 
@@ -102,7 +105,7 @@ def run(main, name: str) -> None:
   def guarded(argv):
     try:
       return main(argv)
-    except (ValueError, OSError) as e:
+    except (errors.UserError, ValueError, OSError) as e:
       message = str(e).splitlines()[0] if str(e) else type(e).__name__
       _fail(name, message)
 

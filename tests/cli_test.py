@@ -142,3 +142,54 @@ def test_dashed_flags_become_underscored():
                  "--un-known=1", "-x", "--", "--batch-size=9"]
   values(got[:got.index("--parent_lora=a-b.lora") + 1])
   assert values.batch_size == 5 and values.create_config is False
+
+
+CONTRACT = '''
+import sys
+from lora_jax import cli, errors
+class RunDied(errors.UserError, RuntimeError):
+  pass
+def main(argv):
+  kind = argv[1]
+  if kind == "user":
+    raise errors.UserError("batch size 12 is not divisible by 8 devices")
+  if kind == "runtime_user":
+    raise RunDied("loss went NaN 3 steps in a row\\nsecond line")
+  if kind == "os":
+    open("/nonexistent/x")
+  if kind == "key":
+    {}["model"]
+  if kind == "zero":
+    1 // 0
+if __name__ == "__main__":
+  cli.run(main, "contract")
+'''
+
+
+@pytest.mark.parametrize("kind, line", [
+    ("user", "contract: error: batch size 12 is not divisible by 8 devices"),
+    ("runtime_user", "contract: error: loss went NaN 3 steps in a row"),
+    ("os", "contract: error: [Errno 2] No such file or directory: '/nonexistent/x'"),
+])
+def test_user_errors_are_one_line(tmp_path, kind, line):
+  script = tmp_path / "contract.py"
+  script.write_text(CONTRACT)
+  done = launch(script, kind, cwd=tmp_path)
+  assert "contract: error: " + error_line(done, "contract") == line
+
+
+@pytest.mark.parametrize("kind, error", [("key", "KeyError: 'model'"),
+                                         ("zero", "ZeroDivisionError")])
+def test_programming_errors_keep_their_traceback(tmp_path, kind, error):
+  script = tmp_path / "contract.py"
+  script.write_text(CONTRACT)
+  done = launch(script, kind, cwd=tmp_path)
+  assert done.returncode != 0 and "Traceback" in done.stderr and error in done.stderr
+  assert "contract: error:" not in done.stderr
+
+
+def test_every_launch_script_runs_through_cli_run():
+  for path in (ROOT / "launch").glob("*.py"):
+    text = path.read_text()
+    assert "app.run(" not in text, path
+    assert "cli.run(" in text or "command.main(" in text, path

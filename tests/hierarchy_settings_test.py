@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from lora_jax import lora
+from lora_jax import errors, lora
 from lora_jax.hierarchy import settings
 from lora_jax.train import config as config_lib
 import hierarchy_testlib
@@ -89,8 +89,10 @@ def test_unknown_flags_names_and_files_are_errors(defaults):
   with pytest.raises(settings.HierarchyConfigError, match=r"command line: child.rnak: no such key"):
     resolve(defaults, flag_values={"child.rnak": 2})
   tree = config_lib.load_config_dict(defaults)
-  with pytest.raises(settings.HierarchyConfigError, match=r"name '\.\./x' must be a plain"):
+  with pytest.raises(errors.UserError, match=r"name '\.\./x' must be a plain"):
     settings.resolve(tree, defaults, "../x", None, {})
+  with pytest.raises(settings.HierarchyConfigError, match=r"'run' is reserved"):
+    settings.resolve(tree, defaults, "folk", "run", {})
 
 
 def test_genres_and_styles_without_files_train_on_the_defaults(defaults, caplog):

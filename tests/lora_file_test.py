@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from lora_jax import lora
+from lora_jax import lora, stable_safetensors
 import testlib
 
 SPEC = lora.LoraSpec(rank=4, alpha=8, target_modules=("q_proj", "ff.out"),
@@ -52,7 +52,8 @@ def test_unit_scale_spec_describes_a_saved_blend(tmp_path):
 def test_pickles_and_foreign_files_are_refused(tmp_path):
   pkl = tmp_path / "old.lora"
   pkl.write_bytes(pickle.dumps({"lora_A": np.ones(3)}))
-  with pytest.raises(lora.AdapterFileError, match="pickled adapters are refused"):
+  with pytest.raises(lora.AdapterFileError,
+                     match="old.lora: this file needs pickle to load; lora_jax never unpickles"):
     lora.load_adapter(str(pkl))
   foreign = tmp_path / "x.safetensors"
   safetensors.numpy.save_file({"w": np.ones(3, np.float32)}, str(foreign))
@@ -70,7 +71,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
   def crash(*args, **kwargs):
     raise OSError("disk full")
 
-  monkeypatch.setattr(safetensors.numpy, "save_file", crash)
+  monkeypatch.setattr(stable_safetensors, "canonical", crash)  # with the temporary file open
   with pytest.raises(OSError):
     lora.save_adapter(str(path), record(params))
   assert path.read_bytes() == b"previous"

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from lora_jax import atomic
+from lora_jax import atomic, errors
 from lora_jax.data import duv_baselines, duv_features, duv_manifest, duv_pairs
 
 
@@ -32,6 +32,25 @@ class BuildConfig:
   max_len: int = 256  # notes per window
   stride: int = 128  # notes between window starts
   deadpan_velocity: int = duv_pairs.DEADPAN_VELOCITY
+
+  def __post_init__(self):  # checked before anything is read or written
+    if not self.sources:
+      raise errors.UserError("no sources given: pass --sources, e.g. maestro,pop909,mozart")
+    for name, value in (("max_len", self.max_len), ("stride", self.stride),
+                        ("min_notes", self.filters.min_notes)):
+      if value < 1:
+        raise errors.UserError(f"{name} {value} must be >= 1")
+    errors.check_finite(self.valid_fraction, "valid_fraction", low=0.0, high=1.0)
+    if self.valid_fraction >= 1.0:
+      raise errors.UserError(f"valid_fraction {self.valid_fraction:g} must be < 1: nothing "
+                             f"would be left to train on")
+    low = errors.check_finite(self.filters.min_duration_sec, "min_duration_sec", low=0.0)
+    high = errors.check_finite(self.filters.max_duration_sec, "max_duration_sec", low=0.0)
+    if high < low:
+      raise errors.UserError(f"max_duration_sec {high:g} is below min_duration_sec {low:g}")
+    if not 1 <= self.deadpan_velocity <= 127:
+      raise errors.UserError(f"deadpan_velocity {self.deadpan_velocity} is not a MIDI velocity "
+                             f"1..127")
 
 
 def _counts(rows: list[dict]) -> dict:

@@ -35,6 +35,8 @@ from typing import Sequence
 import numpy as np
 import pretty_midi
 
+from lora_jax import errors
+
 ONSET_TOL_BEATS = 1e-6
 CORE_FEATURES = ("beat_pos", "beat_frac", "pitch", "dur_beats", "prev_ioi", "next_ioi",
                  "is_downbeat", "vel_norm")
@@ -44,7 +46,7 @@ SECTION_LABELS = ("none", "intro", "verse", "prechorus", "chorus", "bridge", "ou
 TARGETS = ("velocity", "dur_beats")
 
 
-class FeatureError(ValueError):
+class FeatureError(errors.UserError):
   """Written notes or a feature request that features cannot be computed from."""
 
 

@@ -18,16 +18,16 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from lora_jax import atomic
+from lora_jax import atomic, errors
 from lora_jax.data import duv_features, duv_pairs
 
 SOURCE_SUFFIX = {"maestro": ".mid", "pop909": ".mid", "mozart": ".match"}
 FETCH_COMMAND = "bash scripts/fetch_performances.sh"
-_ROW_KEYS = ("file", "source", "piece_id", "instrument", "split", "notes", "downbeat_beats",
-             "sections", "features", "targets")
+_ROW_KEYS = ("file", "source", "piece_id", "instrument", "track", "split", "notes",
+             "downbeat_beats", "sections", "features", "targets")
 
 
-class ManifestError(ValueError):
+class ManifestError(errors.UserError):
   """A manifest that cannot be used; the message names the file and line (or row)."""
 
 
@@ -151,11 +151,41 @@ def write_manifest(path: str, rows: Sequence[dict]) -> None:
   atomic.write_text(path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows))
 
 
+# Each row's keys and their JSON types: a row is checked as a schema where it is read, so a
+# mistyped field is one error naming its line, not a TypeError deep in the features.
+_ROW_TYPES = {"file": str, "source": str, "piece_id": str, "instrument": str, "track": int,
+              "split": str, "notes": dict, "downbeat_beats": list, "sections": list,
+              "features": dict, "targets": dict}
+_NOTE_KEYS = ("onset_beats", "dur_beats", "pitch", "velocity")
+
+
+def _numbers(values, where: str) -> None:
+  try:
+    array = np.asarray(values, dtype=np.float64)
+  except (TypeError, ValueError):
+    raise ManifestError(f"{where} must hold numbers, got {str(values)[:60]}") from None
+  if not np.isfinite(array).all():
+    raise ManifestError(f"{where} holds NaN or infinity")
+
+
 def check_row(row: dict, features: Sequence[str], where: str) -> None:
-  """Raise if the row lacks a key, a requested feature, or has lists of unequal length."""
+  """Raise if the row is not a manifest row: a missing or mistyped key, a file outside the cache,
+  a requested feature absent, lists of unequal length or holding other than finite numbers."""
+  if not isinstance(row, dict):
+    raise ManifestError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
   for key in _ROW_KEYS:
     if key not in row:
       raise ManifestError(f"{where}: row has no {key!r} key")
+  for key, kind in _ROW_TYPES.items():
+    if key in row and (not isinstance(row[key], kind) or isinstance(row[key], bool)):
+      raise ManifestError(f"{where}: {key!r} must be a JSON {kind.__name__}, got "
+                          f"{type(row[key]).__name__} {str(row[key])[:40]}")
+  file = row["file"]
+  if os.path.isabs(file) or ".." in file.replace("\\", "/").split("/"):
+    raise ManifestError(f"{where}: file {file!r} points outside the performance cache")
+  for key in _NOTE_KEYS:
+    if not isinstance(row["notes"].get(key), list):
+      raise ManifestError(f"{where}: notes.{key} must be a list of numbers")
   n = len(row["notes"]["onset_beats"])
   for name in features:
     if name not in row["features"]:
@@ -164,9 +194,16 @@ def check_row(row: dict, features: Sequence[str], where: str) -> None:
           f"{sorted(row['features'])}; hint features come from enrich_manifest")
   for group in ("notes", "targets", "features"):
     for name, values in row[group].items():
-      if len(values) != n:
+      if not isinstance(values, list) or len(values) != n:
         raise ManifestError(f"{where} (file {row['file']!r}): {group}.{name} has "
-                            f"{len(values)} values for {n} notes")
+                            f"{len(values) if isinstance(values, list) else values!r} values for "
+                            f"{n} notes")
+      _numbers(values, f"{where}: {group}.{name}")
+  _numbers(row["downbeat_beats"], f"{where}: downbeat_beats")
+  for section in row["sections"]:
+    if (not isinstance(section, list) or len(section) != 2 or not isinstance(section[1], str)):
+      raise ManifestError(f"{where}: sections must be [beat, label] pairs, got {section!r:.60}")
+    _numbers(section[0], f"{where}: sections")
   for name in duv_features.TARGETS:
     if name not in row["targets"]:
       raise ManifestError(f"{where} (file {row['file']!r}): no target {name!r}")
@@ -174,17 +211,26 @@ def check_row(row: dict, features: Sequence[str], where: str) -> None:
 
 def read_manifest(path: str, features: Sequence[str] = ()) -> list[dict]:
   """Rows of a JSONL manifest, each checked to hold `features`."""
-  rows = []
-  with open(path) as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ManifestError(f"{path}:{lineno}: not valid JSON ({e})") from e
-      check_row(row, features, f"{path}:{lineno}")
-      rows.append(row)
+  rows, seen = [], {}
+  with open(path, encoding="utf-8", errors="strict") as f:
+    try:
+      lines = list(f)
+    except UnicodeDecodeError as e:
+      raise ManifestError(f"{path}: not UTF-8 text ({e})") from None
+  for lineno, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ManifestError(f"{path}:{lineno}: not valid JSON ({e})") from e
+    check_row(row, features, f"{path}:{lineno}")
+    key = (row["file"], row["track"])
+    if key in seen:  # the same track twice would be trained on twice, and split apart
+      raise ManifestError(f"{path}:{lineno}: track {row['track']} of {row['file']} is also on "
+                          f"line {seen[key]}")
+    seen[key] = lineno
+    rows.append(row)
   if not rows:
     raise ManifestError(f"{path}: manifest has no rows")
   return rows

@@ -30,6 +30,7 @@ import os
 import numpy as np
 import pretty_midi
 
+from lora_jax import errors
 from lora_jax.data import duv_features, match_file, midi_file
 
 SNAP_DIVISIONS = (4, 3)  # sixteenths and eighth-note triplets
@@ -38,7 +39,7 @@ GRID_IS_REAL = {"score": True, "tempo_map": True, "tempo_estimate": False}
 SOURCE_GRID = {"maestro": "tempo_estimate", "pop909": "tempo_map", "mozart": "score"}
 
 
-class CorruptMidiError(ValueError):
+class CorruptMidiError(errors.UserError):
   """A MIDI file pretty_midi cannot read; the message names the file."""
 
 

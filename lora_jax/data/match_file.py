@@ -14,6 +14,8 @@ import re
 
 import numpy as np
 
+from lora_jax import errors
+
 _SNOTE_NOTE = re.compile(
     r"^snote\((?P<snote>.*)\)-note\((?P<note>.*)\)\.$")
 _INFO = re.compile(r"^info\((?P<key>\w+),(?P<value>.*)\)\.$")
@@ -22,7 +24,7 @@ _PITCH_CLASS = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 _ALTER = {"n": 0, "#": 1, "b": -1, "##": 2, "bb": -2, "x": 2}
 
 
-class MatchFormatError(ValueError):
+class MatchFormatError(errors.UserError):
   """A .match file this reader cannot use; the message names file and line."""
 
 

@@ -26,7 +26,7 @@ import mido
 import numpy as np
 import pretty_midi
 
-from lora_jax import atomic
+from lora_jax import atomic, errors
 
 PAD, BOS, EOS = 0, 1, 2
 DRUM_PROGRAM = 128  # program index of drum instruments
@@ -34,11 +34,11 @@ MIDI_RESOLUTION = 480  # ticks per quarter of decoded MIDI: a multiple of 12 and
 VOCAB_FORMAT = "lora_jax.midi_tokenizer/1"
 
 
-class UnsupportedMidiError(ValueError):
+class UnsupportedMidiError(errors.UserError):
   """A MIDI file holds something the tokenizer's vocabulary cannot express."""
 
 
-class TokenSequenceError(ValueError):
+class TokenSequenceError(errors.UserError):
   """A token sequence breaks the grammar decode expects."""
 
 
@@ -323,6 +323,9 @@ class MidiTokenizer:
       name = self.tokens[tokens[i]] if 0 <= tokens[i] < len(self.tokens) else tokens[i]
       raise TokenSequenceError(f"token {i} ({name}): {why}")
 
+    for i, tok in enumerate(tokens):  # first: the lookups below read tokens ahead of i
+      if not 0 <= tok < len(self.tokens):
+        fail(i, f"id outside the vocabulary of {len(self.tokens)}")
     notes, tempos, meters = [], [], []
     bar_start, bar_len, position, program, tempo = None, 0, -1, None, None
     i = 1 if tokens and tokens[0] == BOS else 0

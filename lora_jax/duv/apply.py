@@ -27,13 +27,14 @@ import re
 import numpy as np
 import pretty_midi
 
+from lora_jax import errors
 from lora_jax.data import duv_features
 from lora_jax.duv import bundle, predict
 
 MIN_DUR_BEATS = 1e-3  # floor of a predicted duration, so a blended note never ends at its start
 
 
-class TrackSelectionError(ValueError):
+class TrackSelectionError(errors.UserError):
   """Track patterns that select nothing to humanise."""
 
 

@@ -24,10 +24,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from lora_jax import atomic, lora
+from lora_jax import atomic, errors, lora
 from lora_jax.data import duv_manifest
 from lora_jax.interop import flax_weights
 from lora_jax.models.phrase_transformer import PhraseTransformer, PhraseTransformerConfig
+from lora_jax.train import config as config_lib
 
 MODEL_FAMILY = "duv"
 PARAMS_FILE = "model.safetensors"
@@ -39,7 +40,7 @@ SCALER_FILE = "scaler.json"
 ADAPTER_SUFFIX = ".lora"
 
 
-class BundleError(ValueError):
+class BundleError(errors.UserError):
   """A DUV model folder or adapter that cannot be used as it is."""
 
 
@@ -92,8 +93,10 @@ def read_config(path: str) -> PhraseTransformerConfig:
       fields = json.load(f)
   except FileNotFoundError:
     raise BundleError(f"no model config {path}") from None
-  except json.JSONDecodeError as e:
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise BundleError(f"{path} is not JSON ({e})") from None
+  if not isinstance(fields, dict):
+    raise BundleError(f"{path} holds a JSON {type(fields).__name__}, not an object of fields")
   version = fields.pop("bundle_version", 1)
   if version != BUNDLE_VERSION:
     raise BundleError(f"{path} is a version {version} DUV bundle, this lora_jax reads version "
@@ -105,7 +108,11 @@ def read_config(path: str) -> PhraseTransformerConfig:
   if unknown or missing:
     raise BundleError(f"{path}: unknown fields {unknown}, missing fields {missing}; "
                       f"PhraseTransformerConfig has {known}")
-  return PhraseTransformerConfig(**fields)
+  try:  # types too: a field holding a string would fail far from here
+    return config_lib.from_mapping(PhraseTransformerConfig, fields, path,
+                                   dtype=PhraseTransformerConfig.dtype)
+  except config_lib.ConfigError as e:
+    raise BundleError(str(e)) from None
 
 
 def _paths(model_path: str) -> tuple[str, str | None]:

@@ -66,4 +66,4 @@ def draw(before: pretty_midi.PrettyMIDI, after: pretty_midi.PrettyMIDI, path: st
   fig.colorbar(collection, ax=list(axes), label="velocity")
   if title:
     fig.suptitle(title)
-  fig.savefig(path)
+  fig.savefig(path, format="png")

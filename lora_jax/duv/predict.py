@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from lora_jax import lora
+from lora_jax import errors, lora
 from lora_jax.duv.bundle import DuvModel
 from lora_jax.models.phrase_transformer import PhraseTransformer
 
@@ -27,7 +27,7 @@ MIN_WINDOW = 16
 NOTES_PER_CALL = 8192
 
 
-class PredictionError(RuntimeError):
+class PredictionError(errors.UserError, RuntimeError):
   """The model produced something that must not reach a MIDI file."""
 
 

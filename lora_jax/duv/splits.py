@@ -20,12 +20,12 @@ from typing import Sequence
 
 import numpy as np
 
-from lora_jax import atomic
+from lora_jax import atomic, errors
 
 RECORD_FILE = "duv_split.json"
 
 
-class SplitError(ValueError):
+class SplitError(errors.UserError):
   """Regexes or shares that leave a DUV run without the data it needs."""
 
 

@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 
-from lora_jax import atomic, families
+from lora_jax import atomic, errors, families
 from lora_jax.data import duv_features, duv_manifest
 from lora_jax.duv import bundle, splits
 from lora_jax.interop import flax_weights
@@ -55,6 +55,10 @@ class DuvData:
       raise config_lib.ConfigError(f"duv.valid_tail must be in (0, 1), got {self.valid_tail}")
     if self.epochs < 1:
       raise config_lib.ConfigError(f"duv.epochs must be >= 1, got {self.epochs}")
+    if self.stride < 1:
+      raise config_lib.ConfigError(f"duv.stride must be >= 1, got {self.stride}")
+    if self.adapter_name:  # it becomes a file name in the bundle folder
+      errors.check_name(self.adapter_name, "duv.adapter_name")
     for name in self.features:
       if name not in duv_features.ALL_FEATURES:
         raise config_lib.ConfigError(f"duv.features names {name!r}; known: "
@@ -73,13 +77,16 @@ class Prepared:
   n_windows: dict[str, int]  # per split
 
 
-def _write_windows(path: str, rows, seq_len: int, stride: int, scaler) -> int:
+def _windows(rows, seq_len: int, stride: int, scaler) -> dict[str, np.ndarray]:
   arrays = duv_manifest.phrase_windows(rows, seq_len, stride, scaler.features, scaler)
   written = duv_manifest.phrase_windows(rows, seq_len, stride, ("dur_beats",))  # unscaled beats
+  return {"inputs": arrays["inputs"], "targets": arrays["targets"], "mask": arrays["mask"],
+          "written_dur": written["inputs"][..., 0]}
+
+
+def _write_windows(path: str, arrays: dict[str, np.ndarray]) -> None:
   with atomic.atomic_path(path) as tmp, open(tmp, "wb") as f:
-    np.savez(f, inputs=arrays["inputs"], targets=arrays["targets"], mask=arrays["mask"],
-             written_dur=written["inputs"][..., 0])
-  return len(arrays["mask"])
+    np.savez(f, **arrays)
 
 
 def _check_same_model(model_config, folder: str) -> None:
@@ -102,6 +109,8 @@ def prepare(config_dict: Mapping[str, Any], workdir: str) -> Prepared:
   lora_run = mapping["training"]["type"] == "lora"
   model_cls = families.lookup(mapping["family"]).config_cls
   model = config_lib.from_mapping(model_cls, mapping["model"], "config.model")
+  if lora_run and not data.adapter_name:
+    raise config_lib.ConfigError("an adapter run needs duv.adapter_name (its file in the bundle)")
   if lora_run:  # the base first: without it, nothing else matters
     _check_same_model(model.model_config(), data.bundle)
     scaler = duv_manifest.load_scaler(os.path.join(data.bundle, bundle.SCALER_FILE))
@@ -119,19 +128,23 @@ def prepare(config_dict: Mapping[str, Any], workdir: str) -> Prepared:
   if columns != model.n_features:
     raise ValueError(f"the scaler's {columns} feature columns differ from model.n_features "
                      f"{model.n_features}")
-  os.makedirs(workdir, exist_ok=True)
   paths = {s: os.path.join(workdir, f"duv_{s}.npz") for s in ("train", "valid")}
-  n_windows = {name: _write_windows(paths[name], part, model.seq_len, data.stride, scaler)
-               for name, part in (("train", parts.train), ("valid", parts.valid))}
-  batch_size = mapping["data"]["batch_size"]
+  mapping["data"].update(path=paths["train"], val_path=paths["valid"])
+  mapping["training"]["steps"] = 1  # a stand-in: the whole config is checked before any write
+  batch_size = config_lib.from_config_dict(mapping).data.batch_size
+  windows = {name: _windows(part, model.seq_len, data.stride, scaler)
+             for name, part in (("train", parts.train), ("valid", parts.valid))}
+  n_windows = {name: len(arrays["mask"]) for name, arrays in windows.items()}
   steps_per_epoch = n_windows["train"] // batch_size
   if steps_per_epoch == 0:
     raise ValueError(f"{n_windows['train']} train windows do not fill one batch of {batch_size}")
-  mapping["data"].update(path=paths["train"], val_path=paths["valid"])
   mapping["training"]["steps"] = data.epochs * steps_per_epoch
+  config = config_lib.from_config_dict(mapping)
+  os.makedirs(workdir, exist_ok=True)
+  for name, arrays in windows.items():
+    _write_windows(paths[name], arrays)
   n_train_notes = sum(len(r["notes"]["onset_beats"]) for r in parts.train)
-  return Prepared(config_lib.from_config_dict(mapping), data, scaler, parts, n_train_notes,
-                  n_windows)
+  return Prepared(config, data, scaler, parts, n_train_notes, n_windows)
 
 
 def finish(prepared: Prepared, result: loop.Result, workdir: str) -> str:
@@ -166,15 +179,16 @@ def train(config_dict: Mapping[str, Any], workdir: str, training_type: str,
 
   `training_type` ('full' or 'lora') must be the config's: each program trains one kind.
   """
-  prepared = prepare(config_dict, workdir)
-  if prepared.config.training.type != training_type:
+  given = config_dict["training"]["type"] if "training" in config_dict else None
+  if given != training_type:  # before `prepare` writes anything
     raise ValueError(f"this program trains training.type {training_type!r}; the config says "
-                     f"{prepared.config.training.type!r}")
-  if prepared.config.training.relora_every:
+                     f"{given!r}")
+  relora_every = config_dict["training"]["relora_every"]
+  if relora_every:
     # ReLoRA's result is a whole model (lora_jax.train.relora), not the adapter file this
     # program writes into the bundle.
-    raise ValueError(f"training.relora_every {prepared.config.training.relora_every}: a DUV "
-                     f"adapter run writes an adapter, and ReLoRA's result is a whole model; "
-                     f"set it to 0")
+    raise ValueError(f"training.relora_every {relora_every}: a DUV adapter run writes an "
+                     f"adapter, and ReLoRA's result is a whole model; set it to 0")
+  prepared = prepare(config_dict, workdir)
   result = loop.train(prepared.config, os.path.join(workdir, "run"), devices=devices)
   return finish(prepared, result, workdir)

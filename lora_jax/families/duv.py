@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from lora_jax import errors
 from lora_jax.models.phrase_transformer import VELOCITY_MAX, PhraseTransformer, \
     PhraseTransformerConfig
 from lora_jax.train.family import Example, Family
@@ -44,7 +45,7 @@ PARTITION_RULES = (
 )
 
 
-class MissingTargetError(ValueError):
+class MissingTargetError(errors.UserError):
   """A batch or model output without what the DUV loss scores."""
 
 

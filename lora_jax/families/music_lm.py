@@ -121,7 +121,9 @@ def make(config: LmConfig, compute_dtype: str) -> Family:
   return Family(
       name=NAME,
       model=model,
-      batch_spec={"tokens": Example((config.seq_len,), "int32"),
+      batch_spec={"tokens": Example((config.seq_len,), "int32", bounds=(0, config.vocab_size),
+                                    bounds_reason=f"token ids below vocab_size "
+                                                  f"{config.vocab_size}"),
                   "mask": Example((config.seq_len,), "float32")},
       inputs=("tokens",),
       loss_fn=functools.partial(loss_fn, pooled_targets=config.pooled_targets),

@@ -94,6 +94,7 @@ def generate(model_path: str, adapter_paths: Sequence[str], weights: Sequence[fl
              prefix: str = "sample", program: int | None = None, grammar: bool = True,
              min_bars: int = 0) -> list[Sample]:
   """Sample `n_samples` MIDI files into `output_dir` (see the module docstring)."""
+  decode.check_sampling(temperature, top_k, top_p)  # before any model is read
   if len(weights) != len(adapter_paths):
     raise ValueError(f"{len(adapter_paths)} adapters but {len(weights)} weights")
   if n_samples < 1 or length < 1:
@@ -122,15 +123,13 @@ def generate(model_path: str, adapter_paths: Sequence[str], weights: Sequence[fl
                        rng=jax.random.key(seed), temperature=temperature, top_k=top_k,
                        top_p=top_p, constraint=constraint)
   rows = np.asarray(jax.device_get(rows))
-  os.makedirs(output_dir, exist_ok=True)
-  samples = []
+  samples, midis = [], []
   for i, row in enumerate(rows):
     pm, used, ended, problem = to_midi(tokenizer, row)
     if grammar and problem:
       raise RuntimeError(f"sample {i} breaks the grammar despite the constraint: {problem}")
     path = os.path.join(output_dir, f"{prefix}_{i:02d}.mid")
-    with atomic.atomic_path(path) as tmp:
-      pm.write(tmp)
+    midis.append(pm)
     programs = sorted({midi_tokenizer.DRUM_PROGRAM if x.is_drum else x.program
                        for x in pm.instruments})
     samples.append(Sample(os.path.abspath(path), used, sum(len(x.notes) for x in pm.instruments),
@@ -141,8 +140,11 @@ def generate(model_path: str, adapter_paths: Sequence[str], weights: Sequence[fl
             "length": length, "temperature": temperature, "top_k": top_k, "top_p": top_p,
             "seed": seed, "grammar": grammar, "program": program, "min_bars": min_bars,
             "samples": [dataclasses.asdict(s) for s in samples]}
-  atomic.write_text(os.path.join(output_dir, f"{prefix}s.json"),
-                    json.dumps(report, indent=1) + "\n")
+  paths = [s.path for s in samples] + [os.path.join(output_dir, f"{prefix}s.json")]
+  with atomic.atomic_paths(*paths) as tmps:  # the files and their report appear together
+    for pm, tmp in zip(midis, tmps):
+      pm.write(tmp)
+    atomic.write_text(tmps[-1], json.dumps(report, indent=1) + "\n")
   return samples
 
 

@@ -17,7 +17,7 @@ import json
 import os
 from typing import Sequence
 
-from lora_jax import atomic, lora
+from lora_jax import atomic, errors, finite, lora
 from lora_jax.hierarchy import base_file
 from lora_jax.interop import torch_convert
 
@@ -113,55 +113,106 @@ class Merged:
 def merge(base_path: str, parent_path: str | None, child_path: str | None, *, blend_mode: str,
           parent_weight: float, child_weight: float, output: str, create_config: bool,
           torch_output: str = "") -> Merged:
-  """Fold the adapters into the base and write the merged model (see the module docstring)."""
+  """Fold the adapters into the base and write the merged model (see the module docstring).
+
+  Everything is checked before anything is written: the weights are finite, every adapter tensor
+  and the base are finite, and so is the merged result; the outputs (model, vocab.json, PyTorch
+  export, config) are then written together, all or none (`atomic.atomic_paths`).
+  """
   if not output.endswith(".safetensors"):
     raise ValueError(f"--output {output} must end in .safetensors (the Flax model); a PyTorch "
                      f"file is written by --torch-output")
+  if torch_output and os.path.splitext(torch_output)[1] not in torch_convert.SUFFIXES:
+    raise ValueError(f"--torch-output {torch_output} must end in "
+                     f"{', '.join(torch_convert.SUFFIXES)}")
+  errors.check_finite(parent_weight, "--parent-weight")
+  errors.check_finite(child_weight, "--child-weight")
   base, adapters = load_stack(base_path, parent_path, child_path)
   report = check(base, adapters)
+  finite.check_tree(base.params, base.path)
+  for a in adapters:
+    finite.check_tree(a.record.adapter.params, a.path)
   given = [parent_weight if a.role == "parent" else child_weight for a in adapters]
   weights = lora.blend_weights(blend_mode, given)
   merged = lora.merge(base.params, [a.record.adapter for a in adapters], weights)
   merged = base_file.host(merged)
+  finite.check_tree(merged, f"the merged model (weights {given})")  # overflow is possible
   provenance = {
       "base": {"path": base.path, "fingerprint": base.fingerprint},
       "blend_mode": blend_mode,
       "adapters": [{"role": a.role, "name": a.record.name, "path": a.path,
                     "fingerprint": a.fingerprint, "weight": w, "effective_weight": float(e)}
                    for a, w, e in zip(adapters, given, weights)]}
-  base_file.save_model(output, merged, base.settings, {"merged_from": provenance})
-  folder = os.path.dirname(os.path.abspath(output))
-  vocab = base_file.copy_vocab(base.path, folder)
   fingerprint = lora.fingerprint(merged)
-  torch_path = ""
-  if torch_output:
-    torch_convert.save_torch_file(merged, torch_output)
-    torch_path = os.path.abspath(torch_output)
-  config_path = ""
-  if create_config:
-    config_path = os.path.splitext(os.path.abspath(output))[0] + ".json"
-    atomic.write_text(config_path, json.dumps({
-        "format": CONFIG_FORMAT,
-        "model": os.path.basename(output),  # paths relative to this file's folder
-        "vocab": os.path.basename(vocab),
-        "model_family": base_file.FAMILY,
-        "model_settings": dataclasses.asdict(base.settings),
-        "fingerprint": fingerprint,
-        "torch_export": torch_path,
-        "merged_from": provenance,
-        "generate": f"python launch/generate.py --model={os.path.abspath(output)}",
-    }, indent=1, sort_keys=True) + "\n")
+  folder = os.path.dirname(os.path.abspath(output))
+  vocab = os.path.join(folder, base_file.VOCAB)
+  vocab_source = os.path.join(os.path.dirname(os.path.abspath(base.path)), base_file.VOCAB)
+  torch_path = os.path.abspath(torch_output) if torch_output else ""
+  config_path = os.path.splitext(os.path.abspath(output))[0] + ".json" if create_config else ""
+  outputs = {"model": output}
+  if os.path.abspath(vocab_source) != os.path.abspath(vocab):
+    outputs["vocab"] = vocab
+  if torch_path:
+    outputs["torch"] = torch_path
+  if config_path:
+    outputs["config"] = config_path
+  with atomic.atomic_paths(*outputs.values()) as tmps:
+    tmp = dict(zip(outputs, tmps))
+    base_file.save_model(tmp["model"], merged, base.settings, {"merged_from": provenance})
+    if "vocab" in tmp:
+      with open(vocab_source) as f:
+        atomic.write_text(tmp["vocab"], f.read())
+    if "torch" in tmp:
+      torch_convert.save_torch_file(merged, tmp["torch"])
+    if "config" in tmp:
+      atomic.write_text(tmp["config"], json.dumps({
+          "format": CONFIG_FORMAT,
+          "model": os.path.basename(output),  # paths relative to this file's folder
+          "vocab": os.path.basename(vocab),
+          "model_family": base_file.FAMILY,
+          "model_settings": dataclasses.asdict(base.settings),
+          "fingerprint": fingerprint,
+          "torch_export": torch_path,
+          "merged_from": provenance,
+          "generate": f"python launch/generate.py --model={os.path.abspath(output)}",
+      }, indent=1, sort_keys=True) + "\n")
   return Merged(os.path.abspath(output), fingerprint, tuple(float(w) for w in weights),
                 config_path, torch_path, tuple(report))
 
 
+# The inference config's fields and their JSON types; `format` and `model` are required.
+CONFIG_FIELDS = {"format": str, "model": str, "vocab": str, "model_family": str,
+                 "model_settings": dict, "fingerprint": str, "torch_export": str,
+                 "merged_from": dict, "generate": str}
+
+
 def read_inference_config(path: str) -> str:
-  """The model file an inference config (from `create_config`) names."""
+  """The model file an inference config (from `create_config`) names, checked as a schema: a
+  missing, mistyped or unknown field is one error naming it."""
   try:
     with open(path) as f:
       config = json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
-    raise ValueError(f"cannot read inference config {path}: {e}") from e
-  if not isinstance(config, dict) or config.get("format") != CONFIG_FORMAT:
-    raise ValueError(f"{path} is not a {CONFIG_FORMAT} inference config")
-  return os.path.join(os.path.dirname(os.path.abspath(path)), config["model"])
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise errors.UserError(f"cannot read inference config {path}: {e}") from e
+  if not isinstance(config, dict):
+    raise errors.UserError(f"inference config {path} holds a JSON {type(config).__name__}, not "
+                           f"an object")
+  if config.get("format") != CONFIG_FORMAT:
+    raise errors.UserError(f"{path} is not a {CONFIG_FORMAT} inference config (format "
+                           f"{config.get('format')!r})")
+  unknown = sorted(set(config) - set(CONFIG_FIELDS))
+  if unknown:
+    raise errors.UserError(f"inference config {path}: unknown fields {unknown}; known: "
+                           f"{', '.join(CONFIG_FIELDS)}")
+  if "model" not in config:
+    raise errors.UserError(f"inference config {path} has no field 'model' (the model file)")
+  for key, value in config.items():
+    if not isinstance(value, CONFIG_FIELDS[key]):
+      raise errors.UserError(f"inference config {path}: field {key!r} must be a JSON "
+                             f"{'string' if CONFIG_FIELDS[key] is str else 'object'}, got "
+                             f"{type(value).__name__} {value!r:.60}")
+  model = config["model"]
+  if not model or os.path.basename(model) != model:
+    raise errors.UserError(f"inference config {path}: model {model!r} must be a file name in the "
+                           f"config's folder")
+  return os.path.join(os.path.dirname(os.path.abspath(path)), model)

@@ -29,6 +29,8 @@ from typing import Any, Mapping, Sequence
 
 from absl import logging
 
+from lora_jax import errors
+from lora_jax.hierarchy import layout
 from lora_jax.train import config as config_lib
 
 TARGET_GROUPS: dict[str, tuple[str, ...]] = {
@@ -40,7 +42,7 @@ STYLE_GROUPS = ("child",)  # what a sub-style file may override: its own adapter
 GENRES_DIR, STYLES_DIR = "genres", "styles"
 
 
-class HierarchyConfigError(ValueError):
+class HierarchyConfigError(errors.UserError):
   """An override file or value that does not fit the defaults."""
 
 
@@ -102,6 +104,11 @@ class AdapterSettings(StageSettings):
   alpha: float
   dropout: float  # on the adapter's input while training
   target_modules: tuple[str, ...]  # seed group names or module suffixes, see the module docstring
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.rank < 1:  # before any pack or base is read (a rank above a kernel: lora.resolve)
+      raise HierarchyConfigError(f"rank {self.rank} must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,10 +254,10 @@ def _check_config_dirs(config_dirs: Sequence[str]) -> None:
 
 
 def check_name(name: str, what: str) -> None:
-  """Style names become file and folder names: plain identifiers only."""
-  if not name or not name.replace("_", "a").isalnum() or name == "run":
-    raise HierarchyConfigError(f"{what} name {name!r} must be a plain identifier (letters, digits, "
-                               f"underscores) and not 'run'")
+  """Style names become file and folder names: plain names (`errors.check_name`), not 'run'."""
+  errors.check_name(name, f"{what} name")
+  if name == layout.RUN:  # a child's folder would be its parent's training workdir
+    raise HierarchyConfigError(f"{what} name {name!r} is reserved for the training folder")
 
 
 def resolve(defaults: Mapping[str, Any], defaults_path: str, parent: str, child: str | None,

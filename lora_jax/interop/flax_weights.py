@@ -11,14 +11,13 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 import safetensors
-import safetensors.numpy
 
-from lora_jax import atomic, tree_paths
+from lora_jax import errors, stable_safetensors, tree_paths
 
 Shape = tuple[int, ...]
 
 
-class WeightFileError(ValueError):
+class WeightFileError(errors.UserError):
   """A weight file that does not fit the model, or cannot be read safely."""
 
 
@@ -68,8 +67,7 @@ def save_params(params: Any, path: str, metadata: Mapping[str, str] | None = Non
     raise WeightFileError(f"safetensors metadata values must be str, got {bad}")
   arrays = {name: np.ascontiguousarray(np.asarray(leaf))
             for name, leaf in dotted_leaves(params).items()}
-  with atomic.atomic_path(path) as tmp:
-    safetensors.numpy.save_file(arrays, tmp, metadata=metadata)
+  stable_safetensors.save_numpy(arrays, path, metadata)
 
 
 def _open(path: str, framework: str):

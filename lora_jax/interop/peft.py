@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 
-from lora_jax import atomic, tree_paths
-from lora_jax.interop import torch_convert
+from lora_jax import atomic, pickles, tree_paths
+from lora_jax.interop import peft_config
 from lora_jax.lora.adapter import MAGNITUDE, Adapter
 from lora_jax.lora.adapter_file import AdapterRecord
 from lora_jax.lora.compat import IncompatibleAdapterError, check_adapter
@@ -92,7 +92,7 @@ def _read_weights(folder: str) -> dict[str, np.ndarray]:
     return safetensors.numpy.load_file(path)
   bin_path = os.path.join(folder, "adapter_model.bin")
   if os.path.exists(bin_path):  # the legacy format, read without unpickling arbitrary objects
-    state = torch_convert.read_torch_file(bin_path)
+    state = pickles.torch_load(bin_path, PeftFormatError)
     return {k: v.float().numpy() for k, v in state.items()}
   raise PeftFormatError(f"{folder} has neither {WEIGHTS_NAME} nor adapter_model.bin")
 
@@ -136,6 +136,7 @@ def import_peft(folder: str, base_params: Any, *, model_family: str,
     raise PeftFormatError(f"{config_path} does not exist") from None
   except json.JSONDecodeError as e:
     raise PeftFormatError(f"{config_path} is not valid JSON: {e}") from None
+  config = peft_config.check(config, config_path)
   if config.get("peft_type") != "LORA":
     raise PeftFormatError(f"{folder} is a {config.get('peft_type')} adapter, not LORA")
   if config.get("fan_in_fan_out"):

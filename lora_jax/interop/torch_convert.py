@@ -16,7 +16,6 @@ read with `torch.load(weights_only=True)`. Arrays keep the dtype they were store
 
 import collections
 import os
-import pickle
 import re
 from typing import Any, Mapping, Sequence
 
@@ -26,7 +25,7 @@ import safetensors
 import safetensors.torch
 import torch
 
-from lora_jax import atomic, tree_paths
+from lora_jax import atomic, finite, pickles, stable_safetensors, tree_paths
 from lora_jax.interop.flax_weights import (WeightFileError, check_names_and_shapes, dotted_leaves,
                                            listed)
 
@@ -145,23 +144,10 @@ def flax_to_state_dict(params: Any, renames: Renames = ()) -> dict[str, torch.Te
   return out
 
 
-def _unpickle_detail(e: Exception) -> str:
-  text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split())
-  m = re.search(r"WeightsUnpickler error: (.+?)(?:\. Please| Check the documentation|$)", text)
-  return m.group(1).rstrip(". ") if m else text[:200]
-
-
 def load_weights_only(path: str) -> Any:
-  """`torch.load(weights_only=True)`: plain tensors and containers, never an arbitrary object."""
-  try:
-    return torch.load(path, map_location="cpu", weights_only=True)
-  except pickle.UnpicklingError as e:  # the weights-only unpickler met an object it will not build
-    raise WeightFileError(
-        f"cannot load {path}: this file needs pickle to load; lora_jax never unpickles; re-save "
-        f"it as safetensors or a weights-only state dict ({_unpickle_detail(e)})") from None
-  except Exception as e:  # a broken zip or truncated file
-    raise WeightFileError(f"cannot load {path} safely: torch.load(weights_only=True) failed "
-                          f"({_unpickle_detail(e)})") from e
+  """`torch.load(weights_only=True)`: plain tensors and containers, never an arbitrary object;
+  a file that needs pickle gets the project's one refusal (`lora_jax.pickles`)."""
+  return pickles.torch_load(path, WeightFileError)
 
 
 def read_torch_file(path: str) -> dict[str, torch.Tensor]:
@@ -190,17 +176,19 @@ def read_torch_file(path: str) -> dict[str, torch.Tensor]:
 
 def load_torch_params(path: str, abstract_params: Any, *, prefix: str | None = None,
                       renames: Renames = ()) -> dict:
-  """Read a PyTorch weight file into a Flax parameter tree shaped like `abstract_params`."""
-  return state_dict_to_flax(read_torch_file(path), abstract_params,
-                            source=os.path.basename(path), prefix=prefix, renames=renames)
+  """Read a PyTorch weight file into a Flax parameter tree shaped like `abstract_params`; a
+  tensor holding NaN or infinity is refused, naming it."""
+  params = state_dict_to_flax(read_torch_file(path), abstract_params,
+                              source=os.path.basename(path), prefix=prefix, renames=renames)
+  finite.check_tree(params, path)
+  return params
 
 
 def save_safetensors(params: Any, path: str, renames: Renames = (),
                      metadata: Mapping[str, str] | None = None) -> None:
   """Write a Flax tree as a PyTorch-named safetensors file, atomically."""
   state_dict = flax_to_state_dict(params, renames)
-  with atomic.atomic_path(path) as tmp:
-    safetensors.torch.save_file(state_dict, tmp, metadata=metadata)
+  stable_safetensors.save_torch(state_dict, path, metadata)
 
 
 def save_state_dict(params: Any, path: str, renames: Renames = ()) -> None:
@@ -208,6 +196,9 @@ def save_state_dict(params: Any, path: str, renames: Renames = ()) -> None:
   state_dict = flax_to_state_dict(params, renames)
   with atomic.atomic_path(path) as tmp:
     torch.save(state_dict, tmp)
+
+
+SUFFIXES = (".safetensors", ".pt", ".pth")  # what `save_torch_file` writes
 
 
 def save_torch_file(params: Any, path: str, renames: Renames = ()) -> None:

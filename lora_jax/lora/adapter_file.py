@@ -14,9 +14,8 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 import safetensors
-import safetensors.numpy
 
-from lora_jax import atomic, tree_paths
+from lora_jax import errors, pickles, stable_safetensors, tree_paths
 from lora_jax.lora import spec as spec_lib
 from lora_jax.lora.adapter import MAGNITUDE, Adapter
 
@@ -24,7 +23,7 @@ FORMAT = "lora_jax.adapter"
 FORMAT_VERSION = 1
 
 
-class AdapterFileError(ValueError):
+class AdapterFileError(errors.UserError):
   """An adapter file that is not one, is corrupt, or is from an unknown format version."""
 
 
@@ -67,8 +66,7 @@ def save_adapter(path: str, record: AdapterRecord) -> None:
       "name": record.name,
       "extra": json.dumps(record.extra, sort_keys=True),
   }
-  with atomic.atomic_path(path) as tmp:
-    safetensors.numpy.save_file(tensors, tmp, metadata=metadata)
+  stable_safetensors.save_numpy(tensors, path, metadata)
 
 
 def _module_keys(name: str, base_modules: dict[str, tuple[str, ...]] | None) -> tuple[str, ...]:
@@ -95,15 +93,37 @@ def load_adapter(path: str, base_params: Any = None) -> AdapterRecord:
   except FileNotFoundError:
     raise AdapterFileError(f"adapter file {path} does not exist") from None
   except Exception as e:  # safetensors raises its own error types for bad headers
-    raise AdapterFileError(
-        f"{path} is not a safetensors adapter ({e}); pickled adapters are refused") from None
+    if pickles.looks_pickled(path):
+      raise pickles.refusal(path, "a torch.save or pickle file, not a .lora", AdapterFileError
+                            ) from None
+    raise AdapterFileError(f"{path} is not a safetensors adapter ({e})") from None
   if metadata.get("format") != FORMAT:
     raise AdapterFileError(f"{path} is safetensors but not a lora_jax adapter (format "
                            f"{metadata.get('format')!r}); for a PEFT adapter use interop.peft")
-  version = int(metadata.get("format_version", "0"))
+  try:
+    version = int(metadata.get("format_version", "0"))
+  except ValueError:
+    raise AdapterFileError(f"{path}: format_version {metadata['format_version']!r} is not a "
+                           f"number") from None
   if version > FORMAT_VERSION:
     raise AdapterFileError(f"{path} has format version {version}; this lora_jax reads up to "
                            f"{FORMAT_VERSION}")
+  if "spec" not in metadata:
+    raise AdapterFileError(f"{path} records no LoRA spec")
+  try:
+    extra = json.loads(metadata.get("extra", "{}"))
+  except json.JSONDecodeError as e:
+    raise AdapterFileError(f"{path}: metadata 'extra' is not JSON ({e})") from None
+  if not isinstance(extra, dict):
+    raise AdapterFileError(f"{path}: metadata 'extra' must be a JSON object")
+  try:  # the spec's rules are applied to the stored tensors: a bad rule is a bad file
+    return _record(path, metadata, extra, tensors, base_params)
+  except spec_lib.LoraRuleError as e:
+    raise AdapterFileError(f"{path}: {e}") from None
+
+
+def _record(path: str, metadata: dict, extra: dict, tensors: dict, base_params: Any
+            ) -> AdapterRecord:
   spec = spec_lib.LoraSpec.from_json(metadata["spec"])
   base_modules = None
   if base_params is not None:
@@ -135,5 +155,4 @@ def load_adapter(path: str, base_params: Any = None) -> AdapterRecord:
     raise AdapterFileError(f"{path} holds no LoRA tensors")
   adapter = Adapter(tree_paths.unflatten(params), tree_paths.unflatten(scales))
   return AdapterRecord(adapter, spec, metadata.get("base_fingerprint", ""),
-                       metadata.get("model_family", ""), metadata.get("name", ""),
-                       json.loads(metadata.get("extra", "{}")))
+                       metadata.get("model_family", ""), metadata.get("name", ""), extra)

@@ -4,11 +4,11 @@ from typing import Any, Sequence
 
 import jax.numpy as jnp
 
-from lora_jax import tree_paths
+from lora_jax import errors, tree_paths
 from lora_jax.lora.adapter_file import AdapterRecord
 
 
-class IncompatibleAdapterError(ValueError):
+class IncompatibleAdapterError(errors.UserError):
   """An adapter that does not fit the base or the other adapters it is combined with."""
 
 

@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lora_jax import errors
 from lora_jax.lora import dora
 from lora_jax.lora.adapter import Adapter
 from lora_jax.quant import dense as quant_dense
@@ -28,7 +29,7 @@ from lora_jax.quant import dense as quant_dense
 FOLD_WIDENING = True  # see `_foldable`; a switch for bench/lora_step_ab.py
 
 
-class UnusedAdapterError(RuntimeError):
+class UnusedAdapterError(errors.UserError, RuntimeError):
   """An adapter names modules that the forward never called."""
 
 

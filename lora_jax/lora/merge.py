@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lora_jax import quant, tree_paths
+from lora_jax import errors, quant, tree_paths
 from lora_jax.lora import dora
 from lora_jax.lora.adapter import Adapter
 from lora_jax.lora.spec import LoraSpec
@@ -28,6 +28,8 @@ BLEND_MODES = ("additive", "interpolative")
 
 def blend_weights(mode: str, weights: Sequence[float]) -> jax.Array:
   """Per-adapter weights of a blend mode: additive as given, interpolative normalised to sum 1."""
+  for i, weight in enumerate(weights):
+    errors.check_finite(weight, f"blend weight {i}")
   w = jnp.asarray(weights, jnp.float32)
   if mode == "additive":
     return w

@@ -17,12 +17,12 @@ import math
 import re
 from typing import Any, Mapping
 
-from lora_jax import tree_paths
+from lora_jax import errors, tree_paths
 
 _RANGE = re.compile(r"\{(\d+)-(\d+)\}")
 
 
-class LoraRuleError(ValueError):
+class LoraRuleError(errors.UserError):
   """A target rule that matches nothing, or a malformed rule."""
 
 
@@ -73,12 +73,43 @@ class LoraSpec:
 
   @classmethod
   def from_json(cls, text: str) -> "LoraSpec":
-    fields = json.loads(text)
+    """The spec a file records, every field type-checked (the file may come from anywhere)."""
+    try:
+      fields = json.loads(text)
+    except json.JSONDecodeError as e:
+      raise LoraRuleError(f"LoRA spec is not JSON ({e})") from None
+    if not isinstance(fields, dict):
+      raise LoraRuleError(f"LoRA spec must be a JSON object, got {type(fields).__name__}")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(fields) - known)
     if unknown:
-      raise LoraRuleError(f"unknown LoRA spec fields: {', '.join(unknown)}")
+      raise LoraRuleError(f"unknown LoRA spec fields: {', '.join(map(str, unknown))}")
+    for name, value in fields.items():
+      if not _SPEC_FIELD_CHECKS[name](value):
+        raise LoraRuleError(f"LoRA spec field {name} has the wrong type: {value!r:.60}")
     return cls(**fields)
+
+
+def _number(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _strings(v) -> bool:
+  return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _pairs(v) -> bool:
+  items = v.items() if isinstance(v, dict) else v
+  return isinstance(v, (dict, list)) and all(
+      isinstance(p, (list, tuple)) and len(p) == 2 and isinstance(p[0], str) and _number(p[1])
+      for p in items)
+
+
+_SPEC_FIELD_CHECKS = {
+    "rank": lambda v: isinstance(v, int) and not isinstance(v, bool), "alpha": _number,
+    "dropout": _number, "target_modules": _strings, "include": _strings, "exclude": _strings,
+    "rank_pattern": _pairs, "alpha_pattern": _pairs, "use_rslora": lambda v: isinstance(v, bool),
+    "init": lambda v: isinstance(v, str), "module_dropout": _number}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,6 +214,9 @@ def resolve(spec: LoraSpec, params: Any) -> tuple[Target, ...]:
   for path in sorted(selected, key=lambda p: modules[p][0]):
     keys, (in_dim, out_dim) = modules[path]
     rank = module_rank(spec, path)
+    if rank > min(in_dim, out_dim):  # B A would hold more numbers than the delta it stands for
+      raise LoraRuleError(f"LoRA rank {rank} of {path} exceeds its kernel's smaller side "
+                          f"min({in_dim}, {out_dim}) = {min(in_dim, out_dim)}")
     alpha, scale = module_scale(spec, path, rank)
     targets.append(Target(keys, path, in_dim, out_dim, rank, alpha, scale, spec.use_dora))
   return tuple(targets)

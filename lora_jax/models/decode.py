@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lora_jax import errors
 from lora_jax.lora import forward as lora_forward
 
 
@@ -99,6 +100,18 @@ def _allowed_after_prompt(constraint, prompt_BxP):
   return jax.vmap(lambda row: constraint.allowed(constraint.init(row)))(prompt_BxP)
 
 
+def check_sampling(temperature: float, top_k: int, top_p: float,
+                   vocab_size: int | None = None) -> None:
+  """Sampling settings checked up front: a negative or NaN temperature and a top-p outside (0, 1]
+  otherwise sample silently from a distorted (or empty) distribution."""
+  errors.check_finite(temperature, "temperature", low=0.0)  # 0 decodes greedily
+  errors.check_finite(top_p, "top_p", low=0.0, high=1.0, low_open=True)
+  if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
+    raise errors.UserError(f"top_k {top_k!r} must be an integer >= 0 (0 keeps every token)")
+  if vocab_size is not None and top_k > vocab_size:
+    raise errors.UserError(f"top_k {top_k} exceeds the vocabulary of {vocab_size} tokens")
+
+
 def sample(model: nn.Module, base_params: Any, prompt_BxP: jax.Array, length: int, *,
            adapters: Sequence = (), weights: Sequence[float] = (), rng: jax.Array | None = None,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
@@ -107,6 +120,7 @@ def sample(model: nn.Module, base_params: Any, prompt_BxP: jax.Array, length: in
 
   With a constraint, only tokens it allows are sampled; None samples from all (as before it).
   """
+  check_sampling(temperature, top_k, top_p, model.config.vocab_size)
   if len(weights) != len(adapters):
     raise ValueError(f"{len(adapters)} adapters but {len(weights)} weights")
   max_len = model.config.max_len

@@ -19,6 +19,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from lora_jax import errors
 from lora_jax.train import precision
 from lora_jax.train.batches import Position
 from lora_jax.train.config import CkptConfig
@@ -27,7 +28,7 @@ from lora_jax.train.config import CkptConfig
 _all_finite = jax.jit(precision.all_finite)
 
 
-class NonFiniteStateError(RuntimeError):
+class NonFiniteStateError(errors.UserError, RuntimeError):
   """A checkpoint was asked of a state holding NaN or infinity."""
 
 

@@ -15,12 +15,12 @@ import types
 import typing
 from typing import Any, Mapping
 
-from lora_jax import families
+from lora_jax import errors, families
 from lora_jax.lora.spec import LoraSpec
 from lora_jax.quant.kernels import KINDS as QUANT_KINDS
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError):
   """A config that does not fit the dataclasses it must become."""
 
 
@@ -34,6 +34,14 @@ def _check(where: str, value: float, low: float, high: float = math.inf, *,
                 if math.isfinite(high) else f"{'>' if low_open else '>='} {low:g}")
     raise ConfigError(f"{where} must be {'in ' if math.isfinite(high) else ''}{interval}, "
                       f"got {value!r}")
+
+
+def _at_least(group: Any, low: int, where: str, *names: str) -> None:
+  """Counts are checked where they are declared, so a 0 batch never reaches a division."""
+  for name in names:
+    value = getattr(group, name)
+    if isinstance(value, int) and not isinstance(value, bool) and value < low:
+      raise ConfigError(f"config.{where}.{name} must be >= {low}, got {value}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +88,8 @@ class DataConfig:
   eval_batch_size: int
 
   def __post_init__(self):
+    _at_least(self, 1, "data", "batch_size", "eval_batch_size")
+    _at_least(self, 0, "data", "synthetic_examples")
     if bool(self.path) == (self.synthetic_examples > 0):
       raise ConfigError(f"give exactly one of data.path ({self.path!r}) and "
                         f"data.synthetic_examples ({self.synthetic_examples})")
@@ -96,6 +106,8 @@ class CkptConfig:
   export: str = "best"  # what the run exports at its end: 'best' (lowest validation loss) or 'final'
 
   def __post_init__(self):
+    _at_least(self, 1, "ckpt", "every_steps", "keep_last")
+    _at_least(self, 0, "ckpt", "keep_best")
     if self.export not in ("best", "final"):
       raise ConfigError(f"config.ckpt.export must be 'best' or 'final', got {self.export!r}")
     if self.export == "best" and self.keep_best < 1:
@@ -137,6 +149,8 @@ class TrainingConfig:
   relora_warmup: int = 0
 
   def __post_init__(self):
+    _at_least(self, 1, "training", "steps", "eval_every", "log_every", "max_nonfinite_in_a_row")
+    _at_least(self, 0, "training", "patience")
     if self.type not in ("lora", "full"):
       raise ConfigError(f"training.type must be 'lora' or 'full', got {self.type!r}")
     if self.relora_every < 0 or not 0 <= self.relora_warmup <= max(self.relora_every, 0):

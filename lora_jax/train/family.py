@@ -21,8 +21,10 @@ The contract a family's model keeps:
     (divide by the real count: an empty mask gives NaN, which the loop counts and skips).
   - `loss_weight(batch)`, if given, is the count that mean divides by; accumulation weights
     micro-batches by it.
-  - `batch_spec` gives each batch array's per-example shape and dtype (no batch axis); the loop
-    checks data against it and initialises the model from it.
+  - `batch_spec` gives each batch array's per-example shape and dtype (no batch axis) and, for
+    ids, the range their values must lie in (token ids below the vocabulary size: JAX clamps an
+    out-of-range gather instead of failing); the loop checks data against it when it loads the
+    data, and initialises the model from it.
   - `partition_rules` are (regex, PartitionSpec) over dotted parameter paths
     (`blocks.0.attn.q_proj.kernel`, see `lora_jax.tree_paths`); the first rule that `re.search`es
     a path wins, every parameter must match a rule and every rule must match a parameter. Axis
@@ -41,6 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
+from lora_jax import errors
+
 Batch = Mapping[str, jax.Array]
 LossFn = Callable[[Any, Batch], tuple[jax.Array, dict[str, jax.Array]]]
 
@@ -51,6 +55,8 @@ class Example:
 
   shape: tuple[int, ...]
   dtype: str
+  bounds: tuple[int, int] | None = None  # [low, high) of the values, e.g. (0, vocab_size)
+  bounds_reason: str = ""  # what `high` is, for the error: "vocab_size 389"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,3 +117,12 @@ class Family:
       if tuple(a.shape[1:]) != e.shape or a.dtype != np.dtype(e.dtype):
         raise ValueError(f"{source}: array {k!r} is {a.dtype}{list(a.shape)}, family {self.name} "
                          f"needs {e.dtype}[N, {', '.join(map(str, e.shape))}]")
+      if e.bounds is not None and a.size:
+        low, high = e.bounds
+        bad = np.argwhere((a < low) | (a >= high))
+        if len(bad):
+          where = tuple(int(i) for i in bad[0])
+          raise errors.UserError(
+              f"{source}: array {k!r} holds {a[where]} at {list(where)} ({len(bad)} of {a.size} "
+              f"values out of range); its values must lie in [{low}, {high})"
+              + (f" ({e.bounds_reason})" if e.bounds_reason else ""))

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from lora_jax import families, lora
+from lora_jax import errors, families, lora
 from lora_jax.interop import flax_weights
 from lora_jax.train import batches
 from lora_jax.train import checkpoint
@@ -40,7 +40,7 @@ from lora_jax.train.config import TrainConfig
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(errors.UserError, RuntimeError):
   """Too many train steps in a row had a non-finite loss or gradient."""
 
 

@@ -16,14 +16,14 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from lora_jax import tree_paths
+from lora_jax import errors, tree_paths
 from lora_jax.train.config import MeshConfig
 
 AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")
 
 
-class ShardingError(ValueError):
+class ShardingError(errors.UserError):
   """Partition rules or a mesh that do not fit the arrays."""
 
 
