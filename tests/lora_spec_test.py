@@ -77,3 +77,12 @@ def test_bad_values_are_errors():
     spec_lib._compile("[")
   with pytest.raises(lora.LoraRuleError, match="empty range"):
     spec_lib.expand_ranges("{5-2}")
+
+
+def test_every_spec_field_is_checked_when_read_from_a_file():
+  """A field added to LoraSpec without its type check would make every .lora unreadable."""
+  import dataclasses
+  from lora_jax.lora import spec as spec_lib
+  assert set(spec_lib._SPEC_FIELD_CHECKS) == {f.name for f in dataclasses.fields(spec_lib.LoraSpec)}
+  dora = spec_lib.LoraSpec(rank=2, target_modules=("q_proj",), use_dora=True)
+  assert spec_lib.LoraSpec.from_json(dora.to_json()) == dora

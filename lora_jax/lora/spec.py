@@ -109,7 +109,8 @@ _SPEC_FIELD_CHECKS = {
     "rank": lambda v: isinstance(v, int) and not isinstance(v, bool), "alpha": _number,
     "dropout": _number, "target_modules": _strings, "include": _strings, "exclude": _strings,
     "rank_pattern": _pairs, "alpha_pattern": _pairs, "use_rslora": lambda v: isinstance(v, bool),
-    "init": lambda v: isinstance(v, str), "module_dropout": _number}
+    "init": lambda v: isinstance(v, str), "module_dropout": _number,
+    "use_dora": lambda v: isinstance(v, bool)}
 
 
 @dataclasses.dataclass(frozen=True)
