@@ -101,6 +101,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.training.patience = 0  # evaluations without improvement before stopping; 0 = never
   config.training.log_every = 50  # steps per CSV/TensorBoard/console line
   config.training.max_nonfinite_in_a_row = 20  # skipped steps in a row that stop the run
+  config.training.quantize = ""  # QLoRA: base kernels 'int8', 'int8_block', 'nf4'; '' none
+  config.training.allow_changed_config = False  # resume a checkpoint written with other settings
+  config.training.relora_every = 0  # ReLoRA: fold the adapter into the base every N steps; 0 off
+  config.training.relora_warmup = 0  # ReLoRA: steps of learning-rate re-warm after each fold
 
   if variant == "tiny":
     config.name = "song_lm_tiny"

@@ -4,7 +4,8 @@ Each case must end with a non-zero exit, exactly one `<name>: error: ...` line o
 the expected words, no traceback, and nothing new on disk: the case's own output folder (its
 working directory, where every output flag points) stays empty and the input files are untouched.
 A loop-level failure may leave the training loop's `status.json` (state 'failed' and why), the one
-record a failed run keeps on purpose. The cases run in parallel (one process per core): a
+record a failed run keeps on purpose, and the workdir's lock file `run.lock` (empty; the lock
+itself went with the process). The cases run in parallel (one process per core): a
 subprocess costs a JAX import. The files come from bad_input_world.py.
 """
 
@@ -34,7 +35,7 @@ class Case:
     return [a.format(out=out, **files) for a in self.args]
 
 
-STATUS = ("w/status.json",)
+STATUS = ("w/status.json", "w/run.lock")
 MERGE = ("--base-model={base}", "--output={out}/m/merged.safetensors")
 CONVERT = ("--config={repo}/configs/music_transformer.py:tiny", "--output={out}/c/base.safetensors")
 GENERATE = ("--model={base}", "--output-dir={out}/s", "--n-samples=1", "--length=8")

@@ -225,7 +225,9 @@ def read_manifest(path: str, features: Sequence[str] = ()) -> list[dict]:
     except json.JSONDecodeError as e:
       raise ManifestError(f"{path}:{lineno}: not valid JSON ({e})") from e
     check_row(row, features, f"{path}:{lineno}")
-    key = (row["file"], row["track"])
+    # A track is a piece's file and track number; the seed's note CSV holds many pieces in one
+    # file, told apart by piece_id.
+    key = (row["piece_id"], row["file"], row["track"])
     if key in seen:  # the same track twice would be trained on twice, and split apart
       raise ManifestError(f"{path}:{lineno}: track {row['track']} of {row['file']} is also on "
                           f"line {seen[key]}")

@@ -77,11 +77,13 @@ _LOGGED: set = set()
 
 
 def _log_choice(path: str, why: str, call: dispatch.Call) -> None:
-  """One log line per distinct decision and process (a warning where a faster path is missed)."""
+  """One log line per distinct decision and process: on a GPU or TPU at INFO, on CPU only with
+  --v=1 (the CPU paths are the long-standing ones, and a command's output stays as it was), and a
+  warning wherever a faster path is missed."""
   if (path, why) in _LOGGED:
     return
   _LOGGED.add((path, why))
-  level = logging.INFO
+  level = logging.INFO if call.backend != "cpu" else logging.DEBUG
   if path == "cpu_blockwise" and "not built" in why:
     level, why = logging.WARNING, why + " (python -m lora_jax.kernels builds it; about 2x faster)"
   logging.log(level, "attention: %s for %s [%d queries x %d keys, head %d, mask %s]: %s", path,
