@@ -12,7 +12,9 @@ import fuzz_targets
 @pytest.mark.parametrize("target", fuzz_targets.TARGETS, ids=[t.name for t in fuzz_targets.TARGETS])
 def test_parser_returns_or_raises_its_declared_error(target):
 
-  @settings(max_examples=60, deadline=None, database=None,
+  # Derandomised: CI runs the same 60 cases each time (a red main must mean a regression);
+  # bench/fuzz_parsers.py --seed=N explores further.
+  @settings(max_examples=60, deadline=None, database=None, derandomize=True,
             suppress_health_check=list(HealthCheck))
   @given(target.strategy)
   def run(data):

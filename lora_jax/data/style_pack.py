@@ -102,7 +102,9 @@ def _check_fields(where: str, raw: dict, required: dict, optional: dict) -> None
                          f"{', '.join(sorted(required))} (and optionally "
                          f"{', '.join(sorted(optional))})")
   for name, kind in required.items():
-    _check_field(where, name, raw.get(name), kind)
+    if name not in raw:  # a missing field is not a null one (`parent` may be null)
+      raise StylePackError(f"{where} has no field {name!r}")
+    _check_field(where, name, raw[name], kind)
   for name, kind in optional.items():
     if name in raw:
       _check_field(where, name, raw[name], kind)
