@@ -34,7 +34,8 @@ import optax
 from absl import app, flags
 
 from lora_jax import lora
-from lora_jax.data import duv_features, duv_manifest
+from lora_jax.data.duv import features as duv_features
+from lora_jax.data.duv import manifest as duv_manifest
 from lora_jax.duv import splits
 from lora_jax.models.phrase_transformer import PhraseTransformer, PhraseTransformerConfig
 

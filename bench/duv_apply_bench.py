@@ -20,7 +20,9 @@ import numpy as np
 from absl import app, flags
 
 from lora_jax import families, lora
-from lora_jax.data import duv_features, duv_manifest, duv_pairs
+from lora_jax.data.duv import features as duv_features
+from lora_jax.data.duv import manifest as duv_manifest
+from lora_jax.data.duv import pairs as duv_pairs
 from lora_jax.duv import apply, bundle
 from lora_jax.models.phrase_transformer import PhraseTransformerConfig
 from lora_jax.train import config as config_lib

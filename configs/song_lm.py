@@ -13,7 +13,7 @@ Variants (`--config=configs/song_lm.py:<variant>`):
 
 import ml_collections
 
-from lora_jax.models import delay_pattern
+from lora_jax.models.song import delay_pattern
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -18,7 +18,8 @@ import json
 from absl import flags, logging
 
 from lora_jax import cli
-from lora_jax.data import duv_build, duv_manifest
+from lora_jax.data.duv import build as duv_build
+from lora_jax.data.duv import manifest as duv_manifest
 from lora_jax.duv import takes
 
 _CACHE = flags.DEFINE_string("cache", ".cache/performances", "performance cache "

@@ -7,14 +7,16 @@
       --styles=celtic_fiddle,essen_folk
 
 `--from_dir` reads my_music/<genre>/[<sub_style>/] (files in refs_midi/ or directly; see
-lora_jax/data/folder_packs.py) and prints one report: per style what was packed and its splits,
+lora_jax/data/style_packs/folder.py) and prints one report: per style what was packed and its splits,
 then every file left out with its reason. Bad input ends in one error line and exit status 1.
 """
 from absl import flags
 from absl import logging
 
 from lora_jax import cli
-from lora_jax.data import folder_packs, midi_file, style_corpus
+from lora_jax.data import midi_file
+from lora_jax.data.style_packs import corpus as style_corpus
+from lora_jax.data.style_packs import folder as folder_packs
 
 _OUT = flags.DEFINE_string("out", "style_packs", "Root directory of the packs.")
 _FROM_DIR = flags.DEFINE_string("from_dir", None, "Your folder: <genre>/[<sub_style>/] of MIDI "

@@ -15,7 +15,7 @@ from ml_collections import config_flags
 from lora_jax import cli
 from lora_jax.families import song_lm as song_family
 from lora_jax.interop import song_lm_weights
-from lora_jax.models import song_lm
+from lora_jax.models.song import lm as song_lm
 from lora_jax.train import config as config_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "song_lm training config, e.g. "

@@ -10,7 +10,7 @@ Every row is checked as training reads it; the output is written atomically.
 from absl import flags
 
 from lora_jax import cli
-from lora_jax.data import duv_manifest
+from lora_jax.data.duv import manifest as duv_manifest
 
 _INPUT = flags.DEFINE_string("input", None, "A DUV JSONL manifest.")
 _OUTPUT = flags.DEFINE_string("output", None, "Where the enriched manifest goes.")

@@ -16,7 +16,7 @@ import os
 from absl import flags
 
 from lora_jax import cli
-from lora_jax.data import style_pack
+from lora_jax.data.style_packs import pack as style_pack
 from lora_jax.hierarchy import evaluation
 
 _BASE = flags.DEFINE_string("base_model", "checkpoints/base_model/base_model.safetensors",

@@ -3,7 +3,7 @@ r"""python launch/humanize_midi.py --input=song.mid --output=song_human.mid \
 
 Humanises velocities and durations of a MIDI file with a DUV model: a bundle folder (the base) or
 a `.lora` adapter beside its bundle (see lora_jax.duv.bundle). `--deadpan` humanises the input's
-deadpan version instead (lora_jax.data.duv_pairs.deadpan_midi: what the models train on), and
+deadpan version instead (lora_jax.data.duv.pairs.deadpan_midi: what the models train on), and
 `--pianoroll=roll.png --pianoroll_seconds=30,39` draws that passage of the humanised tracks, the
 input above the output (lora_jax.duv.pianoroll; needs matplotlib). Bad input ends in one error
 line and exit status 1; the output MIDI and the piano roll are written together at the end (both
@@ -15,7 +15,7 @@ import os
 from absl import flags
 
 from lora_jax import atomic, cli
-from lora_jax.data import duv_pairs
+from lora_jax.data.duv import pairs as duv_pairs
 from lora_jax.duv import apply, bundle
 
 _INPUT = flags.DEFINE_string("input", None, "MIDI file to humanise", required=True)

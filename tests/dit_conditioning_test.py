@@ -8,7 +8,7 @@ import torch
 
 from lora_jax.interop import dit_convert
 from lora_jax.interop.flax_weights import WeightFileError
-from lora_jax.models import dit_conditioning
+from lora_jax.models.dit import conditioning as dit_conditioning
 
 import original_stable_audio
 

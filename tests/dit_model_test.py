@@ -1,4 +1,4 @@
-"""lora_jax.models.dit on its own: Stable Audio Open's size, LoRA through it, bfloat16."""
+"""lora_jax.models.dit.model on its own: Stable Audio Open's size, LoRA through it, bfloat16."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +8,8 @@ import pytest
 from lora_jax.lora import adapter as adapter_lib
 from lora_jax.lora import forward, spec as spec_lib
 from lora_jax import tree_paths
-from lora_jax.models import dit, dit_guidance
+from lora_jax.models.dit import guidance as dit_guidance
+from lora_jax.models.dit import model as dit
 
 _TINY = dit.DiTConfig(io_channels=4, embed_dim=64, depth=2, num_heads=2, cond_token_dim=32,
                       project_cond_tokens=False, global_cond_dim=8)

@@ -1,4 +1,4 @@
-"""lora_jax.models.dit against the original stable-audio-tools 0.0.19 DiffusionTransformer.
+"""lora_jax.models.dit.model against the original stable-audio-tools 0.0.19 DiffusionTransformer.
 
 The original is built at a tiny size with every weight randomised (the zero-initialised output
 layers and 1x1 convolutions included, else they would hide half the model), converted, and both
@@ -18,7 +18,9 @@ import torch
 
 from lora_jax.interop import dit_convert
 from lora_jax.interop.flax_weights import WeightFileError
-from lora_jax.models import dit, dit_guidance, dit_objective
+from lora_jax.models.dit import guidance as dit_guidance
+from lora_jax.models.dit import model as dit
+from lora_jax.models.dit import objective as dit_objective
 from stable_audio_tools.models.dit import DiffusionTransformer as TorchDiT
 
 # embed 256 / 4 heads: head size 64 with 32 rotary features (Stable Audio Open's split); context

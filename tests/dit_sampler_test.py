@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from lora_jax.interop import dit_convert
-from lora_jax.models import dit, dit_sampler
+from lora_jax.models.dit import model as dit
+from lora_jax.models.dit import sampler as dit_sampler
 import original_stable_audio  # tests/: stand-ins for torchaudio, torchvision
 
 from stable_audio_tools.models.dit import DiffusionTransformer as TorchDiT

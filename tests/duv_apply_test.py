@@ -14,7 +14,8 @@ import pretty_midi
 import pytest
 
 from lora_jax import lora
-from lora_jax.data import duv_features, duv_manifest
+from lora_jax.data.duv import features as duv_features
+from lora_jax.data.duv import manifest as duv_manifest
 from lora_jax.duv import apply, bundle, predict
 from lora_jax.models.phrase_transformer import PhraseTransformer, PhraseTransformerConfig
 

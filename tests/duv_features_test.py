@@ -4,7 +4,7 @@ import numpy as np
 import pretty_midi
 import pytest
 
-from lora_jax.data import duv_features
+from lora_jax.data.duv import features as duv_features
 
 
 def _midi(notes, numerator=4, texts=()):

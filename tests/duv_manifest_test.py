@@ -8,7 +8,11 @@ import numpy as np
 import pretty_midi
 import pytest
 
-from lora_jax.data import duv_baselines, duv_build, duv_features, duv_manifest, duv_pairs
+from lora_jax.data.duv import baselines as duv_baselines
+from lora_jax.data.duv import build as duv_build
+from lora_jax.data.duv import features as duv_features
+from lora_jax.data.duv import manifest as duv_manifest
+from lora_jax.data.duv import pairs as duv_pairs
 
 REAL_CACHE = os.path.join(os.path.dirname(os.path.dirname(__file__)), ".cache", "performances")
 SMALL = duv_manifest.Filters(min_notes=8, min_duration_sec=1.0, max_duration_sec=600.0)

@@ -4,7 +4,9 @@ import numpy as np
 import pretty_midi
 import pytest
 
-from lora_jax.data import duv_features, duv_pairs, match_file
+from lora_jax.data.duv import features as duv_features
+from lora_jax.data.duv import match_file
+from lora_jax.data.duv import pairs as duv_pairs
 
 MATCH = """info(matchFileVersion,5.0).
 info(midiClockUnits,480).

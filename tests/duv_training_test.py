@@ -15,7 +15,8 @@ import pretty_midi
 import pytest
 
 from lora_jax import families
-from lora_jax.data import duv_build, duv_manifest
+from lora_jax.data.duv import build as duv_build
+from lora_jax.data.duv import manifest as duv_manifest
 from lora_jax.duv import apply, bundle, config_files, evaluate, splits, training
 from lora_jax.families import duv as duv_family
 from lora_jax.train import checkpoint

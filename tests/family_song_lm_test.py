@@ -9,7 +9,9 @@ import numpy as np
 
 from lora_jax import tree_paths
 from lora_jax.families import song_lm as family_lib
-from lora_jax.models import delay_pattern, song_lm, song_lm_loss
+from lora_jax.models.song import delay_pattern
+from lora_jax.models.song import lm as song_lm
+from lora_jax.models.song import loss as song_lm_loss
 from lora_jax.train import config as config_lib
 from lora_jax.train import loop
 

@@ -11,9 +11,9 @@ import sys
 import pytest
 
 from lora_jax import atomic
-from lora_jax.data import folder_packs as fp
+from lora_jax.data.style_packs import folder as fp
 from lora_jax.data import midi_tokenizer as mt
-from lora_jax.data import style_pack as sp
+from lora_jax.data.style_packs import pack as sp
 import own_music_testlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -18,9 +18,11 @@ import safetensors
 import safetensors.numpy
 
 from lora_jax import errors, lora, pickles, stable_safetensors
-from lora_jax.data import duv_features, duv_manifest, duv_pairs
+from lora_jax.data.duv import features as duv_features
+from lora_jax.data.duv import manifest as duv_manifest
+from lora_jax.data.duv import pairs as duv_pairs
 from lora_jax.data import midi_tokenizer as mt
-from lora_jax.data import style_pack
+from lora_jax.data.style_packs import pack as style_pack
 from lora_jax.hierarchy import merging
 from lora_jax.interop import peft, peft_config
 

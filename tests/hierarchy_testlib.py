@@ -14,7 +14,7 @@ import pretty_midi
 
 from lora_jax import atomic
 from lora_jax.data import midi_tokenizer as mt
-from lora_jax.data import style_pack as sp
+from lora_jax.data.style_packs import pack as sp
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

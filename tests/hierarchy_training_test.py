@@ -9,7 +9,7 @@ import pytest
 
 from lora_jax import lora
 from lora_jax.data import midi_tokenizer as mt
-from lora_jax.data import style_pack as sp
+from lora_jax.data.style_packs import pack as sp
 from lora_jax.hierarchy import base_file, settings, training
 from lora_jax.models.transformer import MusicTransformer
 from lora_jax.train import config as config_lib

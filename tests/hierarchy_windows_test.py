@@ -8,7 +8,7 @@ import pytest
 
 from lora_jax import atomic
 from lora_jax.data import midi_tokenizer as mt
-from lora_jax.data import style_pack as sp
+from lora_jax.data.style_packs import pack as sp
 from lora_jax.families import music_lm
 from lora_jax.hierarchy import windows
 import hierarchy_testlib

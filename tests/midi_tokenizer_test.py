@@ -8,7 +8,7 @@ import pretty_midi
 import pytest
 
 from lora_jax.data import midi_tokenizer as mt
-from lora_jax.data import style_corpus
+from lora_jax.data.style_packs import corpus as style_corpus
 
 TICKS = mt.MIDI_RESOLUTION // 12  # ticks per grid step of the default config
 

@@ -20,7 +20,7 @@ import mido
 import music21
 from music21 import converter, meter, note, stream, tempo
 
-from lora_jax.data import style_corpus
+from lora_jax.data.style_packs import corpus as style_corpus
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PERFORMANCES = ROOT / ".cache" / "performances"

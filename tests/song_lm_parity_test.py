@@ -24,7 +24,8 @@ import torch
 from lora_jax import tree_paths
 from lora_jax.interop import song_lm_weights
 from lora_jax.interop.flax_weights import WeightFileError
-from lora_jax.models import delay_pattern, song_lm
+from lora_jax.models.song import delay_pattern
+from lora_jax.models.song import lm as song_lm
 from lora_jax.train import config as config_lib
 from third_party import song_lm_torch
 

@@ -15,7 +15,8 @@ import torch
 from lora_jax import lora, tree_paths
 from lora_jax.interop import peft as peft_io
 from lora_jax.interop import song_lm_weights
-from lora_jax.models import delay_pattern, song_lm
+from lora_jax.models.song import delay_pattern
+from lora_jax.models.song import lm as song_lm
 from third_party import song_lm_torch
 import testlib
 

@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from lora_jax import tree_paths
-from lora_jax.models import delay_pattern, song_lm, song_sample
+from lora_jax.models.song import delay_pattern
+from lora_jax.models.song import lm as song_lm
+from lora_jax.models.song import sample as song_sample
 
 CONFIG = song_lm.SongLMConfig(code_size=24, dim=32, intermediate_size=48, num_heads=4,
                               num_layers=1, num_layers_sub=1, text_vocab_size=30,

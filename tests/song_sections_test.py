@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from lora_jax.data import song_sections, song_text
+from lora_jax.data.song import sections as song_sections
+from lora_jax.data.song import text as song_text
 
 
 def test_section_numbers_follow_the_original_vocabulary():

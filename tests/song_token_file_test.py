@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lora_jax.data import song_token_file
+from lora_jax.data.song import token_file as song_token_file
 from lora_jax.interop.flax_weights import WeightFileError
 
 

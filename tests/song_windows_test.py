@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lora_jax.data import song_windows
-from lora_jax.models import song_lm_loss
+from lora_jax.data.song import windows as song_windows
+from lora_jax.models.song import loss as song_lm_loss
 
 DELAYS = (0, 3, 3)
 

@@ -10,8 +10,8 @@ import pretty_midi
 import pytest
 
 from lora_jax.data import midi_tokenizer as mt
-from lora_jax.data import style_corpus as sc
-from lora_jax.data import style_pack as sp
+from lora_jax.data.style_packs import corpus as sc
+from lora_jax.data.style_packs import pack as sp
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CELTIC = ("reel", "jig", "hornpipe")

@@ -4,7 +4,7 @@ Written from a reading of tencent-ailab/SongGeneration (`codeclm/models/lm_levo.
 the vendored Hugging Face Llama in `codeclm/models/llama/modeling_llama.py` and
 `codeclm/modules/conditioners.py`), so that its `state_dict()` has the keys and shapes of the
 original's `model.pt` without the `audiolm.` prefix. It is the reference the Flax model
-(`lora_jax/models/song_lm.py`) is tested against, and the model PEFT adapters are loaded on.
+(`lora_jax/models/song/lm.py`) is tested against, and the model PEFT adapters are loaded on.
 
 What it keeps of the original:
 - `transformer` and `transformer2`: Llama causal LMs (`model.embed_tokens`, `model.layers.N`

@@ -16,7 +16,7 @@ phrase): triggers shorter than `Protection.min_duration_sec`, and key switches, 
 `Protection.keyswitch_below` (default 21: below A0, the piano's lowest key, where sample
 libraries put their articulation switches).
 
-Features are computed from the selected notes as `lora_jax.data.duv_features` defines them, on
+Features are computed from the selected notes as `lora_jax.data.duv.features` defines them, on
 the file's own beat grid; predicted durations in beats are mapped back to seconds on that grid.
 """
 
@@ -28,7 +28,7 @@ import numpy as np
 import pretty_midi
 
 from lora_jax import errors
-from lora_jax.data import duv_features
+from lora_jax.data.duv import features as duv_features
 from lora_jax.duv import bundle, predict
 
 MIN_DUR_BEATS = 1e-3  # floor of a predicted duration, so a blended note never ends at its start

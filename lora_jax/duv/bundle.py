@@ -4,7 +4,7 @@ Layout of a bundle folder:
   model.safetensors   base parameters, Flax-native (`lora_jax.interop.flax_weights`)
   model_config.json   the `PhraseTransformerConfig` fields (inference computes in float32) and
                       `bundle_version` (BUNDLE_VERSION)
-  scaler.json         input feature scaler (`lora_jax.data.duv_manifest.save_scaler`)
+  scaler.json         input feature scaler (`lora_jax.data.duv.manifest.save_scaler`)
 
 An adapter is a `.lora` file (`lora_jax.lora.save_adapter`) of model family 'duv'. A model path is
 either a bundle folder (the base alone) or a `.lora` file whose bundle is the folder it lies in,
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from lora_jax import atomic, errors, lora
-from lora_jax.data import duv_manifest
+from lora_jax.data.duv import manifest as duv_manifest
 from lora_jax.interop import flax_weights
 from lora_jax.models.phrase_transformer import PhraseTransformer, PhraseTransformerConfig
 from lora_jax.train import config as config_lib

@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from lora_jax.data import duv_manifest
+from lora_jax.data.duv import manifest as duv_manifest
 from lora_jax.duv import bundle, predict, splits
 
 METRICS = ("vel_raw", "vel_matched", "dur")

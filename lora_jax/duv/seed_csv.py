@@ -32,7 +32,9 @@ from typing import Any
 import numpy as np
 
 from lora_jax import atomic
-from lora_jax.data import duv_features, duv_manifest, duv_pairs
+from lora_jax.data.duv import features as duv_features
+from lora_jax.data.duv import manifest as duv_manifest
+from lora_jax.data.duv import pairs as duv_pairs
 from lora_jax.duv import bundle, training
 
 REQUIRED = ("file", "onset_beats", "dur_beats", "pitch", "velocity", "played_dur_beats")

@@ -25,7 +25,12 @@ import os
 import numpy as np
 import pretty_midi
 
-from lora_jax.data import duv_build, duv_features, duv_manifest, duv_pairs, match_file, midi_file
+from lora_jax.data import midi_file
+from lora_jax.data.duv import build as duv_build
+from lora_jax.data.duv import features as duv_features
+from lora_jax.data.duv import manifest as duv_manifest
+from lora_jax.data.duv import match_file
+from lora_jax.data.duv import pairs as duv_pairs
 
 SOURCE = "own"
 GRIDS = ("tempo_map", "tempo_estimate")

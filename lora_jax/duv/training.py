@@ -27,7 +27,8 @@ import jax
 import numpy as np
 
 from lora_jax import atomic, errors, families
-from lora_jax.data import duv_features, duv_manifest
+from lora_jax.data.duv import features as duv_features
+from lora_jax.data.duv import manifest as duv_manifest
 from lora_jax.duv import bundle, splits
 from lora_jax.interop import flax_weights
 from lora_jax.train import config as config_lib

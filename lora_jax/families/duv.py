@@ -1,6 +1,6 @@
 """DUV humanisation as a training family: the PhraseTransformer on phrase windows of notes.
 
-Batch (the arrays of `lora_jax.data.duv_manifest.phrase_windows`, without its `row`/`start`
+Batch (the arrays of `lora_jax.data.duv.manifest.phrase_windows`, without its `row`/`start`
 bookkeeping, plus `written_dur`): `inputs` float32 [B, L, C] scaled features, `mask` bool [B, L]
 true at real notes, `written_dur` float32 [B, L] the written (deadpan) duration in beats, unscaled
 (the model's duration is a residual over it), `targets` float32 [B, L, 2] the human (velocity in

@@ -6,10 +6,10 @@ accompaniment); `length` int32 [], the song's frames in the window (the rest is 
 end-of-sequence target, so the caller leaves room: length < T); `lyrics` and `sections` int32
 [L] (the `description` conditioner's token ids and section ids, 0 = none); `style` int32 [Ls]
 (`type_info`'s token ids); with `prompt_audio` in the model's prepend list also `prompt` int32
-[K, Lp]. Targets, the delay pattern and masks are `lora_jax.models.song_lm_loss`'s: padding never
+[K, Lp]. Targets, the delay pattern and masks are `lora_jax.models.song.loss`'s: padding never
 enters the loss, nor do targets whose context the window cut off.
 
-The model (`SongWindows`) runs `lora_jax.models.song_lm.forward` inside itself, so parameter
+The model (`SongWindows`) runs `lora_jax.models.song.lm.forward` inside itself, so parameter
 paths are the original's (`transformer.model.layers.0.self_attn.q_proj`, ...), which is what
 LoRA targets, checkpoints and PEFT exports name. Loss: mean NLL (nats) over all kept targets of
 all streams; metrics: each stream's mean NLL.
@@ -27,7 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from lora_jax.models import delay_pattern, song_lm, song_lm_loss
+from lora_jax.models.song import delay_pattern
+from lora_jax.models.song import lm as song_lm
+from lora_jax.models.song import loss as song_lm_loss
 from lora_jax.train.family import Example, Family
 
 NAME = "song_lm"

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from absl import logging
 
-from lora_jax.data import style_corpus
+from lora_jax.data.style_packs import corpus as style_corpus
 from lora_jax.hierarchy import base_file, evaluation, generation, merging, settings, training, \
     windows
 from lora_jax.train import config as config_lib

@@ -25,7 +25,8 @@ import jax
 from absl import logging
 
 from lora_jax import lora
-from lora_jax.data import midi_tokenizer, style_pack
+from lora_jax.data import midi_tokenizer
+from lora_jax.data.style_packs import pack as style_pack
 from lora_jax.families import music_lm
 from lora_jax.hierarchy import base_file, layout, settings, windows
 from lora_jax.train import config as train_config

@@ -18,7 +18,8 @@ from typing import Sequence
 import numpy as np
 
 from lora_jax import atomic
-from lora_jax.data import midi_tokenizer, style_pack
+from lora_jax.data import midi_tokenizer
+from lora_jax.data.style_packs import pack as style_pack
 
 FORMAT = "lora_jax.hierarchy.windows/1"
 CACHE_FOLDER = ".windows"  # inside the first pack, when no cache folder is given

@@ -1,4 +1,4 @@
-"""stable-audio-tools `DiffusionTransformer` state dicts <-> `lora_jax.models.dit` parameters.
+"""stable-audio-tools `DiffusionTransformer` state dicts <-> `lora_jax.models.dit.model` parameters.
 
 Most keys follow `torch_convert`'s one naming rule (the Flax model uses the PyTorch module paths).
 What differs, handled here and checked strictly:
@@ -24,7 +24,7 @@ import torch
 from lora_jax import atomic, tree_paths
 from lora_jax.interop import torch_convert
 from lora_jax.interop.flax_weights import WeightFileError, listed
-from lora_jax.models import dit
+from lora_jax.models.dit import model as dit
 
 RENAMES = ((r"(pre_norm|cross_attend_norm|ff_norm)\.weight$", r"\1.gamma"),)
 _CONVS = ("preprocess_conv", "postprocess_conv")
@@ -79,7 +79,7 @@ def state_dict_to_params(state_dict: Mapping[str, torch.Tensor], config: dit.DiT
       raise WeightFileError(f"{source}: missing key {norm}.beta (the zero bias buffer of "
                             f"{norm})")
     if torch.count_nonzero(beta):
-      raise WeightFileError(f"{source}: {norm}.beta is not zero; lora_jax.models.dit implements "
+      raise WeightFileError(f"{source}: {norm}.beta is not zero; lora_jax.models.dit.model implements "
                             "the original's bias-free LayerNorm only")
   inv_freq = sd.pop(_INV_FREQ, None)
   if inv_freq is None:

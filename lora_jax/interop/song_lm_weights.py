@@ -2,7 +2,7 @@
 
 The original's checkpoint is a flat dict of tensors whose LM keys start with `audiolm.` (its
 `generate.py` strips that prefix and loads the rest into `LmModel`). Under the prefix, the keys
-are the Flax paths of `lora_jax.models.song_lm` by `torch_convert`'s rule, except the prompt-audio
+are the Flax paths of `lora_jax.models.song.lm` by `torch_convert`'s rule, except the prompt-audio
 conditioner's two bare parameters (RENAMES). Reading is `torch.load(weights_only=True)`; any key
 under the prefix that the model lacks, any the model needs and the file lacks, and any shape
 mismatch is an error naming them. Keys outside the prefix are an error too unless the caller says

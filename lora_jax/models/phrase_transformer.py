@@ -1,7 +1,7 @@
 """PhraseTransformer: per-note features of a phrase in, each note's velocity and duration out.
 
 The DUV humanisation model. A phrase is L notes (a window of one track, in (onset, pitch) order),
-each a vector of C scaled features (`lora_jax.data.duv_features`), with a pad mask and each
+each a vector of C scaled features (`lora_jax.data.duv.features`), with a pad mask and each
 note's written duration in beats (unscaled: the duration head scales it). An input
 projection and learned positions feed bidirectional pre-LN encoder blocks: every real note attends
 to every real note of its phrase, before and after it, and never to padding, so the outputs at

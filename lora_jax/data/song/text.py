@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 
-from lora_jax.data import song_sections
+from lora_jax.data.song import sections as song_sections
 
 PAD, START, BYTE0 = 0, 1, 2
 TAG0 = BYTE0 + 256

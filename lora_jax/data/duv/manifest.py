@@ -19,7 +19,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from lora_jax import atomic, errors
-from lora_jax.data import duv_features, duv_pairs
+from lora_jax.data.duv import features as duv_features
+from lora_jax.data.duv import pairs as duv_pairs
 
 SOURCE_SUFFIX = {"maestro": ".mid", "pop909": ".mid", "mozart": ".match"}
 FETCH_COMMAND = "bash scripts/fetch_performances.sh"

@@ -40,7 +40,7 @@ import pretty_midi
 
 from lora_jax import atomic
 from lora_jax.data import midi_tokenizer
-from lora_jax.data import style_pack
+from lora_jax.data.style_packs import pack as style_pack
 
 CONVERTER_VERSION = "music21-notes/3"  # bump when conversion output changes: invalidates caches
 DEFAULT_VELOCITY = 80  # the corpus scores carry no dynamics

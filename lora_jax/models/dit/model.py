@@ -99,12 +99,12 @@ def config_from_original(diffusion_config: Mapping[str, Any], dtype: str = "floa
   unknown = sorted(set(diffusion_config) - fields - set(_FIXED))
   if unknown:
     raise ValueError(f"diffusion config options {unknown} are not implemented by "
-                     "lora_jax.models.dit (it implements the continuous_transformer with "
+                     "lora_jax.models.dit.model (it implements the continuous_transformer with "
                      "prepended global conditioning and its defaults)")
   for key, value in _FIXED.items():
     if key in diffusion_config and diffusion_config[key] != value:
       raise ValueError(f"diffusion config {key}={diffusion_config[key]!r} is not implemented; "
-                       f"lora_jax.models.dit supports {key}={value!r} only")
+                       f"lora_jax.models.dit.model supports {key}={value!r} only")
   kwargs = {**_ORIGINAL_DEFAULTS, **{k: v for k, v in diffusion_config.items() if k in fields}}
   return DiTConfig(**kwargs, dtype=dtype)
 

@@ -20,7 +20,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from lora_jax.models import delay_pattern
+from lora_jax.models.song import delay_pattern
 
 
 def targets(codes_BxKxT, lengths_B, song_ends_B, *, code_size: int):

@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lora_jax.models import delay_pattern, song_lm
+from lora_jax.models.song import delay_pattern
+from lora_jax.models.song import lm as song_lm
 
 
 def _choose(logits_2BxKxV, sequence_BxKxS, ended_BxK, offset, key, *, config, top_k,

@@ -37,7 +37,8 @@ import shutil
 from typing import Iterable, Sequence
 
 from lora_jax import atomic, progress
-from lora_jax.data import midi_file, midi_tokenizer, style_pack
+from lora_jax.data import midi_file, midi_tokenizer
+from lora_jax.data.style_packs import pack as style_pack
 
 CONVERTER = "lora_jax.folder_packs/1"  # bump when what a manifest entry holds changes
 FAILURES = "failures.json"

@@ -15,7 +15,10 @@ import os
 import numpy as np
 
 from lora_jax import atomic, errors
-from lora_jax.data import duv_baselines, duv_features, duv_manifest, duv_pairs
+from lora_jax.data.duv import baselines as duv_baselines
+from lora_jax.data.duv import features as duv_features
+from lora_jax.data.duv import manifest as duv_manifest
+from lora_jax.data.duv import pairs as duv_pairs
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,7 +5,7 @@ Two Llama stacks: `transformer` reads stream 0 (the mixed track) and predicts it
 final-norm hidden state])` and predicts streams 1.. (vocal, accompaniment) through `linears.K`.
 Conditions are embedded by `condition_provider.conditioners.<name>` and prepended in the order of
 `config.prepend` (first name outermost), with no mask, as the original does. The model reads the
-delay-patterned sequence [B, K, S]; `lora_jax.models.delay_pattern` builds and reverts it.
+delay-patterned sequence [B, K, S]; `lora_jax.models.song.delay_pattern` builds and reverts it.
 
 Parameter paths (`lora_jax.tree_paths`) equal the original's state-dict keys without `audiolm.`
 (`transformer.model.layers.0.self_attn.q_proj`, `emb.0`, `mlp.0`, `linears.1`, ...), except

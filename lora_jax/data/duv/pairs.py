@@ -31,7 +31,9 @@ import numpy as np
 import pretty_midi
 
 from lora_jax import errors
-from lora_jax.data import duv_features, match_file, midi_file
+from lora_jax.data import midi_file
+from lora_jax.data.duv import features as duv_features
+from lora_jax.data.duv import match_file
 
 SNAP_DIVISIONS = (4, 3)  # sixteenths and eighth-note triplets
 DEADPAN_VELOCITY = 64

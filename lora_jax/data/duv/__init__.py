@@ -1,0 +1,1 @@
+"""DUV humanisation data: performance/score pairs, note features, manifests and baselines."""

@@ -1,0 +1,1 @@
+"""Stable Audio's diffusion transformer: model, conditioning, v-objective, guidance, sampler."""
