@@ -14,6 +14,7 @@ Variants (`--config=configs/song_lm.py:<variant>`):
 import ml_collections
 
 from lora_jax.models.song import delay_pattern
+from lora_jax.train import config_groups
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -43,68 +44,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.rope_theta = 100000.0
   config.model.rope_theta_sub = 500000.0
 
-  config.lora = ml_collections.ConfigDict()
-  config.lora.rank = 8
-  config.lora.alpha = 16.0  # scale = alpha / rank
-  config.lora.dropout = 0.05  # on the adapter's input
-  config.lora.module_dropout = 0.0  # probability of skipping an adapted module in a step
-  config.lora.target_modules = ("q_proj", "k_proj", "v_proj", "o_proj")  # the fork's targets
-  config.lora.include = ()  # regexes over module paths, added to target_modules
-  config.lora.exclude = ()  # regexes removing modules again
-  config.lora.rank_pattern = ()  # ((regex, rank), ...): first match wins
-  config.lora.alpha_pattern = ()  # ((regex, alpha), ...)
-  config.lora.use_rslora = False  # scale = alpha / sqrt(rank)
-  config.lora.init = "zeros"  # B = 0, A kaiming-uniform (PEFT); or 'gaussian'
-  config.lora.use_dora = False  # DoRA: also learn a per-output magnitude (PEFT's use_dora)
-
-  config.opt = ml_collections.ConfigDict()
-  config.opt.learning_rate = 1e-3  # peak
-  config.opt.warmup_steps = 100  # linear from 0
-  config.opt.decay = "cosine"  # 'cosine', 'linear' or 'constant'
-  config.opt.final_lr_fraction = 0.1  # end of decay, as a fraction of the peak
-  config.opt.weight_decay = 0.01  # AdamW, on >= 2-D parameters only
-  config.opt.b1 = 0.9
-  config.opt.b2 = 0.999
-  config.opt.eps = 1e-8
-  config.opt.clip_norm = 1.0  # global-norm clipping; 0 turns it off
-  config.opt.grad_accum_steps = 1  # micro-batches per optimiser step
-  config.opt.lr_groups = ()  # ((regex over trainable paths, lr multiplier), ...)
-
-  config.data = ml_collections.ConfigDict()
-  config.data.path = ""  # .npz with the song_lm family's arrays (lora_jax/families/song_lm.py)
-  config.data.val_path = ""  # '' holds out val_fraction of data.path
-  config.data.val_fraction = 0.1
-  config.data.synthetic_examples = 0  # > 0 trains on synthetic windows instead of data.path
-  config.data.batch_size = 32  # examples per optimiser step, all devices
-  config.data.eval_batch_size = 32
-
-  config.ckpt = ml_collections.ConfigDict()
-  config.ckpt.every_steps = 500  # plus after each evaluation, on SIGTERM/SIGINT, at the end
-  config.ckpt.keep_last = 2
-  config.ckpt.keep_best = 1  # by validation loss
-  config.ckpt.export = "best"  # at the end: 'best' (lowest validation loss) or 'final' params
-
-  config.mesh = ml_collections.ConfigDict()
-  config.mesh.data = -1  # -1: the devices the other axes leave
-  config.mesh.fsdp = 1
-  config.mesh.model = 1
-
-  config.training = ml_collections.ConfigDict()
-  config.training.type = "lora"  # 'lora' or 'full'
-  config.training.steps = 5000  # optimiser steps
-  config.training.seed = 0  # data order, initialisation, dropout
-  config.training.precision = "float32"  # 'float32', 'bfloat16' or 'float16' (loss-scaled)
-  config.training.base_dtype = "float32"  # frozen base storage: 'float32' or 'bfloat16'
-  config.training.base_params = ""  # Flax safetensors of the base; '' = random (smoke runs)
-  config.training.parent_adapter = ""  # .lora this adapter is trained on top of (child)
-  config.training.eval_every = 250  # steps; also at each epoch end
-  config.training.patience = 0  # evaluations without improvement before stopping; 0 = never
-  config.training.log_every = 50  # steps per CSV/TensorBoard/console line
-  config.training.max_nonfinite_in_a_row = 20  # skipped steps in a row that stop the run
-  config.training.quantize = ""  # QLoRA: base kernels 'int8', 'int8_block', 'nf4'; '' none
-  config.training.allow_changed_config = False  # resume a checkpoint written with other settings
-  config.training.relora_every = 0  # ReLoRA: fold the adapter into the base every N steps; 0 off
-  config.training.relora_warmup = 0  # ReLoRA: steps of learning-rate re-warm after each fold
+  config.lora = config_groups.lora(
+      target_modules=("q_proj", "k_proj", "v_proj", "o_proj"))  # the fork's targets
+  config.opt = config_groups.opt()
+  config.data = config_groups.data()  # data.path: .npz of lora_jax/families/song_lm.py's arrays
+  config.ckpt = config_groups.ckpt()
+  config.mesh = config_groups.mesh()
+  config.training = config_groups.training()
 
   if variant == "tiny":
     config.name = "song_lm_tiny"

@@ -22,6 +22,8 @@ no note-level information and let a model recognise a piece instead of reading i
 
 import ml_collections
 
+from lora_jax.train import config_groups
+
 SEED_TARGETS = ("attn.q_proj", "attn.v_proj", "attn.out_proj", "ff.in", "ff.out")
 # duv_features.ALL_FEATURES without those constant per track.
 NOTE_FEATURES = ("beat_pos", "beat_frac", "pitch", "dur_beats", "prev_ioi", "next_ioi",
@@ -59,68 +61,19 @@ def _common(variant: str) -> ml_collections.ConfigDict:
   config.duv.bundle = "checkpoints/duv"  # bundle folder: written by a base run, read by adapters
   config.duv.adapter_name = ""  # adapters only: written to <bundle>/<adapter_name>.lora
 
-  config.lora = ml_collections.ConfigDict()  # read by adapter runs (lora_config)
-  config.lora.rank = 8
-  config.lora.alpha = 16.0  # scale = alpha / rank
-  config.lora.dropout = 0.05  # on the adapter's input
-  config.lora.module_dropout = 0.0
-  config.lora.target_modules = SEED_TARGETS  # the DUV seed's list; each must match a layer
-  config.lora.include = ()
-  config.lora.exclude = ()
-  config.lora.rank_pattern = ()
-  config.lora.alpha_pattern = ()
-  config.lora.use_rslora = False
-  config.lora.init = "zeros"
-  config.lora.use_dora = False  # DoRA: also learn a per-output magnitude
-
-  config.opt = ml_collections.ConfigDict()
-  config.opt.learning_rate = 1e-3  # peak
-  config.opt.warmup_steps = 30
-  config.opt.decay = "cosine"
-  config.opt.final_lr_fraction = 0.1
-  config.opt.weight_decay = 0.01
-  config.opt.b1 = 0.9
-  config.opt.b2 = 0.999
-  config.opt.eps = 1e-8
-  config.opt.clip_norm = 1.0  # the seed's grad_clip_norm
-  config.opt.grad_accum_steps = 1
-  config.opt.lr_groups = ()
-
-  config.data = ml_collections.ConfigDict()
-  config.data.path = ""  # set by launch/train_duv*.py: train windows cut from duv.manifest
-  config.data.val_path = ""  # set likewise: the held-out pieces' windows
-  config.data.val_fraction = 0.0  # unused: validation is by note (duv.valid_tail)
-  config.data.synthetic_examples = 0
-  config.data.batch_size = 32
-  config.data.eval_batch_size = 8  # small: the validation tails give few windows
-
-  config.ckpt = ml_collections.ConfigDict()
-  config.ckpt.every_steps = 10**9  # only after each evaluation and at the end
-  config.ckpt.keep_last = 2
-  config.ckpt.keep_best = 1
-  config.ckpt.export = "best"  # at the end: 'best' (lowest validation loss) or 'final' params
-
-  config.mesh = ml_collections.ConfigDict()
-  config.mesh.data = -1
-  config.mesh.fsdp = 1
-  config.mesh.model = 1
-
-  config.training = ml_collections.ConfigDict()
-  config.training.type = "full"  # the base trains in full
-  config.training.steps = 0  # set by launch/train_duv*.py: duv.epochs x batches per epoch
-  config.training.seed = 42
-  config.training.precision = "float32"  # 'bfloat16' on accelerators
-  config.training.base_dtype = "float32"
-  config.training.base_params = ""  # adapters: set to <duv.bundle>/model.safetensors
-  config.training.parent_adapter = ""
-  config.training.quantize = ""  # QLoRA: 'int8', 'int8_block' or 'nf4' base kernels; '' none
-  config.training.eval_every = 10**9  # steps: evaluate at each epoch end only
-  config.training.patience = 3  # evaluations without a better validation loss
-  config.training.log_every = 50
-  config.training.max_nonfinite_in_a_row = 20
-  config.training.allow_changed_config = False  # resume a checkpoint written with other settings
-  config.training.relora_every = 0  # ReLoRA: fold the adapter into the base every N steps; 0 off
-  config.training.relora_warmup = 0  # ReLoRA: steps of learning-rate re-warm after each fold
+  config.lora = config_groups.lora(  # read by adapter runs (lora_config)
+      target_modules=SEED_TARGETS)  # the DUV seed's list; each must match a layer
+  config.opt = config_groups.opt(warmup_steps=30)  # clip_norm 1.0 is the seed's grad_clip_norm
+  # data.path and data.val_path are set by launch/train_duv*.py: windows cut from duv.manifest,
+  # the held-out pieces'. Validation is by note (duv.valid_tail), so val_fraction is unused; the
+  # validation tails give few windows, hence the small evaluation batch.
+  config.data = config_groups.data(val_fraction=0.0, eval_batch_size=8)
+  config.ckpt = config_groups.ckpt(every_steps=10**9)  # only after each evaluation and at the end
+  config.mesh = config_groups.mesh()
+  # The base trains in full. steps is set by launch/train_duv*.py (duv.epochs x batches per epoch);
+  # adapters set base_params to <duv.bundle>/model.safetensors. Evaluation at each epoch end only.
+  config.training = config_groups.training(type="full", steps=0, seed=42, eval_every=10**9,
+                                           patience=3)
 
   if variant == "tiny":
     config.name = "duv_tiny"
