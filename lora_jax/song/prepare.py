@@ -1,0 +1,130 @@
+"""The fork's prepared folder (`manifest.jsonl` + `{idx}.pt` token files) as training windows.
+
+Each song becomes overlapping windows of `model.frames` frames covering all of it
+(`lora_jax.data.song.windows`), with its lyrics and description encoded by the offline byte-level
+tokenizer (`lora_jax.data.song.text`). With `prompt_audio` in the model's conditions (as in the released checkpoints) the prompt is
+what the fork trains with: no reference audio, `model.prompt_len` frames of the special token.
+Songs, not windows, are split into training and
+validation, by a hash of their idx, so a song never validates what it trained. Every bad row (a
+missing or unreadable token file, codes out of range, an unknown section tag, a lyric too long, a
+duplicate idx) is reported by name and the rest prepares; nothing is written if no song is left.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+
+import numpy as np
+
+from lora_jax import atomic, errors
+from lora_jax.data.song import text as song_text
+from lora_jax.data.song import token_file
+from lora_jax.data.song import windows as song_windows
+from lora_jax.families import song_lm as song_family
+from lora_jax.interop.flax_weights import WeightFileError
+
+
+class SongDataError(errors.UserError):
+  """A prepared folder with no usable song, or no manifest."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+  train_path: str
+  val_path: str
+  n_train: int  # windows
+  n_val: int
+  songs: int
+  problems: tuple[str, ...]  # one line per dropped row
+
+
+def _is_validation(idx: str, fraction: float) -> bool:
+  digest = hashlib.sha256(idx.encode("utf-8")).digest()
+  return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def _rows(manifest: str) -> list[tuple[int, dict | None, str]]:
+  out = []
+  with open(manifest, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        out.append((n, None, f"not JSON ({e.msg})"))
+        continue
+      if not isinstance(row, dict) or not isinstance(row.get("token_path"), str):
+        out.append((n, None, "has no token_path"))
+        continue
+      out.append((n, row, ""))
+  return out
+
+
+def _song(path: str, model: song_family.SongConfig, overlap: int) -> dict[str, np.ndarray]:
+  song = token_file.read(path, code_depth=model.code_depth, code_size=model.code_size)
+  try:
+    lyrics, sections = song_text.encode_lyrics(song.lyrics, model.lyrics_len)
+  except ValueError as e:
+    raise ValueError(f"{e} (model.lyrics_len)" if "max_len" in str(e) else str(e)) from None
+  try:
+    style = song_text.encode_text(song.descriptions, model.style_len)
+  except ValueError as e:
+    raise ValueError(f"descriptions: {e} (model.style_len)") from None
+  windows = song_windows.cut(song.codes, model.frames, overlap)
+  n = len(windows["length"])
+  out = {**windows, "lyrics": np.tile(lyrics, (n, 1)), "sections": np.tile(sections, (n, 1)),
+         "style": np.tile(style, (n, 1))}
+  if model.prompt_len:  # as the fork trains: no reference audio, a prompt of special tokens
+    special = model.lm_config("float32").special_token
+    out["prompt"] = np.full((n, model.code_depth, model.prompt_len), special, np.int32)
+  return out
+
+
+def prepare(prepared_dir: str, model: song_family.SongConfig, out_dir: str, *,
+            val_fraction: float, overlap: int) -> Prepared:
+  """Write `out_dir/train.npz` and `out_dir/val.npz` (together, atomically) from the folder."""
+  if song_text.VOCAB_SIZE > model.text_vocab_size:
+    raise SongDataError(f"model.text_vocab_size {model.text_vocab_size} is below the byte "
+                        f"tokenizer's {song_text.VOCAB_SIZE} ids")
+  manifest = os.path.join(prepared_dir, "manifest.jsonl")
+  if not os.path.isfile(manifest):
+    raise SongDataError(f"{manifest} does not exist: the prepared folder holds the fork's "
+                        "manifest.jsonl and {idx}.pt token files")
+  parts = {"train": [], "val": []}
+  problems, seen = [], set()
+  for line, row, problem in _rows(manifest):
+    where = f"{manifest}:{line}"
+    if row is None:
+      problems.append(f"{where}: {problem}")
+      continue
+    idx = str(row.get("idx", line))
+    if idx in seen:
+      problems.append(f"{where}: duplicate idx {idx!r}")
+      continue
+    seen.add(idx)
+    path = row["token_path"]
+    if not os.path.isabs(path) and not os.path.exists(path):
+      path = os.path.join(prepared_dir, os.path.basename(path))
+    try:
+      song = _song(path, model, overlap)
+    except (OSError, ValueError, WeightFileError) as e:
+      problems.append(f"{where} (idx {idx}): {e}")
+      continue
+    parts["val" if _is_validation(idx, val_fraction) else "train"].append(song)
+  if not parts["train"] or not parts["val"]:
+    raise SongDataError(f"{prepared_dir}: {len(parts['train'])} training and "
+                        f"{len(parts['val'])} validation songs after dropping "
+                        f"{len(problems)} rows; both need at least one"
+                        + (f" (first problem: {problems[0]})" if problems else ""))
+  paths = [os.path.join(out_dir, f"{s}.npz") for s in ("train", "val")]
+  counts = {}
+  with atomic.atomic_paths(*paths) as tmp:
+    for (split, songs), path in zip(parts.items(), tmp):
+      arrays = {k: np.concatenate([s[k] for s in songs]) for k in songs[0]}
+      counts[split] = len(arrays["length"])
+      with open(path, "wb") as f:
+        np.savez(f, **arrays)
+  return Prepared(*paths, counts["train"], counts["val"],
+                  len(parts["train"]) + len(parts["val"]), tuple(problems))
