@@ -56,7 +56,8 @@ def run(yaml_path: str, base_config: ml_collections.ConfigDict) -> SongResult:
   abstract = song_lm.abstract_params(model.lm_config("float32"))
   data = prepare.prepare(song_run.prepared_data_dir, model,
                          os.path.join(song_run.output_dir, "data"),
-                         val_fraction=song_run.val_fraction, overlap=song_run.window_overlap)
+                         val_fraction=song_run.val_fraction, overlap=song_run.window_overlap,
+                         text_tokenizer=song_run.text_tokenizer)
   for problem in data.problems:
     logging.warning("dropped %s", problem)
   logging.info("%d songs: %d training and %d validation windows (%d rows dropped)", data.songs,

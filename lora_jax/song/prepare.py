@@ -2,7 +2,8 @@
 
 Each song becomes overlapping windows of `model.frames` frames covering all of it
 (`lora_jax.data.song.windows`), with its lyrics and description encoded by the offline byte-level
-tokenizer (`lora_jax.data.song.text`). With `prompt_audio` in the model's conditions (as in the released checkpoints) the prompt is
+tokenizer (`lora_jax.data.song.text`) or, given one, the user's Qwen2 tokenizer.json as the original
+tokenizes (`lora_jax.data.song.qwen_text`). With `prompt_audio` in the model's conditions (as in the released checkpoints) the prompt is
 what the fork trains with: no reference audio, `model.prompt_len` frames of the special token.
 Songs, not windows, are split into training and
 validation, by a hash of their idx, so a song never validates what it trained. Every bad row (a
@@ -18,6 +19,7 @@ import os
 import numpy as np
 
 from lora_jax import atomic, errors
+from lora_jax.data.song import qwen_text
 from lora_jax.data.song import text as song_text
 from lora_jax.data.song import token_file
 from lora_jax.data.song import windows as song_windows
@@ -62,14 +64,14 @@ def _rows(manifest: str) -> list[tuple[int, dict | None, str]]:
   return out
 
 
-def _song(path: str, model: song_family.SongConfig, overlap: int) -> dict[str, np.ndarray]:
+def _song(path: str, model: song_family.SongConfig, overlap: int, text) -> dict[str, np.ndarray]:
   song = token_file.read(path, code_depth=model.code_depth, code_size=model.code_size)
   try:
-    lyrics, sections = song_text.encode_lyrics(song.lyrics, model.lyrics_len)
+    lyrics, sections = text.encode_lyrics(song.lyrics, model.lyrics_len)
   except ValueError as e:
     raise ValueError(f"{e} (model.lyrics_len)" if "max_len" in str(e) else str(e)) from None
   try:
-    style = song_text.encode_text(song.descriptions, model.style_len)
+    style = text.encode_text(song.descriptions, model.style_len)
   except ValueError as e:
     raise ValueError(f"descriptions: {e} (model.style_len)") from None
   windows = song_windows.cut(song.codes, model.frames, overlap)
@@ -83,11 +85,17 @@ def _song(path: str, model: song_family.SongConfig, overlap: int) -> dict[str, n
 
 
 def prepare(prepared_dir: str, model: song_family.SongConfig, out_dir: str, *,
-            val_fraction: float, overlap: int) -> Prepared:
-  """Write `out_dir/train.npz` and `out_dir/val.npz` (together, atomically) from the folder."""
-  if song_text.VOCAB_SIZE > model.text_vocab_size:
-    raise SongDataError(f"model.text_vocab_size {model.text_vocab_size} is below the byte "
-                        f"tokenizer's {song_text.VOCAB_SIZE} ids")
+            val_fraction: float, overlap: int, text_tokenizer: str = "") -> Prepared:
+  """Write `out_dir/train.npz` and `out_dir/val.npz` (together, atomically) from the folder.
+
+  Lyrics and descriptions are tokenized by `text_tokenizer` (a Qwen2 tokenizer.json, as the
+  original's) or, when it is '', by the offline byte-level default.
+  """
+  text = qwen_text.QwenText(text_tokenizer) if text_tokenizer else song_text.ByteText()
+  if text.vocab_size > model.text_vocab_size:
+    raise SongDataError(f"model.text_vocab_size {model.text_vocab_size} is below the "
+                        f"tokenizer's {text.vocab_size} ids"
+                        + (f" ({text_tokenizer})" if text_tokenizer else " (byte-level default)"))
   manifest = os.path.join(prepared_dir, "manifest.jsonl")
   if not os.path.isfile(manifest):
     raise SongDataError(f"{manifest} does not exist: the prepared folder holds the fork's "
@@ -108,7 +116,7 @@ def prepare(prepared_dir: str, model: song_family.SongConfig, out_dir: str, *,
     if not os.path.isabs(path) and not os.path.exists(path):
       path = os.path.join(prepared_dir, os.path.basename(path))
     try:
-      song = _song(path, model, overlap)
+      song = _song(path, model, overlap, text)
     except (OSError, ValueError, WeightFileError) as e:
       problems.append(f"{where} (idx {idx}): {e}")
       continue

@@ -6,6 +6,10 @@ a misspelt setting never silently keeps its default. Where the fork is wrong the
 its scheduler counted micro-batches, ignoring gradient accumulation, while here
 `training.epochs` becomes optimiser steps over the prepared windows (`steps_for`).
 
+`paths.text_tokenizer` (not in the fork, whose tokenizer path sits in the base's config.yaml) is
+the Qwen2 tokenizer.json the lyrics and descriptions are tokenized with; without it the offline
+byte-level tokenizer is used, which suits a base trained here, not a released checkpoint.
+
 `model` may also set any field of `lora_jax.families.song_lm.SongConfig` (`num_layers_sub`,
 `text_vocab_size`, `frames`, ...), which the fork takes from the base model's own config.yaml.
 `use_flash_attn_2` is accepted and has no effect: the attention implementation is chosen per
@@ -23,7 +27,8 @@ from lora_jax.families import song_lm as song_family
 
 SECTIONS = {
     "paths": ("base_model_path", "audio_tokenizer_path", "separate_audio_tokenizer_path",
-              "raw_data_dir", "metadata_path", "prepared_data_dir", "output_dir"),
+              "raw_data_dir", "metadata_path", "prepared_data_dir", "output_dir",
+              "text_tokenizer"),
     "data": ("sample_rate", "max_duration_secs", "num_workers", "val_fraction",
              "window_overlap"),
     "training": ("type", "epochs", "batch_size", "validation_batch_size", "learning_rate",
@@ -51,6 +56,7 @@ class SongRun:
   save_interval: int  # epochs between checkpoints
   val_fraction: float
   window_overlap: int  # frames shared by consecutive windows of a song
+  text_tokenizer: str  # a Qwen2 tokenizer.json; '' = the byte-level default
 
 
 def read(path: str, base: ml_collections.ConfigDict) -> SongRun:
@@ -127,7 +133,8 @@ def read(path: str, base: ml_collections.ConfigDict) -> SongRun:
   if not (0.0 < val_fraction < 1.0) or not math.isfinite(val_fraction):
     raise SongYamlError(f"{path}: data.val_fraction must be in (0, 1), got {val_fraction}")
   return SongRun(config, paths.get("base_model_path") or "", paths["prepared_data_dir"],
-                 paths["output_dir"], epochs, save_interval, val_fraction, overlap)
+                 paths["output_dir"], epochs, save_interval, val_fraction, overlap,
+                 paths.get("text_tokenizer") or "")
 
 
 def steps_for(run: SongRun, n_train_windows: int) -> tuple[int, int]:

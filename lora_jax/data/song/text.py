@@ -49,3 +49,12 @@ def encode_lyrics(lyrics: str, max_len: int) -> tuple[np.ndarray, np.ndarray]:
       ids.extend(BYTE0 + b for b in part.encode("utf-8"))
   tokens = _padded(ids, max_len, "lyrics")
   return tokens, song_sections.section_ids(tokens, TAG_SECTIONS, len(ids))
+
+
+class ByteText:
+  """This module's tokenizer behind the interface of `qwen_text.QwenText`."""
+
+  vocab_size = VOCAB_SIZE
+  pad = PAD
+  encode_text = staticmethod(encode_text)
+  encode_lyrics = staticmethod(encode_lyrics)
