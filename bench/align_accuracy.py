@@ -3,13 +3,14 @@
   PYTHONPATH=. python bench/align_accuracy.py \
     --match=.cache/performances/mozart/mozart_k265_var1.match
 
-First the plain case: the .match file written as `<name>.mid` + `<name>.score.mid` and aligned as
-the DUV builder aligns a user's pair. Then the same performance made harder, in note arrays, with
+First the plain case: the .match file written as `<name>.mid` + `<name>.score.mid` (into
+--out_dir, kept, when given) and aligned as the DUV builder aligns a user's pair. Then the same performance made harder, in note arrays, with
 the truth carried along: notes left out, wrong notes added next to played ones, trills added,
 and the timing warped by a slow rubato. Prints recall (true pairs found) and precision (found
 pairs that are true) for each.
 """
 
+import os
 import tempfile
 
 import numpy as np
@@ -20,6 +21,8 @@ from lora_jax.data.duv import align, match_file, match_to_midi
 _MATCH = flags.DEFINE_string("match", ".cache/performances/mozart/mozart_k265_var1.match",
                              ".match file (version 5)")
 _SEED = flags.DEFINE_integer("seed", 0, "seed of the perturbations")
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "keep the two MIDI files here (default: a "
+                               "temporary folder)")
 
 
 def perturbed(notes: match_file.MatchNotes, rng: np.random.Generator, drop: float, wrong: float,
@@ -49,9 +52,13 @@ def perturbed(notes: match_file.MatchNotes, rng: np.random.Generator, drop: floa
 
 def main(argv):
   del argv
-  with tempfile.TemporaryDirectory() as out:
-    perf_path, score_path = match_to_midi.write_match_as_midi(_MATCH.value, out, "take")
+  name = os.path.splitext(os.path.basename(_MATCH.value))[0]
+  with tempfile.TemporaryDirectory() as tmp:
+    perf_path, score_path = match_to_midi.write_match_as_midi(_MATCH.value, _OUT_DIR.value or tmp,
+                                                              name)
     acc = match_to_midi.alignment_accuracy(_MATCH.value, perf_path, score_path)
+  if _OUT_DIR.value:
+    print(f"wrote {perf_path} and {score_path}")
   print(f"{'case':<44} {'true':>5} {'found':>5} {'recall':>7} {'precision':>9}")
   print(f"{'two MIDI files written from the .match':<44} {acc.true_pairs:>5} {acc.found_pairs:>5} "
         f"{acc.recall:>7.3f} {acc.precision:>9.3f}")
