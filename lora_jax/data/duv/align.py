@@ -22,7 +22,8 @@ import numpy as np
 from lora_jax import errors
 
 DIAGONAL_WEIGHT = 0.1  # per performed note, per unit of distance from the diagonal (0 to 1)
-MAX_DTW_CELLS = 40_000_000  # score onsets x performed notes; float32, 160 MB
+MAX_DTW_CELLS = 150_000_000  # score onsets x performed notes, one byte each
+_DIAGONAL, _DOWN, _RIGHT = 0, 1, 2
 
 
 class AlignError(errors.UserError):
@@ -88,23 +89,32 @@ def _dtw_anchors(score_onset: np.ndarray, score_pitch: np.ndarray, perf_onset: n
   t = perf_onset[order]
   score_pos = (groups - groups[0]) / max(groups[-1] - groups[0], 1e-9)
   perf_pos = (t - t[0]) / max(t[-1] - t[0], 1e-9)
-  total = np.empty((n, m), dtype=np.float32)
+  # Only the previous row's totals are kept; each cell remembers its step (_DIAGONAL, _DOWN:
+  # from the row above, _RIGHT: from the left), one byte a cell.
+  step = np.empty((n, m), dtype=np.int8)
+  prev = None
   for i in range(n):
     cost = (~written[i, perf_pitch[order]]).astype(np.float64)
     cost += DIAGONAL_WEIGHT * np.abs(perf_pos - score_pos[i])
-    if i == 0:
-      total[0] = np.cumsum(cost)
+    if prev is None:
+      prev, step[0] = np.cumsum(cost), _RIGHT
       continue
-    prev = total[i - 1].astype(np.float64)
-    entry = cost + np.minimum(prev, np.concatenate([[np.inf], prev[:-1]]))
-    total[i] = _min_plus_row(cost, entry)
+    shifted = np.concatenate([[np.inf], prev[:-1]])
+    entry = cost + np.minimum(prev, shifted)
+    total = _min_plus_row(cost, entry)
+    step[i] = np.where(total < entry - 1e-9, _RIGHT, np.where(shifted <= prev, _DIAGONAL, _DOWN))
+    prev = total
   cells, i, j = [], n - 1, m - 1
   while True:
     cells.append((i, j))
     if i == 0 and j == 0:
       break
-    steps = [(i - 1, j - 1), (i - 1, j), (i, j - 1)]
-    i, j = min((s for s in steps if s[0] >= 0 and s[1] >= 0), key=lambda s: total[s])
+    if i == 0 or step[i, j] == _RIGHT:
+      j -= 1
+    elif step[i, j] == _DOWN or j == 0:
+      i -= 1
+    else:
+      i, j = i - 1, j - 1
   rows, cols = np.array(cells).T
   hit = written[rows, perf_pitch[order][cols]]
   return groups[rows[hit]], t[cols[hit]]
