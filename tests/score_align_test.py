@@ -1,6 +1,9 @@
 """A performance MIDI beside its score MIDI: note alignment, its accuracy on real data, DUV rows."""
 
 import os
+import pathlib
+import subprocess
+import sys
 
 import mido
 import numpy as np
@@ -11,6 +14,7 @@ from lora_jax.data.duv import manifest as duv_manifest
 from lora_jax.duv import takes
 import own_music_testlib
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 MOZART = own_music_testlib.PERFORMANCES / "mozart" / "mozart_k265_var1.match"
 needs_mozart = pytest.mark.skipif(
     not MOZART.is_file(), reason="real performances not fetched: run "
@@ -126,3 +130,25 @@ def test_folder_of_pairs_one_line_per_file(tmp_path):
   (row,) = rows
   assert row["piece_id"] == "own/etude/take1" and row["instrument"] == "piano"
   assert row["n_notes"] == 87 and len(set(row["targets"]["velocity"])) > 20
+
+
+def test_launcher_reports_pairs_and_refuses_a_folder_of_lone_scores(tmp_path):
+  folder = tmp_path / "takes"
+  os.makedirs(folder)
+  synthetic_pair(folder, "take1")
+  (folder / "take1.match").write_text("not a match file\n")  # a .match is not a performance MIDI
+  run = lambda *flags: subprocess.run(
+      [sys.executable, str(ROOT / "launch" / "build_duv_manifest.py"), f"--from_dir={folder}",
+       "--instrument=piano", "--min_notes=8", *flags], capture_output=True, text=True,
+      timeout=300)
+  done = run(f"--out={tmp_path / 'out'}")
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert ("take1.mid: 1 track, 87 notes, grid fit 1.00; aligned to take1.score.mid: 87 of 89 "
+          "performed notes matched") in done.stdout
+  assert "take1.match: dropped: matchFileVersion None" in done.stdout
+  os.remove(folder / "take1.mid")
+  done = run(f"--out={tmp_path / 'out2'}")
+  assert done.returncode == 1 and not (tmp_path / "out2").exists()
+  last = done.stderr.strip().splitlines()[-1]
+  assert last.startswith("build_duv_manifest: error: no track of") and \
+      "take1.score.mid: dropped: a score with no performance beside it" in last

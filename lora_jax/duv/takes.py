@@ -61,7 +61,8 @@ class FileLine:
 
 def _scores_by_performance(files: list[str]) -> tuple[dict[str, str], list[str]]:
   """{performance: its score} by the naming rule, and the scores with no performance beside."""
-  by_stem = {os.path.splitext(f)[0]: f for f in files if score_pair.score_name_of(f) is None}
+  by_stem = {os.path.splitext(f)[0]: f for f in files
+             if midi_file.is_midi_name(f) and score_pair.score_name_of(f) is None}
   paired, alone = {}, []
   for f in files:
     stem = score_pair.score_name_of(f)
