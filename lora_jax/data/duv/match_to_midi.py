@@ -15,6 +15,8 @@ import mido
 import numpy as np
 
 from lora_jax import atomic
+from lora_jax.data import midi_file
+from lora_jax.data.duv import align
 from lora_jax.data.duv import match_file
 from lora_jax.data.duv import score_pair
 
@@ -96,13 +98,15 @@ def alignment_accuracy(match_path: str, perf_path: str, score_path: str) -> Accu
   first = np.min(notes.score_onset_beats)
   score_true = [(int(p), round((b - first) * quarters * SCORE_TPQ))
                 for p, b in zip(notes.score_pitch, notes.score_onset_beats)]
-  score_read = [(int(p), round(b * SCORE_TPQ)) for p, b in zip(score.pitch, score.onset)]
+  score_pm = midi_file.read_midi(score_path)  # keys in ticks: the beats of any meter's grid
+  score_read = [(n.pitch, score_pm.time_to_tick(n.start))
+                for inst in score_pm.instruments for n in inst.notes]  # read_score's order
   per_sec = PERF_TPQ * 1e6 / PERF_TEMPO
   perf_true = [(int(p), round(t * per_sec)) for p, t in zip(notes.perf_pitch, notes.perf_onset_sec)]
   perf_read = [(int(p), round(t * per_sec)) for p, t in zip(perf.pitch, perf.onset)]
   score_ids = _indices_by_key(score_read, score_true)
   perf_ids = _indices_by_key(perf_read, perf_true)
-  found = score_pair.duv_align.align(score.onset, score.pitch, perf.onset, perf.pitch)
+  found = align.align(score.onset, score.pitch, perf.onset, perf.pitch)
   ours = set(zip(score_ids[found.score_index].tolist(), perf_ids[found.perf_index].tolist()))
   true = set(map(tuple, notes.true_pairs.tolist()))
   return Accuracy(len(true), len(ours), len(ours & true))

@@ -64,7 +64,7 @@ def _notes(pm, to_beats) -> SideNotes:
                    np.array([n.velocity for n in notes], np.int64))
 
 
-def read_score(path: str):
+def read_score(path: str) -> tuple[SideNotes, np.ndarray, tuple[tuple[float, str], ...]]:
   """(notes in beats, downbeats in beats, sections) of a score MIDI."""
   pm = duv_pairs.load_midi(path)
   grid, downbeats = duv_features.midi_beat_grid(pm)
