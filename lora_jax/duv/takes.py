@@ -7,19 +7,20 @@ Every file under the folder (any depth) is one piece, its id `own/<path without 
                   freely); each track's `grid_fit` (0-1) in the report says how well it sits.
   *.match         a performance aligned to its score (the Mozart source's format): the score is
                   the deadpan input.
+  <name>.mid + <name>.score.mid
+                  a performance and its score as two MIDI files (`score_pair`'s naming rule).
+                  The notes are aligned (`align`): matched written notes are the deadpan input,
+                  unmatched notes of either side are counted on the performance's line and left
+                  out. A score with no performance beside it is dropped with a line saying so.
 Which tracks: those whose General MIDI program is of the instrument's class (`guitar` keeps
 programs 24-31, `drums` the drum channel). A file with no track of that class, say a guitar take
 saved with the default program 0, gives all its tracks (drum tracks apart) as that instrument, and
 its line says so. Every kept track is labelled `instrument`, so `configs/duv/<instrument>.py`
 selects it.
 
-  <name>.mid     with `<name>.score.mid` beside it: a performance and its score as two MIDI
-  + <name>.score.mid  files (`score_pair`'s naming rule). The notes are aligned (`align`); matched
-                  written notes are the deadpan input, unmatched notes of either side are counted
-                  on the file's line and left out. A score with no performance beside it is
-                  dropped with a line saying so.
 The report has one line per file: what it gave (tracks, notes, grid fit) or why it was dropped
-(unreadable, no notes, no track left after the filters, an alignment that failed). The manifests, scaler, windows and `duv_report.json` are `duv_build`'s.
+(unreadable, no notes, no track left after the filters, an alignment that failed). The
+manifests, scaler, windows and `duv_report.json` are `duv_build`'s.
 """
 
 import dataclasses
