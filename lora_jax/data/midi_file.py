@@ -137,7 +137,7 @@ def _gather_global_meta(midi: mido.MidiFile) -> int:
     midi.tracks[index] = _rebuild([(t, m) for t, m in events if m.type not in _GLOBAL_META])
   if moved:
     merged = sorted(moved + first, key=lambda e: e[0])  # stable: the first track's order holds
-    end = max(t for t in _absolute(midi.tracks[0]))
+    end = max(_absolute(midi.tracks[0]), default=0)
     midi.tracks[0] = _rebuild(merged + [(max(end, merged[-1][0]),
                                          mido.MetaMessage("end_of_track"))])
   return len(moved)
