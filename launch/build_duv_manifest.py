@@ -4,7 +4,8 @@ From the real performances the setup fetches:
   bash scripts/fetch_performances.sh .cache/performances
   python launch/build_duv_manifest.py --cache=.cache/performances --out=build/duv \
     --sources=maestro,pop909,mozart --max_len=256
-From a folder of your own takes (MIDI recordings, .match files), for one instrument:
+From a folder of your own takes (MIDI recordings, .match files, a take.mid beside its score
+take.score.mid), for one instrument:
   python launch/build_duv_manifest.py --from_dir=my_takes --instrument=guitar --out=build/duv_guitar
 which prints one line per file (tracks, notes, grid fit, or why it was dropped); then train the
 instrument's adapter with launch/train_duv_lora.py and configs/duv/guitar.py (README, "Your own
@@ -27,7 +28,8 @@ _CACHE = flags.DEFINE_string("cache", ".cache/performances", "performance cache 
 _OUT = flags.DEFINE_string("out", "build/duv", "folder for the manifest, scaler, windows, report")
 _SOURCES = flags.DEFINE_list("sources", ["maestro", "pop909", "mozart"], "sources to use")
 _FROM_DIR = flags.DEFINE_string("from_dir", None, "a folder of your own performances (.mid, "
-                                ".midi, .match, at any depth) instead of --sources")
+                                ".midi, .match, at any depth; <name>.score.mid beside <name>.mid "
+                                "is its score) instead of --sources")
 _INSTRUMENT = flags.DEFINE_enum("instrument", None, list(takes.INSTRUMENTS), "with --from_dir: "
                                 "the instrument its tracks are (and are labelled)")
 _GRID = flags.DEFINE_enum("grid", "tempo_map", list(takes.GRIDS), "with --from_dir: the beat grid "

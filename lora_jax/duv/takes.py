@@ -7,6 +7,11 @@ Every file under the folder (any depth) is one piece, its id `own/<path without 
                   freely); each track's `grid_fit` (0-1) in the report says how well it sits.
   *.match         a performance aligned to its score (the Mozart source's format): the score is
                   the deadpan input.
+  <name>.mid + <name>.score.mid
+                  a performance and its score as two MIDI files (`score_pair`'s naming rule).
+                  The notes are aligned (`align`): matched written notes are the deadpan input,
+                  unmatched notes of either side are counted on the performance's line and left
+                  out. A score with no performance beside it is dropped with a line saying so.
 Which tracks: those whose General MIDI program is of the instrument's class (`guitar` keeps
 programs 24-31, `drums` the drum channel). A file with no track of that class, say a guitar take
 saved with the default program 0, gives all its tracks (drum tracks apart) as that instrument, and
@@ -14,9 +19,8 @@ its line says so. Every kept track is labelled `instrument`, so `configs/duv/<in
 selects it.
 
 The report has one line per file: what it gave (tracks, notes, grid fit) or why it was dropped
-(unreadable, no notes, no track left after the filters). Performance/score pairs as two MIDI files
-(no .match) need an alignment this project does not have; such a score is taken as one more take.
-The manifests, scaler, windows and `duv_report.json` are `duv_build`'s.
+(unreadable, no notes, no track left after the filters, an alignment that failed). The
+manifests, scaler, windows and `duv_report.json` are `duv_build`'s.
 """
 
 import dataclasses
@@ -31,6 +35,7 @@ from lora_jax.data.duv import features as duv_features
 from lora_jax.data.duv import manifest as duv_manifest
 from lora_jax.data.duv import match_file
 from lora_jax.data.duv import pairs as duv_pairs
+from lora_jax.data.duv import score_pair
 
 SOURCE = "own"
 GRIDS = ("tempo_map", "tempo_estimate")
@@ -55,11 +60,33 @@ class FileLine:
             f"{fit}{'; ' + self.note if self.note else ''}")
 
 
-def _pairs(path: str, rel: str, piece_id: str, grid: str, velocity: int
-           ) -> list[duv_pairs.DeadpanPair]:
+def _scores_by_performance(files: list[str]) -> tuple[dict[str, str], list[str]]:
+  """{performance: its score} by the naming rule, and the scores with no performance beside."""
+  by_stem = {os.path.splitext(f)[0]: f for f in files
+             if midi_file.is_midi_name(f) and score_pair.score_name_of(f) is None}
+  paired, alone = {}, []
+  for f in files:
+    stem = score_pair.score_name_of(f)
+    if stem is None:
+      continue
+    if stem in by_stem:
+      paired[by_stem[stem]] = f
+    else:
+      alone.append(f)
+  return paired, alone
+
+
+def _pairs(path: str, rel: str, piece_id: str, grid: str, velocity: int, score: str | None
+           ) -> tuple[list[duv_pairs.DeadpanPair], str]:
+  """The file's pairs and a remark (the alignment's counts for a performance with its score)."""
   if rel.lower().endswith(".match"):
-    return [duv_pairs.match_pair(path, rel, SOURCE, piece_id, velocity)]
-  return duv_pairs.midi_pairs(path, rel, SOURCE, piece_id, grid, velocity)
+    return [duv_pairs.match_pair(path, rel, SOURCE, piece_id, velocity)], ""
+  if score is not None:
+    pair, counts = score_pair.midi_score_pair(
+        path, os.path.join(os.path.dirname(path), os.path.basename(score)), rel, SOURCE,
+        piece_id, velocity)
+    return [pair], counts.text(os.path.basename(score))
+  return duv_pairs.midi_pairs(path, rel, SOURCE, piece_id, grid, velocity), ""
 
 
 def _pick(pairs: list[duv_pairs.DeadpanPair], instrument: str
@@ -99,13 +126,23 @@ def takes_rows(folder: str, instrument: str, grid: str, filters: duv_manifest.Fi
   rows, lines = [], []
   removed = {"files_without_notes": 0, "min_notes": 0, "min_duration_sec": 0,
              "max_duration_sec": 0}
+  scores, lone_scores = _scores_by_performance(files)
   for rel in files:
+    if rel in lone_scores:
+      performance = score_pair.score_name_of(rel) + ".mid"
+      lines.append(FileLine(rel, 0, 0, None, f"a score with no performance beside it "
+                                              f"(expected {performance} or another MIDI suffix)"))
+      continue
+    if rel in scores.values():
+      continue  # read with its performance, on the performance's line
     piece_id = f"{SOURCE}/{os.path.splitext(rel)[0]}"
     try:
-      pairs = _pairs(os.path.join(folder, rel), rel, piece_id, grid, deadpan_velocity)
+      pairs, align_remark = _pairs(os.path.join(folder, rel), rel, piece_id, grid,
+                                   deadpan_velocity, scores.get(rel))
     except (duv_pairs.CorruptMidiError, match_file.MatchFormatError,
             duv_features.FeatureError, ValueError) as e:
-      lines.append(FileLine(rel, 0, 0, None, str(e).replace(os.path.join(folder, rel) + ": ", "")))
+      reason = str(e).replace(os.path.join(folder, rel) + ": ", "")
+      lines.append(FileLine(rel, 0, 0, None, reason.replace(os.path.join(folder, ""), "")))
       continue
     if not pairs:
       removed["files_without_notes"] += 1
@@ -127,7 +164,7 @@ def takes_rows(folder: str, instrument: str, grid: str, filters: duv_manifest.Fi
         reasons.append(f"track {pair.track} ({row['n_notes']} notes, {row['duration_sec']:.1f} s) "
                        f"fails {reason}")
     rows += [row for _, row in kept]
-    note = "; ".join([remark] * bool(remark) + reasons)
+    note = "; ".join([r for r in (align_remark, remark) if r] + reasons)
     lines.append(FileLine(rel, len(kept), sum(r["n_notes"] for _, r in kept),
                           float(np.mean([p.grid_fit for p, _ in kept])) if kept else None, note))
   return rows, removed, lines

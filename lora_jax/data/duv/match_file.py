@@ -116,3 +116,58 @@ def read_match(path: str) -> MatchPerformance:
       perf_onset_sec=a[:, 7] * sec_per_tick, perf_offset_sec=a[:, 8] * sec_per_tick,
       velocity=a[:, 9].astype(np.int64), bar_start_beats=bar_starts, beats_per_bar=float(num),
       n_insertions=insertions, n_deletions=deletions)
+
+
+@dataclasses.dataclass(frozen=True)
+class MatchNotes:
+  """Both sides of a .match file in full, unmatched notes included, and its true note pairs."""
+  score_onset_beats: np.ndarray  # [S] float64, every snote, matched or deleted
+  score_dur_beats: np.ndarray  # [S] float64
+  score_pitch: np.ndarray  # [S] int
+  perf_onset_sec: np.ndarray  # [P] float64, every performed note, matched or inserted
+  perf_offset_sec: np.ndarray  # [P] float64
+  perf_pitch: np.ndarray  # [P] int
+  perf_velocity: np.ndarray  # [P] int
+  true_pairs: np.ndarray  # [K, 2] int, (score index, perf index) of the snote-note lines
+  beats_per_bar: int
+  beat_unit: int  # the time signature's denominator
+
+
+_DELETION = re.compile(r"^snote\((?P<snote>.*)\)-deletion\.$")
+_INSERTION = re.compile(r"^insertion-note\((?P<note>.*)\)\.$")
+
+
+def read_match_notes(path: str) -> MatchNotes:
+  """Every written and every performed note of a version-5 .match file, with the true pairs:
+  ground truth for an aligner that sees the two sides as separate note lists."""
+  perf = read_match(path)  # checks the version, clock and time signature
+  with open(path) as f:
+    lines = f.read().splitlines()
+  score, played, pairs = [], [], []
+  info = dict(m.groups() for line in lines if (m := _INFO.match(line.strip())))
+  sec_per_tick = float(info["midiClockRate"]) * 1e-6 / float(info["midiClockUnits"])
+
+  def add_score(fields):
+    score.append((float(fields[6]), float(fields[7]) - float(fields[6]),
+                  _midi_pitch(fields[1], fields[2])))
+
+  def add_played(fields):
+    played.append((int(fields[3]) * sec_per_tick, int(fields[4]) * sec_per_tick,
+                   _midi_pitch(fields[1], fields[2]), int(fields[6])))
+
+  for line in lines:
+    line = line.strip()
+    if m := _SNOTE_NOTE.match(line):
+      pairs.append((len(score), len(played)))
+      add_score(_fields(m["snote"]))
+      add_played(_fields(m["note"]))
+    elif m := _DELETION.match(line):
+      add_score(_fields(m["snote"]))
+    elif m := _INSERTION.match(line):
+      add_played(_fields(m["note"]))
+  s, p = np.array(score), np.array(played)
+  (den,) = {int(m["den"]) for line in lines if (m := _TIME_SIG.match(line.strip()))} or {
+      int(info["timeSignature"].strip("[]").split("/")[1])}
+  return MatchNotes(s[:, 0], s[:, 1], s[:, 2].astype(np.int64), p[:, 0], p[:, 1],
+                    p[:, 2].astype(np.int64), p[:, 3].astype(np.int64),
+                    np.array(pairs, dtype=np.int64), int(perf.beats_per_bar), den)

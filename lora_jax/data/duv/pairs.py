@@ -32,6 +32,7 @@ import pretty_midi
 
 from lora_jax import errors
 from lora_jax.data import midi_file
+from lora_jax.data.duv import align as duv_align
 from lora_jax.data.duv import features as duv_features
 from lora_jax.data.duv import match_file
 
@@ -182,26 +183,6 @@ def midi_pairs(path: str, rel_file: str, source: str, piece_id: str, grid_source
   return pairs
 
 
-def _perf_to_score_beats(perf: match_file.MatchPerformance, seconds: np.ndarray) -> np.ndarray:
-  """Score beats at performed times: piecewise linear through (median onset, score onset) points."""
-  score_onsets = np.unique(perf.score_onset_beats)
-  times = np.array([np.median(perf.perf_onset_sec[perf.score_onset_beats == b])
-                    for b in score_onsets])
-  keep, last = [], -np.inf
-  for i, t in enumerate(times):  # in score order; drop points that would run time backwards
-    if t > last:
-      keep.append(i)
-      last = t
-  times, beats = times[keep], score_onsets[keep]
-  if len(times) < 2:
-    raise match_file.MatchFormatError(f"performance has {len(times)} distinct onset times")
-  out = np.interp(seconds, times, beats)
-  lo = (beats[1] - beats[0]) / (times[1] - times[0])
-  hi = (beats[-1] - beats[-2]) / (times[-1] - times[-2])
-  out = np.where(seconds < times[0], beats[0] + (seconds - times[0]) * lo, out)
-  return np.where(seconds > times[-1], beats[-1] + (seconds - times[-1]) * hi, out)
-
-
 def match_pair(path: str, rel_file: str, source: str, piece_id: str,
                deadpan_velocity: int = DEADPAN_VELOCITY) -> DeadpanPair:
   """The pair of a .match file: the score as deadpan input, the performance as targets."""
@@ -216,8 +197,12 @@ def match_pair(path: str, rel_file: str, source: str, piece_id: str,
   notes = duv_features.WrittenNotes(
       perf.score_onset_beats, perf.score_dur_beats, perf.pitch,
       np.full(len(perf.pitch), deadpan_velocity), downbeats)
-  human_dur = (_perf_to_score_beats(perf, perf.perf_offset_sec)
-               - _perf_to_score_beats(perf, perf.perf_onset_sec))
+  try:
+    to_beats = lambda seconds: duv_align.score_beats_at(perf.score_onset_beats,
+                                                        perf.perf_onset_sec, seconds)
+    human_dur = to_beats(perf.perf_offset_sec) - to_beats(perf.perf_onset_sec)
+  except duv_align.AlignError as e:
+    raise match_file.MatchFormatError(f"{path}: {e}") from e
   return DeadpanPair(
       file=rel_file, source=source, piece_id=piece_id, instrument="piano", track=0,
       grid_source="score", grid_fit=1.0, snap_beats=0.0,
