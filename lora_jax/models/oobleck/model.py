@@ -186,7 +186,9 @@ def from_latents(params, config: AutoencoderConfig, latents_BxLxT):
 def init(config: AutoencoderConfig, key):
   """Fresh parameters, initialised as the original's modules are."""
   audio = jnp.zeros((1, config.encoder.in_channels, config.downsampling_ratio), jnp.float32)
-  return AudioAutoencoder(config).init(key, audio, jax.random.key(0))["params"]
+  # Compiled: run op by op, the ~30 layers' initialisers take tens of seconds on a CPU.
+  return jax.jit(lambda k: AudioAutoencoder(config).init(k, audio, jax.random.key(0)))(
+      key)["params"]
 
 
 @functools.lru_cache(maxsize=8)  # converters ask for it once per key check
