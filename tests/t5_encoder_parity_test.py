@@ -122,3 +122,41 @@ def test_t5_base_layout_is_the_converters():
             t5_convert.torch_convert.dotted_leaves(abstract).items()}
   got = {names[p]: tuple(reversed(s)) if p.endswith(".kernel") else s for p, s in shapes.items()}
   assert got == want
+
+
+def test_the_conditioner_tokenizes_and_masks_as_the_original(tmp_path):
+  """A user's tokenizer.json, called as the original calls its tokenizer (truncated, padded to
+  max_length), and the encoder's output zeroed at padding."""
+  import tokenizers  # the library transformers' fast tokenizers are
+  from lora_jax.models.t5 import conditioner
+  vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(
+      "a solo piano in c major with drums at 120 bpm".split())}}
+  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  tok.post_processor = tokenizers.processors.TemplateProcessing(
+      single="$A </s>", special_tokens=[("</s>", 1)])
+  path = str(tmp_path / "tokenizer.json")
+  tok.save(path)
+  texts = ["a solo piano in c major", "drums at 120 bpm with a solo piano in c major and more"]
+  ids, mask = conditioner.Tokenizer(path, max_length=8)(texts)
+  hf = transformers.PreTrainedTokenizerFast(tokenizer_file=path, pad_token="<pad>")(
+      texts, truncation=True, max_length=8, padding="max_length", return_tensors="np")
+  np.testing.assert_array_equal(ids, hf["input_ids"])
+  np.testing.assert_array_equal(mask, hf["attention_mask"].astype(bool))
+  assert mask[0].sum() == 7 and mask[1].all()
+
+  model, hf_config = _hf("relu")
+  config = t5.config_from_hf(hf_config.to_dict())
+  params, _ = t5_convert.state_dict_to_params(model.state_dict(), config)
+  ids = np.minimum(ids, _SIZES["vocab_size"] - 1)
+  cond = conditioner.T5Conditioner(config, output_dim=_SIZES["d_model"])
+  tokens, out_mask = cond.apply({"params": {"model": params}}, ids, mask)
+  with torch.no_grad():
+    want = model.float()(input_ids=torch.from_numpy(ids).long(),
+                         attention_mask=torch.from_numpy(mask).long()).last_hidden_state.numpy()
+  np.testing.assert_allclose(tokens, want * mask[..., None], rtol=0,
+                             atol=1e-5 * np.abs(want).max())
+  assert np.all(np.asarray(tokens)[0, 7:] == 0) and np.array_equal(out_mask, mask)
+  projected = conditioner.T5Conditioner(config, output_dim=12)
+  shapes = jax.eval_shape(projected.init, jax.random.key(0), ids, mask)["params"]
+  assert shapes["proj_out"]["kernel"].shape == (_SIZES["d_model"], 12)
