@@ -103,8 +103,8 @@ def encode_folder(settings: EncodeSettings) -> dict[str, int]:
   params = autoencoder.load(settings.model_config, settings.weights, settings.prefix)[2]
   stamp = json.dumps({"weights_sha256": autoencoder.file_digest(settings.weights),
                       "prefix": settings.prefix, "config": repr(config), "sample_size": size,
-                      "sample": settings.sample, "seed": settings.seed if settings.sample else None},
-                     sort_keys=True)
+                      "sample": settings.sample,
+                      "seed": settings.seed if settings.sample else None}, sort_keys=True)
   encode = autoencoder.encoder(config, settings.sample)
   root = jax.random.key(settings.seed)
   counts = {"files": len(paths), "clips": 0, "kept": 0}
