@@ -89,6 +89,9 @@ def encode_folder(settings: EncodeSettings) -> dict[str, int]:
   """Encodes every WAV under `audio_dir` into `out_dir`; returns counts of files and clips."""
   model_json, config = autoencoder.read_model_config(settings.model_config)
   size = _sample_size(settings, model_json, config.downsampling_ratio)
+  if config.encoder.in_channels not in (1, 2):
+    raise errors.UserError(f"the autoencoder takes {config.encoder.in_channels} audio channels; "
+                           "WAV folders are encoded for mono or stereo models only")
   paths = wav.find(settings.audio_dir)
   stems: dict[str, str] = {}
   prompts = {}
@@ -98,7 +101,7 @@ def encode_folder(settings: EncodeSettings) -> dict[str, int]:
     if stem in stems:
       raise errors.UserError(f"{stems[stem]} and {rel} would write the same clips ({stem}.*)")
     stems[stem] = rel
-    wav.load(path, config.sample_rate, config.encoder.in_channels)
+    wav.read(path)  # resampling and channel mixing cannot fail once it reads
     prompts[path] = _prompt(path, settings.prompt)
   params = autoencoder.load(settings.model_config, settings.weights, settings.prefix)[2]
   stamp = json.dumps({"weights_sha256": autoencoder.file_digest(settings.weights),
