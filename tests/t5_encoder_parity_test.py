@@ -10,11 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import safetensors.torch
+import tokenizers
 import torch
 import transformers
 
+from lora_jax.data.t5 import tokenizer
 from lora_jax.interop import t5_convert
 from lora_jax.interop.flax_weights import WeightFileError
+from lora_jax.models.t5 import conditioner
 from lora_jax.models.t5 import encoder as t5
 
 _SIZES = dict(vocab_size=60, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
@@ -127,8 +130,6 @@ def test_t5_base_layout_is_the_converters():
 def test_the_conditioner_tokenizes_and_masks_as_the_original(tmp_path):
   """A user's tokenizer.json, called as the original calls its tokenizer (truncated, padded to
   max_length), and the encoder's output zeroed at padding."""
-  import tokenizers  # the library transformers' fast tokenizers are
-  from lora_jax.models.t5 import conditioner
   vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(
       "a solo piano in c major with drums at 120 bpm".split())}}
   tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
@@ -138,7 +139,7 @@ def test_the_conditioner_tokenizes_and_masks_as_the_original(tmp_path):
   path = str(tmp_path / "tokenizer.json")
   tok.save(path)
   texts = ["a solo piano in c major", "drums at 120 bpm with a solo piano in c major and more"]
-  ids, mask = conditioner.Tokenizer(path, max_length=8)(texts)
+  ids, mask = tokenizer.Tokenizer(path, max_length=8)(texts)
   hf = transformers.PreTrainedTokenizerFast(tokenizer_file=path, pad_token="<pad>")(
       texts, truncation=True, max_length=8, padding="max_length", return_tensors="np")
   np.testing.assert_array_equal(ids, hf["input_ids"])
