@@ -23,6 +23,9 @@ class EncoderConfig:
   strides: tuple[int, ...] = (2, 4, 4, 8, 8)
   use_snake: bool = True
 
+  def __post_init__(self):
+    _as_tuples(self)
+
 
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig:
@@ -36,6 +39,16 @@ class DecoderConfig:
   use_snake: bool = True
   use_nearest_upsample: bool = False
   final_tanh: bool = False
+
+  def __post_init__(self):
+    _as_tuples(self)
+
+
+def _as_tuples(config) -> None:
+  """Lists from JSON or a caller become tuples: configs are hashed (compiled functions and
+  abstract parameter trees are cached per config)."""
+  for name in ("c_mults", "strides"):
+    object.__setattr__(config, name, tuple(getattr(config, name)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,8 +118,7 @@ def _part(kind: str, spec: Mapping[str, Any], cls, defaults: dict):
   if unknown:
     raise ValueError(f"{kind} config options {unknown} are not implemented by "
                      "lora_jax.models.oobleck")
-  merged = {**defaults, **args}
-  return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in merged.items()})
+  return cls(**{**defaults, **args})
 
 
 def _autoencoder(model: Mapping[str, Any], sample_rate: int, scale: float) -> AutoencoderConfig:
