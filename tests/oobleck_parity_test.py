@@ -279,3 +279,25 @@ def test_keys_a_config_leaves_out_take_the_originals_defaults():
   assert config.decoder.final_tanh and not config.encoder.use_snake
   assert oobleck_convert.expected_shapes(config) == {
       k: tuple(v.shape) for k, v in original.state_dict().items()}
+
+
+def test_without_a_bottleneck_the_encoder_output_is_the_latent():
+  plain = dict(_ELU, bottleneck=None, latent_dim=4,
+               decoder=dict(_ELU["decoder"], config=dict(_ELU["decoder"]["config"], latent_dim=4)))
+  del plain["bottleneck"]
+  config = oobleck_config.config_from_original(plain, _RATE)
+  assert config.bottleneck == "none"
+  with torch.device("meta"):
+    original = _autoencoders.create_autoencoder_from_config({"sample_rate": _RATE, "model": plain})
+  assert original.bottleneck is None
+  assert oobleck_convert.expected_shapes(config) == {
+      k: tuple(v.shape) for k, v in original.state_dict().items()}
+  audio = jax.ShapeDtypeStruct((1, 1, 24), jnp.float32)
+  ae = oobleck.AudioAutoencoder(config)
+  params = oobleck.abstract_params(config)
+  mean, stdev = jax.eval_shape(lambda p, x: ae.apply({"params": p}, x, method=ae.moments),
+                               params, audio)
+  assert mean.shape == (1, 4, 4) and stdev is None
+  recon, latents, kl = jax.eval_shape(lambda p, x: ae.apply({"params": p}, x, jax.random.key(0)),
+                                      params, audio)
+  assert recon.shape == (1, 1, 24) and latents.shape == (1, 4, 4) and kl.shape == ()
