@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import original_stable_audio
+from lora_jax import tree_paths
 from lora_jax.interop import oobleck_convert
 from lora_jax.interop.flax_weights import WeightFileError
 from lora_jax.models.oobleck import config as oobleck_config
@@ -301,3 +302,20 @@ def test_without_a_bottleneck_the_encoder_output_is_the_latent():
   recon, latents, kl = jax.eval_shape(lambda p, x: ae.apply({"params": p}, x, jax.random.key(0)),
                                       params, audio)
   assert recon.shape == (1, 1, 24) and latents.shape == (1, 4, 4) and kl.shape == ()
+
+
+def test_the_training_pass_gives_every_weight_a_gradient():
+  """Reconstruction plus KL through the VAE draw: each leaf (weight norm's g and v, SnakeBeta's
+  alpha and beta) gets a finite, non-zero gradient."""
+  _, config, params = _converted("snake")
+  audio = jnp.asarray(np.random.default_rng(6).normal(size=(1, 2, 32)), jnp.float32)
+
+  def loss(p):
+    recon, _, kl = oobleck.AudioAutoencoder(config).apply({"params": p}, audio,
+                                                          jax.random.key(1))
+    return jnp.mean(jnp.square(recon - audio)) + 1e-4 * kl
+
+  grads = jax.jit(jax.grad(loss))(params)
+  for keys, leaf in tree_paths.flatten(grads).items():
+    leaf = np.asarray(leaf)
+    assert np.all(np.isfinite(leaf)) and np.abs(leaf).max() > 0, tree_paths.dotted(keys)
