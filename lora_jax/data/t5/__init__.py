@@ -1,0 +1,1 @@
+"""Prompts to T5 token ids with a user's own tokenizer file."""

@@ -1,0 +1,1 @@
+"""Stable Audio's Oobleck autoencoder: configs, layers, VAE bottleneck, model."""

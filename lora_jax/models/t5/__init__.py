@@ -1,0 +1,1 @@
+"""T5's encoder (Stable Audio's text conditioner uses t5-base's), in Flax."""
