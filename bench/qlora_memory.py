@@ -88,7 +88,7 @@ def big_step(args, base_dtype: str, kind: str) -> dict:
 
 def real_run(args, base_dtype: str, kind: str, workdir: str) -> dict:
   """Row 0 and best validation loss of a parent adapter over the shipped base."""
-  from lora_jax.data import style_pack
+  from lora_jax.data.style_packs import pack as style_pack
   from lora_jax.hierarchy import base_file, settings, training, windows
   from lora_jax.families import music_lm
   from lora_jax.train import loop

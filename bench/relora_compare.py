@@ -79,7 +79,7 @@ def main(argv):
   packs_root = _PACKS.value or os.path.join(workdir, "style_packs")
   pack = os.path.join(packs_root, "celtic_fiddle")
   if not os.path.isdir(pack):
-    from lora_jax.data import style_corpus  # music21, only when the pack is built here
+    from lora_jax.data.style_packs import corpus as style_corpus  # music21, only when the pack is built here
     style_corpus.build_style_packs(packs_root, ["celtic_fiddle"], _PIECES.value, 2)
   settings, _ = base_file.read_settings(_BASE.value)
   tokenizer = base_file.load_tokenizer(_BASE.value, settings)
