@@ -14,6 +14,7 @@ with ENOSPC.
 
 import concurrent.futures
 import contextlib
+import errno
 import os
 import pathlib
 import re
@@ -25,6 +26,7 @@ import sys
 
 import pytest
 
+from lora_jax import disk_errors
 import bad_input_world
 import train_fault_test
 
@@ -202,3 +204,22 @@ def test_read_only_output_folders_are_one_line_and_stay_empty(tmp_path, world):
         line)
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
   assert _files_under(out) == set()
+
+
+def test_the_disk_refusal_is_found_anywhere_in_the_chain():
+  tensorstore = ValueError('RESOURCE_EXHAUSTED: Error writing local file "/w/9.tmp/_sharding": '
+                           'Failed to write 12972 bytes to file 8: No space left on device '
+                           "[os_error_code='28']")
+  assert disk_errors.describe(tensorstore) == "/w/9.tmp/_sharding: no space left on device"
+  unnamed = OSError(errno.ENOSPC, "No space left on device")
+  try:
+    try:
+      raise unnamed
+    except OSError:
+      raise RuntimeError("cleanup failed") from tensorstore
+  except RuntimeError as later:
+    assert disk_errors.describe(later) == "/w/9.tmp/_sharding: no space left on device"
+  assert disk_errors.describe(unnamed) == "no space left on device"
+  assert disk_errors.describe(OSError(errno.EROFS, "x", "/ro/f")) == "/ro/f: read-only file system"
+  assert disk_errors.describe(OSError(errno.ENOENT, "x", "/f")) is None  # not a disk refusal
+  assert disk_errors.describe(ValueError("os_error_code='28' without a path")) is None
