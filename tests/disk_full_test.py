@@ -18,9 +18,7 @@ import errno
 import os
 import pathlib
 import re
-import resource
 import shutil
-import signal
 import subprocess
 import sys
 
@@ -69,15 +67,19 @@ class Disk:
     finally:
       ballast.unlink()
 
-  def preexec(self):
+  def command(self, argv: list[str]) -> list[str]:
+    """`argv` (a Python command) run under the file size limit, when one is on."""
     if not self.limited:
-      return None
-    limit = self.limit
+      return argv
+    return [sys.executable, "-c", _CAPPED, str(self.limit), *argv[1:]]
 
-    def cap():
-      signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a killed process
-      resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    return cap
+
+# Sets the limit in a fresh interpreter and execs the command (a preexec_fn would fork this
+# process, which runs JAX's threads). EFBIG instead of a process killed by SIGXFSZ.
+_CAPPED = ("import os, resource, signal, sys\n"
+           "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+           "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]),) * 2)\n"
+           "os.execv(sys.executable, [sys.executable] + sys.argv[2:])\n")
 
 
 @pytest.fixture
@@ -97,9 +99,9 @@ def _env(cache=None) -> dict:
 
 
 def _launch(script: str, args, disk: Disk | None = None, env=None):
-  return subprocess.run([sys.executable, str(ROOT / "launch" / f"{script}.py"), *args],
-                        env=env or _env(), capture_output=True, text=True, timeout=600,
-                        preexec_fn=disk.preexec() if disk else None, check=False)
+  argv = [sys.executable, str(ROOT / "launch" / f"{script}.py"), *args]
+  return subprocess.run(disk.command(argv) if disk else argv, env=env or _env(),
+                        capture_output=True, text=True, timeout=600, check=False)
 
 
 def _in_parallel(commands: dict[str, list[str]], disk: Disk | None = None) -> dict:
@@ -183,6 +185,7 @@ def test_a_merge_and_an_export_onto_a_full_disk_leave_no_partial_file(disk, worl
   for script, done in runs.items():
     line = _one_error_line(done, script)
     assert re.search(PROBLEM, line) and str(out) in line, line
+    assert ".tmp" not in line, line  # the output it was for, not a temporary name
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
   assert _files_under(out) == set()
 
