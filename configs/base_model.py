@@ -50,6 +50,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.run.log_every = 25
   config.run.keep_last = 2
   config.run.max_nonfinite_in_a_row = 20
+  # True resumes a checkpoint written with other settings (a changed learning rate or batch size
+  # is refused by default, naming it); the differences are logged. The model and LoRA shape
+  # never change on resume.
+  config.run.allow_changed_config = False
 
   config.training = ml_collections.ConfigDict()
   config.training.epochs = 12

@@ -44,6 +44,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.run.log_every = 10  # steps per metrics row
   config.run.keep_last = 2  # checkpoints kept, besides the best by validation loss
   config.run.max_nonfinite_in_a_row = 20
+  # True resumes a checkpoint written with other settings (a changed learning rate or batch size
+  # is refused by default, naming it); the differences are logged. The model and LoRA shape
+  # never change on resume.
+  config.run.allow_changed_config = False
 
   # Parent: the whole genre pack, higher rank and rate (the seed: rank 16, alpha 32).
   config.parent = _level(

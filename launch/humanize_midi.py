@@ -44,7 +44,8 @@ def main(argv):
   pm = duv_pairs.load_midi(_INPUT.value)
   if _DEADPAN.value:
     pm = duv_pairs.deadpan_midi(pm)
-  tracks = apply.select_tracks(pm, _INCLUDE.value, _EXCLUDE.value, _DRUMS.value)  # before loading
+  tracks = apply.select_tracks(pm, _INCLUDE.value, _EXCLUDE.value, _DRUMS.value,  # before loading
+                               source=_INPUT.value)
   model = bundle.load_model(_MODEL.value)
   out, report = apply.humanize(pm, model, _INTENSITY.value, _INCLUDE.value, _EXCLUDE.value,
                                _DRUMS.value)

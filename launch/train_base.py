@@ -4,7 +4,8 @@ python launch/train_base.py --config=configs/base_model.py \
     --packs=style_packs/essen_folk,style_packs/baroque_chorale --output-dir=checkpoints/base_model
 
 Writes <output-dir>/base_model.safetensors and vocab.json; the run (checkpoints, metrics) goes to
-<output-dir>/run/. The same command again resumes. Any config value: --config.training.epochs=20.
+<output-dir>/run/. The same command again resumes (with changed settings only with
+--config.run.allow_changed_config=True). Any config value: --config.training.epochs=20.
 """
 
 import os

@@ -10,7 +10,8 @@ Settings: configs/lora_adapter_config.py < configs/genres/<parent>.py (optional;
 folders are looked in first) <
 configs/styles/<parent>/<child>.py < these flags (and any `--config.child.<key>=value`). Writes
 <output-dir>/<parent>/<child>/<child>.lora (recording its parent) and vocab.json, with the run in
-<output-dir>/<parent>/<child>/run/; the same command again resumes.
+<output-dir>/<parent>/<child>/run/; the same command again resumes; a resume with changed settings (a learning rate, a batch size) is
+refused unless `--config.run.allow_changed_config=True`.
 """
 
 import os

@@ -7,7 +7,8 @@ python launch/train_parent_adapter.py --parent=celtic_fiddle --pack=style_packs/
 Settings: configs/lora_adapter_config.py < configs/genres/<parent>.py (optional; --config_dir
 folders are looked in first) < these flags (and any
 `--config.parent.<key>=value`). Writes <output-dir>/<parent>/<parent>.lora and vocab.json, with
-the run in <output-dir>/<parent>/run/; the same command again resumes.
+the run in <output-dir>/<parent>/run/; the same command again resumes; a resume with changed settings (a learning rate, a batch size) is
+refused unless `--config.run.allow_changed_config=True`.
 """
 
 import os

@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 
-from lora_jax import errors
+from lora_jax import disk_errors, errors
 
 
 @contextlib.contextmanager
@@ -21,7 +21,8 @@ def atomic_path(path: str):
   fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
   os.close(fd)
   try:
-    yield tmp
+    with _naming(path, {tmp: path}):
+      yield tmp
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result should look like any new file
@@ -29,6 +30,27 @@ def atomic_path(path: str):
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+@contextlib.contextmanager
+def _naming(what: str, targets: dict[str, str] | None = None, staging: tuple[str, ...] = ()):
+  """A write the disk refused names the output it was for ('<output>: no space left on
+  device'), not a temporary path: where it named no file (Python's own `write` calls never do)
+  or a temporary path of `targets` ({temporary: output}), or any path in a `staging` folder
+  (`what`)."""
+  try:
+    yield
+  except OSError as e:
+    if e.errno not in disk_errors.PROBLEMS:
+      raise
+    if e.filename is None:
+      raise OSError(e.errno, e.strerror, what) from e
+    for tmp, target in (targets or {}).items():
+      if str(e.filename).startswith(tmp):
+        raise OSError(e.errno, e.strerror, target) from e
+    if str(e.filename).startswith(staging):
+      raise OSError(e.errno, e.strerror, what) from e
+    raise
 
 
 def write_text(path: str, text: str) -> None:
@@ -60,7 +82,8 @@ def atomic_paths(*paths: str):
         os.makedirs(folder, exist_ok=True)
         staging[folder] = tempfile.mkdtemp(prefix=".staging.", suffix=".tmp", dir=folder)
       tmps.append(os.path.join(staging[folder], os.path.basename(target)))
-    yield tmps
+    with _naming(", ".join(targets), dict(zip(tmps, targets)), tuple(staging.values())):
+      yield tmps
     unwritten = [t for t, tmp in zip(targets, tmps) if not os.path.isfile(tmp)]
     if unwritten:
       raise RuntimeError(f"outputs {unwritten} were not written")  # a bug in the caller

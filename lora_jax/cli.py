@@ -8,7 +8,8 @@
   while the launch script is imported, where nothing can catch a bad override.
 - A user error ends in one line `name: error: message` and exit status 1, without a traceback:
   a `lora_jax.errors.UserError` (the project's error types), any other ValueError or OSError
-  from `main` (what parsers of user files raise), a flag absl refuses, a config file that fails
+  from `main` (what parsers of user files raise; a disk that refuses a write reads
+  '<file>: no space left on device', `lora_jax.disk_errors`), a flag absl refuses, a config file that fails
   to load, and a `--config.<key>` override naming a key the config does not have. Every other
   exception is a bug and keeps its traceback (see lora_jax/errors.py).
 - Before anything starts JAX, glibc's malloc is set to keep freed memory for the next step
@@ -33,6 +34,7 @@ from ml_collections import config_flags
 from ml_collections.config_flags.config_flags import is_config_flag  # public, not re-exported
 
 from lora_jax import allocator
+from lora_jax import disk_errors
 from lora_jax import errors
 
 flags.disclaim_key_flags()  # `define_config` defines its flag for the launch script that calls it
@@ -106,7 +108,8 @@ def run(main, name: str) -> None:
     try:
       return main(argv)
     except (errors.UserError, ValueError, OSError) as e:
-      message = str(e).splitlines()[0] if str(e) else type(e).__name__
+      disk = None if isinstance(e, errors.UserError) else disk_errors.describe(e)
+      message = disk or (str(e).splitlines()[0] if str(e) else type(e).__name__)
       _fail(name, message)
 
   argv = underscore_flags(sys.argv)

@@ -124,6 +124,8 @@ def torch_files(root: str, repo: str) -> dict[str, str]:
   abstract = transformer.abstract_params(config_lib.from_mapping(
       transformer.TransformerConfig, config.model, "config.model"))
   params = jax.tree.map(lambda a: np.full(a.shape, 0.01, a.dtype), abstract)
+  good_base = os.path.join(folder, "good_base.pt")
+  torch_convert.save_torch_file(params, good_base)
   jax.tree.leaves(params)[-1].reshape(-1)[0] = np.inf
   nan_pt = os.path.join(folder, "nan_base.pt")
   torch_convert.save_torch_file(params, nan_pt)
@@ -136,7 +138,7 @@ def torch_files(root: str, repo: str) -> dict[str, str]:
   legacy = os.path.join(folder, "legacy.pt")
   with open(legacy, "wb") as f:
     pickle.dump({"evil": _Evil()}, f)
-  return {"nan_pt": nan_pt, "evil_pt": evil, "legacy_pt": legacy,
+  return {"nan_pt": nan_pt, "good_base_pt": good_base, "evil_pt": evil, "legacy_pt": legacy,
           "empty_pt": _write(os.path.join(folder, "empty.pt"), b""),
           "truncated_pt": _write(os.path.join(folder, "truncated.pt"),
                                  good_bytes[:len(good_bytes) // 2])}

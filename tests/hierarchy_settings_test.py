@@ -181,7 +181,7 @@ def test_every_shipped_genre_and_style_file_resolves():
 
 
 def test_every_corpus_genre_trains_on_the_real_configs():
-  from lora_jax.data import style_corpus  # pylint: disable=import-outside-toplevel
+  from lora_jax.data.style_packs import corpus as style_corpus  # pylint: disable=C0415
   defaults = str(hierarchy_testlib.ROOT / "configs" / "lora_adapter_config.py")
   tree = config_lib.load_config_dict(defaults)
   for genre in style_corpus.GENRES.values():

@@ -5,6 +5,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from lora_jax import lora
@@ -13,6 +14,7 @@ from lora_jax.data.style_packs import pack as sp
 from lora_jax.hierarchy import base_file, settings, training
 from lora_jax.models.transformer import MusicTransformer
 from lora_jax.train import config as config_lib
+from lora_jax.train import resume
 import hierarchy_testlib
 import testlib
 
@@ -86,3 +88,21 @@ def _parent(world) -> str:
                                              spec, base.fingerprint, "music_lm", "folk",
                                              {"level": "parent"}))
   return path
+
+
+def test_a_resume_with_a_changed_learning_rate_needs_allow_changed_config(world):
+  pack, out = str(world["packs"] / "folk"), str(world["tmp"] / "adapters")
+  first = training.train_parent(config(world, **{"parent.epochs": 1}), "folk", pack,
+                                world["base"], out)
+  assert first.status == "finished"
+  trained = lora.load_adapter(first.path).adapter.params
+  changed = {"parent.epochs": 1, "parent.learning_rate": 0.05}
+  with pytest.raises(resume.ChangedConfigError, match=r"opt.learning_rate 0.01 -> 0.05; .*"
+                                                      r"allow_changed_config"):
+    training.train_parent(config(world, **changed), "folk", pack, world["base"], out)
+  again = training.train_parent(config(world, **changed, **{"run.allow_changed_config": True}),
+                                "folk", pack, world["base"], out)
+  assert again.status == "finished" and again.steps == first.steps
+  # Resumed at the last step, so nothing more trained: a restart at 0.05 would differ.
+  jax.tree.map(np.testing.assert_array_equal, lora.load_adapter(again.path).adapter.params,
+               trained)

@@ -79,7 +79,7 @@ def adapter_tensors(workdir: pathlib.Path) -> dict:
           for k, v in tree_paths.flatten(record.adapter.params).items()}
 
 
-def _immutable(path: pathlib.Path, on: bool) -> bool:
+def immutable(path: pathlib.Path, on: bool) -> bool:
   """Make `path` unwritable in a way that also binds root (who ignores permissions: chattr +i);
   False where this system cannot."""
   if os.geteuid() != 0:
@@ -116,11 +116,11 @@ def test_kill_9_sigterm_and_a_kill_during_a_write_resume_bit_exactly(tmp_path):
   events.append(("SIGTERM", step_of(parts)))
   assert not (parts / "adapter.lora").exists()
   kept = sorted(os.listdir(parts / "checkpoints"))
-  if _immutable(parts / "checkpoints", True):  # a folder that refuses the next checkpoint
+  if immutable(parts / "checkpoints", True):  # a folder that refuses the next checkpoint
     try:
       refused = Launch(parts, cache, tmp_path / "unwritable.log").end()
     finally:
-      _immutable(parts / "checkpoints", False)
+      immutable(parts / "checkpoints", False)
     out = (tmp_path / "unwritable.log").read_text()
     errors = [line for line in out.splitlines() if line.startswith("train: error:")]
     assert refused == 1 and len(errors) == 1 and "Traceback" not in out, out[-3000:]

@@ -67,23 +67,27 @@ def _compile(pattern: str | None, what: str) -> re.Pattern | None:
 
 
 def select_tracks(pm: pretty_midi.PrettyMIDI, include_regex: str | None,
-                  exclude_regex: str | None, include_drums: bool) -> list[int]:
-  """Indices of the instruments to humanise."""
+                  exclude_regex: str | None, include_drums: bool,
+                  source: str = "the MIDI file") -> list[int]:
+  """Indices of the instruments to humanise; errors about the file name it as `source`."""
   include = _compile(include_regex, "include")
   exclude = _compile(exclude_regex, "exclude")
+  if not any(inst.notes for inst in pm.instruments):
+    raise TrackSelectionError(f"{source}: no notes to humanise")
   names = [f"{i}:{inst.name!r}{' (drums)' if inst.is_drum else ''}"
            for i, inst in enumerate(pm.instruments)]
   included = [i for i, inst in enumerate(pm.instruments)
               if include is None or include.search(inst.name)]
   if include is not None and not included:
-    raise TrackSelectionError(f"include regex {include_regex!r} matches no track; tracks are "
-                              f"{', '.join(names) or 'none'}")
+    raise TrackSelectionError(f"{source}: include regex {include_regex!r} matches no track; "
+                              f"tracks are {', '.join(names) or 'none'}")
   chosen = [i for i in included if not (exclude is not None and exclude.search(
       pm.instruments[i].name)) and (include_drums or not pm.instruments[i].is_drum)]
   if not chosen:
     raise TrackSelectionError(
-        f"no track left to humanise (include {include_regex!r}, exclude {exclude_regex!r}, "
-        f"include_drums {include_drums}); tracks are {', '.join(names) or 'none'}")
+        f"{source}: no track left to humanise (include {include_regex!r}, exclude "
+        f"{exclude_regex!r}, include_drums {include_drums}); tracks are "
+        f"{', '.join(names) or 'none'}")
   return chosen
 
 

@@ -73,6 +73,9 @@ class RunSettings:
   log_every: int  # steps per metrics row
   keep_last: int  # checkpoints kept besides the best
   max_nonfinite_in_a_row: int
+  # Resume a checkpoint written with other settings (the loop's training.allow_changed_config):
+  # a changed learning rate, batch size, ... is refused on resume unless this is set.
+  allow_changed_config: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +95,9 @@ class StageSettings:
     if self.epochs < 1 or self.batch_size < 1:
       raise HierarchyConfigError(f"epochs {self.epochs} and batch_size {self.batch_size} must be "
                                  f">= 1")
+    if self.epochs > config_lib.MAX_STEPS:  # every epoch is at least one step
+      raise HierarchyConfigError(f"epochs {self.epochs} must be <= {config_lib.MAX_STEPS} (the "
+                                 f"step counter is int32)")
     if not 0.0 <= self.warmup_fraction < 1.0:
       raise HierarchyConfigError(f"warmup_fraction {self.warmup_fraction} is not in [0, 1)")
 

@@ -58,6 +58,9 @@ def _train_config(name: str, model: music_lm.LmConfig, spec: lora.LoraSpec,
     raise ValueError(f"the validation split of {', '.join(val.styles)} has {val.n_windows} "
                      f"windows, fewer than the {devices} devices that share an eval batch")
   steps = stage.epochs * steps_per_epoch
+  if steps > train_config.MAX_STEPS:
+    raise ValueError(f"epochs {stage.epochs} of {steps_per_epoch} steps make {steps} steps, more "
+                     f"than the step counter holds ({train_config.MAX_STEPS})")
   return train_config.TrainConfig(
       family=music_lm.NAME,
       name=name,
@@ -79,7 +82,8 @@ def _train_config(name: str, model: music_lm.LmConfig, spec: lora.LoraSpec,
           base_dtype="float32", base_params=base_params, parent_adapter=parent_adapter,
           quantize="",
           eval_every=stage.eval_every or steps, patience=0, log_every=run.log_every,
-          max_nonfinite_in_a_row=run.max_nonfinite_in_a_row))
+          max_nonfinite_in_a_row=run.max_nonfinite_in_a_row,
+          allow_changed_config=run.allow_changed_config))
 
 
 def _log_data(level: str, train: windows.Windows, val: windows.Windows) -> None:

@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 
 from absl import logging
 
-from lora_jax import lora
+from lora_jax import errors, finite, lora
 from lora_jax.interop import flax_weights, loraw, model_size, peft, torch_convert
 from lora_jax.models import transformer
 
@@ -39,14 +39,26 @@ def export_merged(base_path: str, abstract_params: Any, adapter_paths: Sequence[
                   metadata: Mapping[str, str] | None = None) -> None:
   """Fold adapters into the base file's weights and write a PyTorch `.pt`/`.safetensors` file.
 
+  As `merge_adapters` does, everything is checked before the one output is written (atomically):
+  the weights are finite, so are the base's and every adapter's tensors, and so is the result.
   `metadata` goes into a `.safetensors` output (a `.pt` state dict has no place for it).
   """
   if len(weights) != len(adapter_paths):
     raise ValueError(f"{len(adapter_paths)} adapters but {len(weights)} weights")
+  for i, w in enumerate(weights):
+    errors.check_finite(w, f"--weights: weight {i} of {adapter_paths[i]}")
+  if os.path.splitext(output)[1] not in torch_convert.SUFFIXES:
+    raise torch_convert.WeightFileError(f"--output {output} must end in "
+                                        f"{', '.join(torch_convert.SUFFIXES)}")
   base = flax_weights.load_params(base_path, abstract_params)
+  finite.check_tree(base, base_path)
   records = load_checked_adapters(base, adapter_paths, model_family=model_family,
                                   allow_other_base=allow_other_base)
+  for path, record in zip(adapter_paths, records):
+    finite.check_tree(record.adapter.params, path)
   merged = lora.merge(base, [r.adapter for r in records], lora.blend_weights(blend_mode, weights))
+  if records:  # overflow is possible
+    finite.check_tree(merged, f"the merged model (weights {list(weights)})")
   if os.path.splitext(output)[1] == ".safetensors":
     torch_convert.save_safetensors(merged, output, metadata=metadata)
   else:

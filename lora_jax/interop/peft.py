@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 
-from lora_jax import atomic, pickles, tree_paths
+from lora_jax import atomic, finite, pickles, stable_safetensors, tree_paths
 from lora_jax.interop import peft_config
 from lora_jax.lora.adapter import MAGNITUDE, Adapter
 from lora_jax.lora.adapter_file import AdapterRecord
@@ -72,10 +72,12 @@ def export_peft(record: AdapterRecord, folder: str, *, base_model_name: str | No
       "inference_mode": True,
       "modules_to_save": None,
   }
-  os.makedirs(folder, exist_ok=True)
-  atomic.write_text(os.path.join(folder, CONFIG_NAME), json.dumps(config, indent=2, sort_keys=True))
-  with atomic.atomic_path(os.path.join(folder, WEIGHTS_NAME)) as tmp:
-    safetensors.numpy.save_file(tensors, tmp, metadata={"format": "pt"})
+  finite.check_tree(tensors, f"adapter {record.name!r}")
+  # The config and the weights appear together or not at all (a full disk, a read-only folder).
+  with atomic.atomic_paths(os.path.join(folder, CONFIG_NAME),
+                           os.path.join(folder, WEIGHTS_NAME)) as (config_tmp, weights_tmp):
+    atomic.write_text(config_tmp, json.dumps(config, indent=2, sort_keys=True))
+    stable_safetensors.save_numpy(tensors, weights_tmp, metadata={"format": "pt"})
 
 
 def _peft_pattern(patterns: dict, module: str, default):

@@ -194,8 +194,33 @@ def save_safetensors(params: Any, path: str, renames: Renames = (),
 def save_state_dict(params: Any, path: str, renames: Renames = ()) -> None:
   """Write a Flax tree as a `torch.save`d plain dict of tensors, atomically."""
   state_dict = flax_to_state_dict(params, renames)
-  with atomic.atomic_path(path) as tmp:
-    torch.save(state_dict, tmp)
+  with atomic.atomic_path(path) as tmp, open(tmp, "wb") as f:
+    out = _KeepsWriteError(f)
+    try:
+      torch.save(state_dict, out)
+    except RuntimeError:
+      if out.error is not None:  # a full disk, not a bug
+        raise out.error from None
+      raise
+
+
+class _KeepsWriteError:
+  """A file whose failed write is kept: torch.save turns it into a RuntimeError without the
+  errno ('unexpected pos 704 vs 598'), so a full disk would read as a bug."""
+
+  def __init__(self, f):
+    self.f = f
+    self.error: OSError | None = None
+
+  def write(self, data) -> int:
+    try:
+      return self.f.write(data)
+    except OSError as e:
+      self.error = e
+      raise
+
+  def flush(self) -> None:
+    self.f.flush()
 
 
 SUFFIXES = (".safetensors", ".pt", ".pth")  # what `save_torch_file` writes

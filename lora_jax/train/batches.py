@@ -22,6 +22,14 @@ class Position:
   index: int
 
 
+def check_fills(arrays: Mapping[str, np.ndarray], batch_size: int) -> int:
+  """Batches per epoch; a ValueError if the examples do not fill one."""
+  size = len(next(iter(arrays.values())))
+  if size < batch_size:
+    raise ValueError(f"{size} examples do not fill one batch of {batch_size}")
+  return size // batch_size
+
+
 class BatchIterator:
   """Yields (batch, its epoch, whether it ended the epoch) forever; `position` is what follows."""
 
@@ -34,9 +42,7 @@ class BatchIterator:
     self.size = next(iter(sizes.values()))
     self.batch_size = batch_size
     self.seed = seed
-    self.steps_per_epoch = self.size // batch_size
-    if self.steps_per_epoch == 0:
-      raise ValueError(f"{self.size} examples do not fill one batch of {batch_size}")
+    self.steps_per_epoch = check_fills(self.arrays, batch_size)
     if not 0 <= position.index < self.steps_per_epoch:
       raise ValueError(f"position {position} is outside an epoch of {self.steps_per_epoch} steps")
     self.position = position

@@ -124,6 +124,9 @@ class MeshConfig:
   model: int
 
 
+MAX_STEPS = 2**31 - 1  # the train state counts steps in int32
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
   """What trains, for how long, and how carefully."""
@@ -151,6 +154,9 @@ class TrainingConfig:
   def __post_init__(self):
     _at_least(self, 1, "training", "steps", "eval_every", "log_every", "max_nonfinite_in_a_row")
     _at_least(self, 0, "training", "patience")
+    if isinstance(self.steps, int) and self.steps > MAX_STEPS:
+      raise ConfigError(f"config.training.steps {self.steps} is more than the step counter holds "
+                        f"({MAX_STEPS}, int32)")
     if self.type not in ("lora", "full"):
       raise ConfigError(f"training.type must be 'lora' or 'full', got {self.type!r}")
     if self.relora_every < 0 or not 0 <= self.relora_warmup <= max(self.relora_every, 0):

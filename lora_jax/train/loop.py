@@ -1,6 +1,7 @@
 """The one training loop every model family shares, read top to bottom in `_train`.
 
-First the workdir is locked (`workdir_lock`: a second run into it is refused), then the newest
+First the settings are checked against the model and the data, writing nothing (`_prepare`);
+then the workdir is locked (`workdir_lock`: a second run into it is refused), then the newest
 complete checkpoint whose settings match is restored (`resume`), if any. Before the first step the
 untrained model is evaluated (row 0 of the CSV: the bar to beat). Per step: draw a batch, dispatch
 the jitted train step, then read back the previous step's metrics, so the host never waits for the
@@ -14,6 +15,7 @@ checkpoint with the lowest validation loss (`ckpt.export = 'best'`, the default:
 stopping or overfitting the last step is not the best) or the last step's (`'final'`).
 """
 
+import contextlib
 import dataclasses
 import os
 from typing import Any, Sequence
@@ -22,7 +24,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from lora_jax import errors, families, lora
+from lora_jax import disk_errors, errors, families, lora
 from lora_jax.interop import flax_weights
 from lora_jax.train import batches
 from lora_jax.train import checkpoint
@@ -146,17 +148,44 @@ def train(config: TrainConfig, workdir: str, *, devices: Sequence[jax.Device] | 
 
   `stop_after` stops after that many steps of this call, as a signal would: checkpointed and
   resumable (a time-sliced scheduler's hook, and how tests interrupt a run).
+
+  Nothing is written before the settings and the data passed every check (`_prepare`). Where the
+  workdir exists its lock is taken first, so a busy workdir is refused before any work; a new
+  workdir is made, and locked, only once the checks passed, so a refused run leaves no folder.
   """
-  os.makedirs(workdir, exist_ok=True)
   metrics_lib.quiet_orbax()
-  with workdir_lock.WorkdirLock(workdir, jax.process_index()), _CompileCounter() as compiles, \
-      preemption.StopRequest() as stop:
+  existed = os.path.isdir(workdir)
+  with contextlib.ExitStack() as held:
+    lock = lambda: held.enter_context(workdir_lock.WorkdirLock(workdir, jax.process_index()))
+    if existed:
+      lock()
+    prepared = _prepare(config, devices)
+    if not existed:
+      os.makedirs(workdir, exist_ok=True)
+      lock()
+    compiles = held.enter_context(_CompileCounter())
+    stop = held.enter_context(preemption.StopRequest())
     try:
-      return _train(config, workdir, devices, stop_after, stop, compiles)
+      return _train(config, workdir, prepared, stop_after, stop, compiles)
     except BaseException as e:
+      disk = disk_errors.describe(e)
       if is_primary():
-        metrics_lib.write_status(workdir, state="failed", message=f"{type(e).__name__}: {e}")
+        _record_failure(workdir, e, disk)
+      if disk is not None:  # one line, not Orbax's traceback from a writer thread
+        raise disk_errors.StorageError(
+            f"{disk}; the run stopped and keeps its complete checkpoints: make room (or make "
+            f"the folder writable) and run the same command again to resume") from e
       raise
+
+
+def _record_failure(workdir: str, e: BaseException, disk: str | None) -> None:
+  """status.json 'failed' and why; on a full or read-only disk that write may fail too, and the
+  run's own error is the one to report."""
+  try:
+    metrics_lib.write_status(workdir, state="failed",
+                             message=disk or f"{type(e).__name__}: {e}")
+  except OSError as write_error:
+    logging.warning("could not record the failure in status.json: %s", write_error)
 
 
 def _check_batches(config: TrainConfig, mesh) -> None:
@@ -169,9 +198,21 @@ def _check_batches(config: TrainConfig, mesh) -> None:
   mesh_lib.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
 
 
-def _train(config: TrainConfig, workdir: str, devices, stop_after: int | None,
-           stop: preemption.StopRequest, compiles: _CompileCounter) -> Result:
-  tc, total, accum = config.training, config.training.steps, config.opt.grad_accum_steps
+@dataclasses.dataclass(frozen=True)
+class _Prepared:
+  """What `_prepare` checked and built; nothing of it is on disk."""
+
+  family: Any
+  mesh: Any
+  train_arrays: dict
+  val_batches: list
+  setup: state_lib.Setup
+
+
+def _prepare(config: TrainConfig, devices) -> _Prepared:
+  """Every check of the settings against the model and the data (ranks, batch sizes, token ids,
+  a parent adapter), and the run's initial arrays; writes nothing."""
+  tc = config.training
   pol = precision.policy(tc.precision, tc.base_dtype)
   family = families.lookup(config.family).make(config.model, pol.compute_dtype)
   mesh = mesh_lib.make_mesh(config.mesh, devices)
@@ -179,9 +220,16 @@ def _train(config: TrainConfig, workdir: str, devices, stop_after: int | None,
                mesh.devices.flat[0].platform)
   _check_batches(config, mesh)
   train_arrays, val_arrays = batches.load(config.data, family, tc.seed)
+  batches.check_fills(train_arrays, config.data.batch_size)
   val_batches = batches.eval_batches(val_arrays, config.data.eval_batch_size)
+  return _Prepared(family, mesh, train_arrays, val_batches, state_lib.setup(config, family, mesh))
 
-  setup = state_lib.setup(config, family, mesh)
+
+def _train(config: TrainConfig, workdir: str, prepared: _Prepared, stop_after: int | None,
+           stop: preemption.StopRequest, compiles: _CompileCounter) -> Result:
+  tc, total, accum = config.training, config.training.steps, config.opt.grad_accum_steps
+  family, mesh, setup = prepared.family, prepared.mesh, prepared.setup
+  train_arrays, val_batches = prepared.train_arrays, prepared.val_batches
   if setup.targets:
     logging.info(lora.describe(setup.targets))
   meta = metadata(config, family.name, setup.base_fingerprint)
@@ -292,8 +340,10 @@ def _train(config: TrainConfig, workdir: str, devices, stop_after: int | None,
         export_params = relora.merged_model(export_base, (
             *frozen.parents, lora.Adapter(export_params, frozen.scales)))
   finally:  # in-flight saves complete, files close, also when the run fails
-    ckpts.close()
-    progress.close()
+    try:
+      ckpts.close()
+    finally:
+      progress.close()
   params = state_lib.host_params(state.params)
   export_path = ""
   if ended != "stopped":

@@ -15,13 +15,15 @@ import json
 import logging as py_logging
 import math
 import os
+import sys
 import time
+import traceback
 
 import numpy as np
 import tensorboardX
 from absl import logging
 
-from lora_jax import atomic
+from lora_jax import atomic, disk_errors
 
 FIXED = ("step", "epoch", "train_loss", "val_loss", "lr")
 TRAILING = ("grad_norm", "skipped", "loss_scale", "steps_per_s")
@@ -55,7 +57,9 @@ class MetricsWriter:
                          f"use a fresh workdir")
       # Rows of the steps the restored state has done; at step 0 none, as the loop writes the
       # baseline row again (a run killed before its first checkpoint left one behind).
-      kept = [r for r in rows[1:] if int(r[0]) <= resume_step] if resume_step > 0 else []
+      # A row cut short by a full disk is dropped with the rest past the checkpoint.
+      kept = ([r for r in rows[1:] if len(r) == len(header) and int(r[0]) <= resume_step]
+              if resume_step > 0 else [])
       buffer = io.StringIO()
       csv.writer(buffer).writerows([header] + kept)
       atomic.write_text(self.path, buffer.getvalue())
@@ -78,7 +82,18 @@ class MetricsWriter:
     self.tb.flush()
 
   def close(self) -> None:
-    self.tb.close()
+    try:
+      self.tb.close()
+    except OSError:
+      # The events could not be flushed (a full disk): give them up. Stop the writer thread and
+      # mark the writers closed, or the thread and tensorboardX's exit hook each print a
+      # traceback after the run's error line. pylint: disable=protected-access
+      for writer in (self.tb.all_writers or {}).values():
+        events = writer.event_writer
+        if not events._closed and events._worker is not None:
+          events._worker.stop()
+        events._closed = True
+      raise
 
 
 class Progress:
@@ -170,19 +185,52 @@ def write_status(workdir: str, **fields) -> None:
 
 
 class _OrbaxInfoFilter(py_logging.Filter):
-  """Drops Orbax's per-save INFO chatter (dozens of lines a checkpoint) and its warning that a
-  checkpoint came without metrics (periodic ones have no validation loss, by design)."""
+  """Drops Orbax's per-save INFO chatter (dozens of lines a checkpoint), its warning that a
+  checkpoint came without metrics (periodic ones have no validation loss, by design), and the
+  tracebacks its writer threads log when the disk refuses a write: that error reaches the loop,
+  which reports it as one line (`disk_errors`)."""
 
   def filter(self, record: py_logging.LogRecord) -> bool:
     if "/orbax/" not in record.pathname:
       return True
+    if record.exc_info and disk_errors.describe(record.exc_info[1]) is not None:
+      return False
     if record.levelno == py_logging.WARNING:
       return not str(record.msg).startswith("Requested `tracked_metric`")
     return record.levelno > py_logging.WARNING
 
 
+class _DiskErrorFilter(py_logging.Filter):
+  """Drops asyncio's 'Task exception was never retrieved' for Orbax's writer tasks that the disk
+  refused: the loop reports that error as one line."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return not (record.exc_info and disk_errors.describe(record.exc_info[1]) is not None)
+
+
+def _closed_loop_callback(kind, value, tb) -> bool:
+  """Whether an uncaught error is tensorstore failing to hand a finished write back to an event
+  loop that Orbax already closed, after an earlier write failed (and was reported)."""
+  frames = traceback.extract_tb(tb)
+  return (kind is RuntimeError and str(value) == "Event loop is closed" and bool(frames)
+          and frames[0].name == "call_soon_threadsafe")
+
+
+def _quiet_unraisablehook(hook):
+  def unraisablehook(unraisable):
+    if not _closed_loop_callback(unraisable.exc_type, unraisable.exc_value,
+                                 unraisable.exc_traceback):
+      hook(unraisable)
+  unraisablehook.quiet_orbax = True
+  return unraisablehook
+
+
 def quiet_orbax() -> None:
-  """Install the Orbax INFO filter on absl's logger, once."""
-  logger = py_logging.getLogger("absl")
-  if not any(isinstance(f, _OrbaxInfoFilter) for f in logger.filters):
-    logger.addFilter(_OrbaxInfoFilter())
+  """Install the Orbax filters on absl's and asyncio's loggers and on `sys.unraisablehook`
+  (which tensorstore's callbacks report through), once."""
+  for name, kind in (("absl", _OrbaxInfoFilter), ("asyncio", _DiskErrorFilter)):
+    logger = py_logging.getLogger(name)
+    if not any(isinstance(f, kind) for f in logger.filters):
+      logger.addFilter(kind())
+  if not getattr(sys.unraisablehook, "quiet_orbax", False):
+    sys.unraisablehook = _quiet_unraisablehook(sys.unraisablehook)
