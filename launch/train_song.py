@@ -8,17 +8,19 @@ token files (manifest.jsonl and {idx}.pt). Running it again resumes; SIGTERM che
 exits with status 75. Bad input ends in one error line and exit status 1.
 """
 
+import os
+
 from absl import flags
-from ml_collections import config_flags
 
 from lora_jax import cli
 from lora_jax.song import command
 from lora_jax.train import exit_status
 
 _CONFIG = flags.DEFINE_string("config", None, "The fork's train_config.yaml.")
-_DEFAULTS = config_flags.DEFINE_config_file(
-    "defaults", "configs/song_lm.py", "The song_lm config the YAML is read over; it declares "
-    "every field the YAML does not set.")
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_DEFAULTS = cli.define_config(
+    os.path.join(_ROOT, "configs", "song_lm.py"), "The song_lm config the YAML is read over; it "
+    "declares every field the YAML does not set.", name="defaults")
 flags.mark_flags_as_required(["config"])
 
 

@@ -92,11 +92,12 @@ def quiet_missing_tpu() -> None:
     logger.addFilter(_NoTpuLineFilter())
 
 
-def define_config(default: str, help_string: str) -> flags.FlagHolder:
-  """`--config`: a locked config file, `default` unless given; `run` applies the default."""
-  _CONFIG_DEFAULTS["config"] = default
-  holder = config_flags.DEFINE_config_file("config", None, help_string, lock_config=True)
-  flags.FLAGS["config"].default_as_str = repr(default)  # what --help shows
+def define_config(default: str, help_string: str, name: str = "config") -> flags.FlagHolder:
+  """`--config` (or `--<name>`): a locked config file, `default` unless given; `run` applies the
+  default."""
+  _CONFIG_DEFAULTS[name] = default
+  holder = config_flags.DEFINE_config_file(name, None, help_string, lock_config=True)
+  flags.FLAGS[name].default_as_str = repr(default)  # what --help shows
   return holder
 
 
