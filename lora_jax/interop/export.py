@@ -99,19 +99,31 @@ def export_adapter_peft(adapter_path: str, folder: str, *, base_path: str | None
 
 
 ADAPTER_FORMATS = ("loraw", "comfyui", "lora")
+# What --to=lora reads: a LoRAW checkpoint, or ComfyUI-named safetensors.
+SOURCE_FORMATS = ("loraw", "comfyui")
 
 
 def convert_adapter(input_path: str, output: str, to: str, *, base_path: str | None = None,
                     config_model: Any = None, prefix: str = "", alpha: float | None = None,
                     rank: int | None = None, multiplier: float = 1.0,
-                    model_family: str = "music_lm") -> str:
-  """A `.lora` to a LoRAW checkpoint or ComfyUI safetensors, or a LoRAW checkpoint to a `.lora`.
+                    model_family: str = "music_lm", source: str = "loraw") -> str:
+  """A `.lora` to a LoRAW checkpoint or ComfyUI safetensors, or either (`source`) to a `.lora`.
 
   Returns a line for the log (for LoRAW, the alpha and rank its config needs).
   """
   if to not in ADAPTER_FORMATS:
     raise ValueError(f"unknown adapter format {to!r}; choose one of {', '.join(ADAPTER_FORMATS)}")
   base = _base(base_path, config_model) if base_path else None
+  if to == "lora" and source == "comfyui":
+    if base is None:
+      raise ValueError("reading a ComfyUI LoRA file needs --input_base (the base it adapts)")
+    record = loraw.read_comfyui(input_path, base, prefix=prefix, model_family=model_family,
+                                base_fingerprint=lora.fingerprint(base))
+    lora.save_adapter(output, record)
+    return f"{len(record.adapter.modules())} modules, use_dora={record.spec.use_dora}"
+  if source not in SOURCE_FORMATS:
+    raise ValueError(f"unknown source format {source!r}; choose one of "
+                     f"{', '.join(SOURCE_FORMATS)}")
   if to == "lora":
     if base is None or alpha is None:
       raise ValueError("reading a LoRAW file needs --input_base (the base it adapts) and --alpha "
@@ -126,7 +138,7 @@ def convert_adapter(input_path: str, output: str, to: str, *, base_path: str | N
   else:
     record = load_checked_adapters(base, [input_path], model_family=model_family)[0]
   if to == "comfyui":
-    loraw.write_comfyui(record, output, prefix=prefix)
+    loraw.write_comfyui(record, output, prefix=prefix, base_params=base)
     return f"{len(record.adapter.modules())} modules in ComfyUI's naming"
   alpha, rank = loraw.write(record, output, prefix=prefix, base_params=base)
   return f"LoRAW config: rank {rank}, alpha {alpha:g}, multiplier 1"
