@@ -62,7 +62,7 @@ def _config(arm: str, model: music_lm.LmConfig, train: windows.Windows, val: win
       "data.batch_size": _BATCH.value, "data.eval_batch_size": eval_batch,
       "ckpt.every_steps": _EVAL.value, "ckpt.export": "final",
       # Every checkpoint kept: bench/relora_requant_error.py reads the base after each fold.
-      "ckpt.keep_last": _STEPS.value // _EVAL.value + 1,
+      "ckpt.keep_last": _STEPS.value,
       "training.quantize": _QUANT.value if arm.startswith("q") else "",
       "training.type": "full" if full else "lora", "training.steps": _STEPS.value,
       "training.base_params": _BASE.value, "training.eval_every": _EVAL.value,

@@ -6,6 +6,8 @@ python launch/convert_adapter.py --to=loraw --input=pop.lora --output=pop.ckpt \
 python launch/convert_adapter.py --to=comfyui --input=pop.lora --output=pop_comfyui.safetensors
 python launch/convert_adapter.py --to=lora --input=pop.ckpt --output=pop.lora \
   --input_base=assets/base_model/base_model.safetensors --alpha=16 --multiplier=1
+python launch/convert_adapter.py --to=merged --input=biased_dora.ckpt --output=merged.safetensors \
+  --input_base=assets/base_model/base_model.safetensors --alpha=16   # any LoRAW file, exactly
 python launch/convert_adapter.py --to=lora --from=comfyui --input=pop_comfyui.safetensors \
   --output=pop.lora --input_base=assets/base_model/base_model.safetensors
 A DoRA adapter needs --input_base both ways (LoRAW's DoRA is only exact on layers without bias;

@@ -98,7 +98,7 @@ def export_adapter_peft(adapter_path: str, folder: str, *, base_path: str | None
   peft.export_peft(record, folder, base_model_name=base_model_name)
 
 
-ADAPTER_FORMATS = ("loraw", "comfyui", "lora")
+ADAPTER_FORMATS = ("loraw", "comfyui", "lora", "merged")
 # What --to=lora reads: a LoRAW checkpoint, or ComfyUI-named safetensors.
 SOURCE_FORMATS = ("loraw", "comfyui")
 
@@ -114,6 +114,17 @@ def convert_adapter(input_path: str, output: str, to: str, *, base_path: str | N
   if to not in ADAPTER_FORMATS:
     raise ValueError(f"unknown adapter format {to!r}; choose one of {', '.join(ADAPTER_FORMATS)}")
   base = _base(base_path, config_model) if base_path else None
+  if to == "merged":  # a LoRAW file folded into its base, LoRAW's forward exactly
+    if base is None or alpha is None:
+      raise ValueError("merging a LoRAW file needs --input_base (the base it adapts) and --alpha")
+    merged = loraw.merged_params(input_path, base, alpha=alpha, rank=rank, multiplier=multiplier,
+                                 prefix=prefix)
+    size = model_size.resolve(flax_weights.read_metadata(base_path), config_model,
+                              os.path.basename(base_path))
+    flax_weights.save_params(merged, output, {"source": os.path.basename(input_path),
+                                              "base": os.path.basename(base_path),
+                                              **model_size.metadata_of(size)})
+    return "LoRAW file merged into the base (its bias scaling included)"
   if to == "lora" and source == "comfyui":
     if base is None:
       raise ValueError("reading a ComfyUI LoRA file needs --input_base (the base it adapts)")
