@@ -8,7 +8,7 @@ import safetensors.torch
 import torch
 
 from lora_jax import lora, tree_paths
-from lora_jax.interop import loraw
+from lora_jax.interop import comfyui
 import peft_interop_test
 import testlib
 
@@ -34,9 +34,9 @@ def test_comfyui_dora_file_merges_as_lora_jax_and_reads_back(tmp_path):
   adapter = peft_interop_test.random_dora_adapter(params, DORA, 5)
   record = lora.AdapterRecord(adapter, DORA, lora.fingerprint(params), "music_lm", "d")
   path = str(tmp_path / "dora.safetensors")
-  with pytest.raises(loraw.LorawFormatError, match="needs the base"):
-    loraw.write_comfyui(record, path)
-  loraw.write_comfyui(record, path, base_params=params)
+  with pytest.raises(comfyui.LorawFormatError, match="needs the base"):
+    comfyui.write_comfyui(record, path)
+  comfyui.write_comfyui(record, path, base_params=params)
   tensors = safetensors.torch.load_file(path)
   flat = tree_paths.flatten(params)
   merged = tree_paths.flatten(lora.merge(params, [adapter]))
@@ -53,7 +53,7 @@ def test_comfyui_dora_file_merges_as_lora_jax_and_reads_back(tmp_path):
     print(f"{stem}: ComfyUI's merged weight vs lora_jax's merge, max abs diff {diff:.2e}")
     assert diff <= 1e-5
   # Read back: factors and scales exactly, the magnitude to float32 rounding; the same merge.
-  back = loraw.read_comfyui(path, params)
+  back = comfyui.read_comfyui(path, params)
   assert back.spec.use_dora and back.adapter.modules().keys() == adapter.modules().keys()
   for keys, (a, b, s) in adapter.modules().items():
     a2, b2, s2 = back.adapter.modules()[keys]
@@ -72,8 +72,8 @@ def test_comfyui_plain_lora_reads_back_bit_exactly_and_input_axis_dora_is_refuse
   spec = lora.LoraSpec(rank=4, alpha=6, target_modules=("attn.q_proj", "ff.in"))
   adapter = testlib.random_adapter(params, spec, 3)
   path = str(tmp_path / "pop.safetensors")
-  loraw.write_comfyui(lora.AdapterRecord(adapter, spec, "", "music_lm"), path)
-  back = loraw.read_comfyui(path, params)
+  comfyui.write_comfyui(lora.AdapterRecord(adapter, spec, "", "music_lm"), path)
+  back = comfyui.read_comfyui(path, params)
   assert not back.spec.use_dora
   for keys, (a, b, s) in adapter.modules().items():
     a2, b2, s2 = back.adapter.modules()[keys]
@@ -84,10 +84,10 @@ def test_comfyui_plain_lora_reads_back_bit_exactly_and_input_axis_dora_is_refuse
   stem = "lora_unet_blocks_0_ff_in"
   tensors[f"{stem}.dora_scale"] = torch.ones(1, tensors[f"{stem}.lora_down.weight"].shape[1])
   safetensors.torch.save_file(tensors, path)
-  with pytest.raises(loraw.LorawFormatError, match="only the output-axis form"):
-    loraw.read_comfyui(path, params)
+  with pytest.raises(comfyui.LorawFormatError, match="only the output-axis form"):
+    comfyui.read_comfyui(path, params)
   tensors.pop(f"{stem}.dora_scale")
   tensors["lora_unet_blocks_9_ff_in.alpha"] = torch.tensor(1.0)
   safetensors.torch.save_file(tensors, path)
-  with pytest.raises(loraw.LorawFormatError, match="lora_unet_blocks_9_ff_in is no dense layer"):
-    loraw.read_comfyui(path, params)
+  with pytest.raises(comfyui.LorawFormatError, match="lora_unet_blocks_9_ff_in is no dense layer"):
+    comfyui.read_comfyui(path, params)

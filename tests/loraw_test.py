@@ -10,7 +10,7 @@ import safetensors.torch
 import torch
 
 from lora_jax import lora, tree_paths
-from lora_jax.interop import loraw
+from lora_jax.interop import comfyui, loraw
 import peft_interop_test
 import testlib
 
@@ -132,7 +132,7 @@ def test_comfyui_naming(tmp_path):
   _, params = testlib.tiny_model()
   adapter = testlib.random_adapter(params, SPEC, 3)
   path = str(tmp_path / "pop.safetensors")
-  loraw.write_comfyui(lora.AdapterRecord(adapter, SPEC, "", "music_lm"), path)
+  comfyui.write_comfyui(lora.AdapterRecord(adapter, SPEC, "", "music_lm"), path)
   tensors = safetensors.torch.load_file(path)
   a, b, scale = adapter.modules()[("blocks_1", "ff", "in")]
   stem = "lora_unet_blocks_1_ff_in"

@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 from absl import logging
 
 from lora_jax import lora
-from lora_jax.interop import flax_weights, loraw, model_size, peft, torch_convert
+from lora_jax.interop import comfyui, flax_weights, loraw, model_size, peft, torch_convert
 from lora_jax.models import transformer
 
 
@@ -128,7 +128,7 @@ def convert_adapter(input_path: str, output: str, to: str, *, base_path: str | N
   if to == "lora" and source == "comfyui":
     if base is None:
       raise ValueError("reading a ComfyUI LoRA file needs --input_base (the base it adapts)")
-    record = loraw.read_comfyui(input_path, base, prefix=prefix, model_family=model_family,
+    record = comfyui.read_comfyui(input_path, base, prefix=prefix, model_family=model_family,
                                 base_fingerprint=lora.fingerprint(base))
     lora.save_adapter(output, record)
     return f"{len(record.adapter.modules())} modules, use_dora={record.spec.use_dora}"
@@ -149,7 +149,7 @@ def convert_adapter(input_path: str, output: str, to: str, *, base_path: str | N
   else:
     record = load_checked_adapters(base, [input_path], model_family=model_family)[0]
   if to == "comfyui":
-    loraw.write_comfyui(record, output, prefix=prefix, base_params=base)
+    comfyui.write_comfyui(record, output, prefix=prefix, base_params=base)
     return f"{len(record.adapter.modules())} modules in ComfyUI's naming"
   alpha, rank = loraw.write(record, output, prefix=prefix, base_params=base)
   return f"LoRAW config: rank {rank}, alpha {alpha:g}, multiplier 1"
