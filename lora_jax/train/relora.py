@@ -57,16 +57,20 @@ def reset(state: state_lib.TrainState, base: Any, scales: Any, key_data: jax.Arr
           tx: optax.GradientTransformation) -> tuple[state_lib.TrainState, Any]:
   """Fold the adapter into `base`, restart its factors and optimiser state (module docstring)."""
   new_base = lora.merge(base, [lora.Adapter(state.params, scales)])
-  return restart(state, key_data, every=every, targets=targets, spec=spec, dtype=dtype,
+  return restart(state, key_data, new_base, every=every, targets=targets, spec=spec, dtype=dtype,
                  tx=tx), new_base
 
 
-def restart(state: state_lib.TrainState, key_data: jax.Array, *, every: int, targets: tuple,
-            spec: lora.LoraSpec, dtype: Any, tx: optax.GradientTransformation
+def restart(state: state_lib.TrainState, key_data: jax.Array, folded: Any, *, every: int,
+            targets: tuple, spec: lora.LoraSpec, dtype: Any, tx: optax.GradientTransformation
             ) -> state_lib.TrainState:
-  """Steps 2 and 3 of a reset: fresh factors from the reset's key, optimiser state restarted."""
+  """Steps 2 and 3 of a reset: fresh factors from the reset's key, optimiser state restarted.
+
+  `folded` (a tree holding at least the adapted kernels, after the fold) gives a DoRA adapter's
+  fresh magnitudes: the folded kernels' column norms, so with B = 0 the function is unchanged.
+  """
   key = jax.random.fold_in(jax.random.wrap_key_data(key_data), state.step // every)
-  params = lora.init_params(targets, spec, key, dtype)
+  params = lora.init_params(targets, spec, key, dtype, folded if spec.use_dora else None)
   return state.replace(params=params, opt_state=_restart_opt_state(tx, params, state.opt_state))
 
 
@@ -82,8 +86,10 @@ def fold_quantized(state: state_lib.TrainState, base: Any, scales: Any, key_data
   where the kernel is quantised (to be re-quantised on the host), in its dtype otherwise."""
   adapter = lora.Adapter(state.params, scales)
   kernels = adapted_kernels(base, adapter)
-  folded = tree_paths.flatten(lora.merge(tree_paths.unflatten(kernels), [adapter]))
-  return restart(state, key_data, **kw), folded
+  folded = lora.merge(tree_paths.unflatten(kernels), [adapter])
+  # DoRA's fresh magnitudes are the float fold's norms: the re-quantisation's rounding is then
+  # the only change of function at the reset, as for plain LoRA.
+  return restart(state, key_data, folded, **kw), tree_paths.flatten(folded)
 
 
 def requantize(folded: dict, base: Any, kind: str, base_shardings: Any) -> Any:
