@@ -256,3 +256,24 @@ def test_loraw_dora_on_biased_layers_merges_as_loraw_computes(tmp_path):
                              atol=1e-6)
   assert not np.allclose(flat[("blocks_0", "attn", "q_proj", "bias")],
                          peft_merged[("blocks_0", "attn", "q_proj", "bias")])
+
+
+def test_convert_adapter_to_merged_writes_a_sized_base_file(tmp_path):
+  import pathlib
+  from lora_jax.hierarchy import base_file
+  from lora_jax.interop import export, flax_weights, model_size
+  shipped = str(pathlib.Path(__file__).parents[1] / "assets" / "base_model" /
+                "base_model.safetensors")
+  base = base_file.load_model(shipped)
+  spec = lora.LoraSpec(rank=4, alpha=8, target_modules=("q_proj", "ff.in"))
+  adapter = testlib.random_adapter(base.params, spec, 2)
+  record = lora.AdapterRecord(adapter, spec, base.fingerprint, "music_lm", "pop")
+  loraw.write(record, str(tmp_path / "pop.ckpt"))
+  out = str(tmp_path / "merged.safetensors")
+  export.convert_adapter(str(tmp_path / "pop.ckpt"), out, "merged", base_path=shipped, alpha=8)
+  meta = flax_weights.read_metadata(out)
+  assert model_size.recorded(meta, "merged") is not None and meta["source"] == "pop.ckpt"
+  got = tree_paths.flatten(flax_weights.load_params(out, base.params))
+  want = tree_paths.flatten(lora.merge(base.params, [adapter]))
+  for k, v in want.items():
+    np.testing.assert_allclose(got[k], np.asarray(v), rtol=1e-6, atol=1e-6, err_msg=str(k))
