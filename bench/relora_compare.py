@@ -39,7 +39,10 @@ _FULL_LR = flags.DEFINE_float("full_lr", 3e-4, "Peak learning rate of full fine-
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Windows per step.")
 _SEQ = flags.DEFINE_integer("seq_len", 128, "Tokens per window.")
 _EVAL = flags.DEFINE_integer("eval_every", 50, "Steps between evaluations.")
-_ARMS = flags.DEFINE_list("arms", ["lora", "relora", "full"], "Which runs.")
+_ARMS = flags.DEFINE_list("arms", ["lora", "relora", "full"],
+                          "Which runs: lora, relora, full, and qlora, qrelora (the first two over "
+                          "a base quantised as --quantize).")
+_QUANT = flags.DEFINE_string("quantize", "nf4", "Base format of the qlora and qrelora arms.")
 
 TARGETS = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj", "ff.in", "ff.out",
            "head")
@@ -48,6 +51,7 @@ TARGETS = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj", "ff.in"
 def _config(arm: str, model: music_lm.LmConfig, train: windows.Windows, val: windows.Windows,
             eval_batch: int) -> config_lib.TrainConfig:
   full, rank = arm == "full", _RANK.value
+  relora = arm in ("relora", "qrelora")
   overrides = {
       "name": f"relora_compare_{arm}",
       "lora.rank": rank, "lora.alpha": 2.0 * rank, "lora.dropout": 0.0,
@@ -57,11 +61,14 @@ def _config(arm: str, model: music_lm.LmConfig, train: windows.Windows, val: win
       "data.path": train.path, "data.val_path": val.path, "data.val_fraction": 0.0,
       "data.batch_size": _BATCH.value, "data.eval_batch_size": eval_batch,
       "ckpt.every_steps": _EVAL.value, "ckpt.export": "final",
+      # Every checkpoint kept: bench/relora_requant_error.py reads the base after each fold.
+      "ckpt.keep_last": _STEPS.value,
+      "training.quantize": _QUANT.value if arm.startswith("q") else "",
       "training.type": "full" if full else "lora", "training.steps": _STEPS.value,
       "training.base_params": _BASE.value, "training.eval_every": _EVAL.value,
       "training.log_every": _EVAL.value,
-      "training.relora_every": _EVERY.value if arm == "relora" else 0,
-      "training.relora_warmup": _REWARM.value if arm == "relora" else 0}
+      "training.relora_every": _EVERY.value if relora else 0,
+      "training.relora_warmup": _REWARM.value if relora else 0}
   config = config_lib.load(os.path.join(_ROOT, "configs", "music_lm.py"), None, overrides)
   return dataclasses.replace(config, model=model)
 
@@ -104,7 +111,9 @@ def main(argv):
   rank = _RANK.value
   names = {"lora": f"LoRA r={rank}",
            "relora": f"ReLoRA r={rank}, fold every {_EVERY.value}, re-warm {_REWARM.value}",
-           "full": "full fine-tuning"}
+           "full": "full fine-tuning", "qlora": f"QLoRA r={rank} ({_QUANT.value} base)",
+           "qrelora": f"ReLoRA r={rank} over a {_QUANT.value} base, fold every {_EVERY.value}, "
+                      f"re-warm {_REWARM.value}"}
   print(f"\n| run | trainable params | val loss at step 0 | best val loss | final val loss | "
         f"steps | seconds |\n|---|---:|---:|---:|---:|---:|---:|")
   for arm, trainable, first, best, last, steps, seconds in rows:

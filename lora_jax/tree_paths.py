@@ -33,9 +33,10 @@ def dotted(keys: Iterable[str]) -> str:
   return ".".join(component(k) for k in keys)
 
 
-def flatten(tree: Any) -> dict[tuple[str, ...], Any]:
-  """Nested dict tree to {key tuple: leaf}, in the tree's own (sorted) order."""
-  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+def flatten(tree: Any, is_leaf=None) -> dict[tuple[str, ...], Any]:
+  """Nested dict tree to {key tuple: leaf}, in the tree's own (sorted) order; `is_leaf` as in
+  jax.tree (a quantised kernel, say, kept whole)."""
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
   return {tuple(key_name(k) for k in path): leaf for path, leaf in leaves}
 
 

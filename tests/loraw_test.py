@@ -10,7 +10,7 @@ import safetensors.torch
 import torch
 
 from lora_jax import lora, tree_paths
-from lora_jax.interop import loraw
+from lora_jax.interop import comfyui, loraw
 import peft_interop_test
 import testlib
 
@@ -132,7 +132,7 @@ def test_comfyui_naming(tmp_path):
   _, params = testlib.tiny_model()
   adapter = testlib.random_adapter(params, SPEC, 3)
   path = str(tmp_path / "pop.safetensors")
-  loraw.write_comfyui(lora.AdapterRecord(adapter, SPEC, "", "music_lm"), path)
+  comfyui.write_comfyui(lora.AdapterRecord(adapter, SPEC, "", "music_lm"), path)
   tensors = safetensors.torch.load_file(path)
   a, b, scale = adapter.modules()[("blocks_1", "ff", "in")]
   stem = "lora_unet_blocks_1_ff_in"
@@ -220,3 +220,60 @@ def test_duv_family_loraw_and_peft_dora(tmp_path):
   diff = np.abs(torch_out(peft_model) - want).max()
   print(f"duv: DoRA PEFT export vs JAX: max abs diff {diff:.2e}")
   assert diff <= 1e-4
+
+
+def test_loraw_dora_on_biased_layers_merges_as_loraw_computes(tmp_path):
+  # LoRAW's DoRA scales the bias too, and its multiplier scales the delta but not the norm: no
+  # adapter form here, but the merged model is LoRAW's forward exactly.
+  model, params = peft_interop_test.randomised_base()  # every layer has a nonzero bias
+  adapter = peft_interop_test.random_dora_adapter(params, DORA, 4)
+  state = {}
+  for keys, (a, b, _) in adapter.modules().items():
+    stem = tree_paths.dotted(keys).replace(".", "/")
+    state[f"{stem}/lora_down.weight"] = torch.from_numpy(np.asarray(a, np.float32).T.copy())
+    state[f"{stem}/lora_up.weight"] = torch.from_numpy(np.asarray(b, np.float32).T.copy())
+    m = np.asarray(adapter.magnitudes()[keys], np.float32)
+    state[f"{stem}/dora_mag.weight"] = torch.from_numpy(m[:, None].copy())
+    state[f"{stem}/dora_mag.bias"] = torch.zeros(m.shape[0])
+  path = str(tmp_path / "biased.ckpt")
+  torch.save(state, path)
+  with pytest.raises(loraw.LorawFormatError, match="has a bias"):
+    loraw.read(path, params, alpha=4)
+  x = testlib.tokens(2, 16)
+  for multiplier in (1.0, 0.6):
+    merged = loraw.merged_params(path, params, alpha=4, multiplier=multiplier)
+    twin = apply_by_hand(peft_interop_test.torch_twin(params), state, 4, multiplier)
+    want = peft_interop_test.torch_logits(twin, x)
+    got = np.asarray(model.apply({"params": merged}, x, deterministic=True))
+    diff = np.abs(got - want).max()
+    print(f"biased LoRAW DoRA, multiplier {multiplier}: merged vs LoRAW's forward {diff:.2e}")
+    assert diff <= 1e-4
+  # The bias moved (LoRAW's g * b), so this is not PEFT's DoRA on the same factors.
+  peft_merged = tree_paths.flatten(lora.merge(params, [adapter]))
+  flat = tree_paths.flatten(loraw.merged_params(path, params, alpha=4))
+  np.testing.assert_allclose(flat[("blocks_0", "attn", "q_proj", "kernel")],
+                             peft_merged[("blocks_0", "attn", "q_proj", "kernel")], rtol=1e-5,
+                             atol=1e-6)
+  assert not np.allclose(flat[("blocks_0", "attn", "q_proj", "bias")],
+                         peft_merged[("blocks_0", "attn", "q_proj", "bias")])
+
+
+def test_convert_adapter_to_merged_writes_a_sized_base_file(tmp_path):
+  import pathlib
+  from lora_jax.hierarchy import base_file
+  from lora_jax.interop import export, flax_weights, model_size
+  shipped = str(pathlib.Path(__file__).parents[1] / "assets" / "base_model" /
+                "base_model.safetensors")
+  base = base_file.load_model(shipped)
+  spec = lora.LoraSpec(rank=4, alpha=8, target_modules=("q_proj", "ff.in"))
+  adapter = testlib.random_adapter(base.params, spec, 2)
+  record = lora.AdapterRecord(adapter, spec, base.fingerprint, "music_lm", "pop")
+  loraw.write(record, str(tmp_path / "pop.ckpt"))
+  out = str(tmp_path / "merged.safetensors")
+  export.convert_adapter(str(tmp_path / "pop.ckpt"), out, "merged", base_path=shipped, alpha=8)
+  meta = flax_weights.read_metadata(out)
+  assert model_size.recorded(meta, "merged") is not None and meta["source"] == "pop.ckpt"
+  got = tree_paths.flatten(flax_weights.load_params(out, base.params))
+  want = tree_paths.flatten(lora.merge(base.params, [adapter]))
+  for k, v in want.items():
+    np.testing.assert_allclose(got[k], np.asarray(v), rtol=1e-6, atol=1e-6, err_msg=str(k))

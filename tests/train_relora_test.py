@@ -180,8 +180,6 @@ def test_config_checks():
     tiny(**{"training.relora_every": 4, "training.relora_warmup": 5})
   with pytest.raises(config_lib.ConfigError, match="relora_every -1 must be >= 0"):
     tiny(**{"training.relora_every": -1, "training.relora_warmup": 0})
-  with pytest.raises(config_lib.ConfigError, match="over a quantised base is not supported"):
-    tiny(**{"training.relora_every": 4, "training.quantize": "nf4"})
 
 
 def test_a_relora_checkpoint_does_not_resume_as_plain_lora(runs):

@@ -28,6 +28,7 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
+from lora_jax.interop import model_size
 from lora_jax.models.transformer import MusicTransformer, TransformerConfig
 from lora_jax.train.family import Example, Family
 
@@ -114,10 +115,10 @@ def make(config: LmConfig, compute_dtype: str) -> Family:
   """The music_lm family for a model size and a compute dtype."""
   if config.seq_len > config.max_len:
     raise ValueError(f"model.seq_len {config.seq_len} exceeds model.max_len {config.max_len}")
-  model = MusicTransformer(TransformerConfig(
+  size = TransformerConfig(
       vocab_size=config.vocab_size, d_model=config.d_model, n_heads=config.n_heads,
-      n_layers=config.n_layers, d_ff=config.d_ff, max_len=config.max_len, dropout=config.dropout,
-      dtype=compute_dtype))
+      n_layers=config.n_layers, d_ff=config.d_ff, max_len=config.max_len, dropout=config.dropout)
+  model = MusicTransformer(dataclasses.replace(size, dtype=compute_dtype))
   return Family(
       name=NAME,
       model=model,
@@ -129,4 +130,6 @@ def make(config: LmConfig, compute_dtype: str) -> Family:
       loss_fn=functools.partial(loss_fn, pooled_targets=config.pooled_targets),
       partition_rules=PARTITION_RULES,
       synthetic=lambda n, seed: synthetic(config, n, seed),
-      loss_weight=lambda batch: jnp.sum(batch["mask"][:, 1:]))
+      loss_weight=lambda batch: jnp.sum(batch["mask"][:, 1:]),
+      # The stored parameters are float32 whatever the run computed in.
+      weights_metadata=model_size.metadata_of(size))

@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 from absl import logging
 
 from lora_jax import errors, finite, lora
-from lora_jax.interop import flax_weights, loraw, model_size, peft, torch_convert
+from lora_jax.interop import comfyui, flax_weights, loraw, model_size, peft, torch_convert
 from lora_jax.models import transformer
 
 
@@ -110,20 +110,43 @@ def export_adapter_peft(adapter_path: str, folder: str, *, base_path: str | None
   peft.export_peft(record, folder, base_model_name=base_model_name)
 
 
-ADAPTER_FORMATS = ("loraw", "comfyui", "lora")
+ADAPTER_FORMATS = ("loraw", "comfyui", "lora", "merged")
+# What --to=lora reads: a LoRAW checkpoint, or ComfyUI-named safetensors.
+SOURCE_FORMATS = ("loraw", "comfyui")
 
 
 def convert_adapter(input_path: str, output: str, to: str, *, base_path: str | None = None,
                     config_model: Any = None, prefix: str = "", alpha: float | None = None,
                     rank: int | None = None, multiplier: float = 1.0,
-                    model_family: str = "music_lm") -> str:
-  """A `.lora` to a LoRAW checkpoint or ComfyUI safetensors, or a LoRAW checkpoint to a `.lora`.
+                    model_family: str = "music_lm", source: str = "loraw") -> str:
+  """A `.lora` to a LoRAW checkpoint or ComfyUI safetensors, or either (`source`) to a `.lora`.
 
   Returns a line for the log (for LoRAW, the alpha and rank its config needs).
   """
   if to not in ADAPTER_FORMATS:
     raise ValueError(f"unknown adapter format {to!r}; choose one of {', '.join(ADAPTER_FORMATS)}")
   base = _base(base_path, config_model) if base_path else None
+  if to == "merged":  # a LoRAW file folded into its base, LoRAW's forward exactly
+    if base is None or alpha is None:
+      raise ValueError("merging a LoRAW file needs --input_base (the base it adapts) and --alpha")
+    merged = loraw.merged_params(input_path, base, alpha=alpha, rank=rank, multiplier=multiplier,
+                                 prefix=prefix)
+    size = model_size.resolve(flax_weights.read_metadata(base_path), config_model,
+                              os.path.basename(base_path))
+    flax_weights.save_params(merged, output, {"source": os.path.basename(input_path),
+                                              "base": os.path.basename(base_path),
+                                              **model_size.metadata_of(size)})
+    return "LoRAW file merged into the base (its bias scaling included)"
+  if to == "lora" and source == "comfyui":
+    if base is None:
+      raise ValueError("reading a ComfyUI LoRA file needs --input_base (the base it adapts)")
+    record = comfyui.read_comfyui(input_path, base, prefix=prefix, model_family=model_family,
+                                base_fingerprint=lora.fingerprint(base))
+    lora.save_adapter(output, record)
+    return f"{len(record.adapter.modules())} modules, use_dora={record.spec.use_dora}"
+  if source not in SOURCE_FORMATS:
+    raise ValueError(f"unknown source format {source!r}; choose one of "
+                     f"{', '.join(SOURCE_FORMATS)}")
   if to == "lora":
     if base is None or alpha is None:
       raise ValueError("reading a LoRAW file needs --input_base (the base it adapts) and --alpha "
@@ -138,7 +161,7 @@ def convert_adapter(input_path: str, output: str, to: str, *, base_path: str | N
   else:
     record = load_checked_adapters(base, [input_path], model_family=model_family)[0]
   if to == "comfyui":
-    loraw.write_comfyui(record, output, prefix=prefix)
+    comfyui.write_comfyui(record, output, prefix=prefix, base_params=base)
     return f"{len(record.adapter.modules())} modules in ComfyUI's naming"
   alpha, rank = loraw.write(record, output, prefix=prefix, base_params=base)
   return f"LoRAW config: rank {rank}, alpha {alpha:g}, multiplier 1"

@@ -13,12 +13,16 @@ table the weight converters use. LoRAW files are read with `torch.load(weights_o
 
 LoRAW's DoRA multiplies its whole output by m / ||W + s up down||, bias included; PEFT's and
 lora_jax's leave the bias alone. The two agree where the adapted layer has no bias (Stable Audio's
-`to_qkv`, `to_out`), so DoRA files are read and written only there, and at multiplier 1 (LoRAW's
-multiplier scales the delta but not the norm). Its `load_weights` copies `lora_down` into the
+`to_qkv`, `to_out`), so DoRA files are read and written as adapters only there, and at multiplier
+1 (LoRAW's multiplier scales the delta but not the norm). Elsewhere the file's function has no
+adapter form here: LoRAW's output bias g * b (g = m / ||W + s up down||) moves with the factors,
+the magnitude and W, so neither a fixed bias delta nor PEFT's magnitude reproduces it once the
+adapter trains on; rather than a second DoRA semantics in the forward, such a file is merged
+(`merged_params`: W' = g * (W + multiplier s up down), b' = g * b, LoRAW's forward exactly, any
+multiplier) into a whole model, which every tool taking a base reads. Its `load_weights` copies `lora_down` into the
 magnitude (PRIOR_ART.md); this reader takes `dora_mag.weight`.
 
-ComfyUI's naming (`lora_unet_` + path with `_` for `.`, `.lora_down.weight`, `.lora_up.weight`,
-`.alpha`) is written as safetensors, plain LoRA only.
+ComfyUI's naming of the same factors (and its DoRA key) is `lora_jax.interop.comfyui`.
 """
 
 import os
@@ -28,7 +32,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import safetensors.torch
 import torch
 
 from lora_jax import atomic, tree_paths
@@ -39,7 +42,6 @@ from lora_jax.lora.compat import IncompatibleAdapterError, check_adapter
 from lora_jax.lora.spec import LoraSpec
 
 STABLE_AUDIO_PREFIX = "model/model/"
-COMFYUI_PREFIX = "lora_unet_"
 _LEAVES = ("lora_down.weight", "lora_up.weight", "dora_mag.weight", "dora_mag.bias")
 
 
@@ -47,7 +49,7 @@ class LorawFormatError(ValueError):
   """A LoRAW file this project cannot read faithfully, or an adapter it cannot write as one."""
 
 
-def _abstract_kernels(adapter: Adapter) -> dict:
+def abstract_kernels(adapter: Adapter) -> dict:
   """A tree with the adapted modules' kernels only: enough for `torch_names`."""
   return tree_paths.unflatten({
       keys + ("kernel",): jax.ShapeDtypeStruct((a.shape[0], b.shape[1]), jnp.float32)
@@ -99,7 +101,7 @@ def write(record: AdapterRecord, path: str, *, prefix: str = "", base_params: An
   adapter = record.adapter
   scale = _single_scale(adapter)
   _check_dora_base(adapter, base_params, "writing")
-  names = torch_module_paths(_abstract_kernels(adapter), renames)
+  names = torch_module_paths(abstract_kernels(adapter), renames)
   magnitudes = adapter.magnitudes()
   tensors = {}
   for keys, (a, b, _) in adapter.modules().items():
@@ -192,20 +194,48 @@ def read(path: str, base_params: Any, *, alpha: float, rank: int | None = None,
   return record
 
 
-def write_comfyui(record: AdapterRecord, path: str, *, prefix: str = "",
-                  renames: torch_convert.Renames = ()) -> None:
-  """Write `record` in ComfyUI's LoRA naming as safetensors (`.alpha` carries each scale)."""
-  adapter = record.adapter
-  if adapter.magnitudes():
-    raise LorawFormatError("the ComfyUI naming is written for plain LoRA only, not DoRA")
-  names = torch_module_paths(_abstract_kernels(adapter), renames)
-  tensors = {}
-  for keys, (a, b, scale) in adapter.modules().items():
-    stem = COMFYUI_PREFIX + (prefix + names[keys]).replace(".", "_").replace("/", "_")
-    tensors[f"{stem}.lora_down.weight"] = torch_convert.numpy_to_tensor(
-        np.asarray(a, np.float32).T)
-    tensors[f"{stem}.lora_up.weight"] = torch_convert.numpy_to_tensor(np.asarray(b, np.float32).T)
-    # ComfyUI scales by alpha / rank, the rank read from lora_down.
-    tensors[f"{stem}.alpha"] = torch.tensor(float(scale) * a.shape[1], dtype=torch.float32)
-  with atomic.atomic_path(path) as tmp:
-    safetensors.torch.save_file(tensors, tmp)
+def merged_params(path: str, base_params: Any, *, alpha: float, rank: int | None = None,
+                  multiplier: float = 1.0, prefix: str = "",
+                  renames: torch_convert.Renames = ()) -> Any:
+  """`base_params` with a LoRAW file folded in as LoRAW's forward computes it, in float32.
+
+  Plain modules: W + multiplier s up down. DoRA modules: g * (W + multiplier s up down) and bias
+  g * b, g = m / ||W + s up down|| per output (the norm without the multiplier, as LoRAW's).
+  """
+  source = os.path.basename(path)
+  if not os.path.isfile(path):
+    raise LorawFormatError(f"no such LoRAW file: {path}")
+  state = torch_convert.load_weights_only(path)
+  if not isinstance(state, dict):
+    raise LorawFormatError(f"{source} holds a {type(state).__name__}, not LoRAW's dict of tensors")
+  grouped = _group(state, prefix, source)
+  if not grouped:
+    raise LorawFormatError(f"{source} holds no LoRAW tensors")
+  modules = {v: k for k, v in torch_module_paths(base_params, renames).items()}
+  flat = {k: np.asarray(v, np.float32) for k, v in tree_paths.flatten(base_params).items()}
+  for name, leaves in sorted(grouped.items()):
+    if name not in modules:
+      raise LorawFormatError(f"{source}: module {name} is no dense layer of this base (wrong base "
+                             f"or prefix? prefix is {prefix!r})")
+    if "lora_down.weight" not in leaves or "lora_up.weight" not in leaves:
+      raise LorawFormatError(f"{source}: module {name} lacks lora_down or lora_up")
+    keys = modules[name]
+    a = torch_convert.tensor_to_numpy(leaves["lora_down.weight"].float()).T.astype(np.float64)
+    b = torch_convert.tensor_to_numpy(leaves["lora_up.weight"].float()).T.astype(np.float64)
+    w = flat[keys + ("kernel",)].astype(np.float64)
+    if a.shape[0] != w.shape[0] or b.shape[1] != w.shape[1] or a.shape[1] != b.shape[0]:
+      raise LorawFormatError(f"{source}: {name} factors {a.shape[::-1]} and {b.shape[::-1]} do "
+                             f"not fit the base kernel {w.shape[::-1]}")
+    s = alpha / (rank or a.shape[1])
+    kernel = w + multiplier * s * (a @ b)
+    if "dora_mag.weight" in leaves:
+      m = torch_convert.tensor_to_numpy(leaves["dora_mag.weight"].float()).reshape(-1)
+      if m.shape != (w.shape[1],):
+        raise LorawFormatError(f"{source}: {name}/dora_mag.weight holds {m.size} values, the "
+                               f"layer has {w.shape[1]} outputs")
+      g = m / np.linalg.norm(w + s * (a @ b), axis=0)
+      kernel = kernel * g
+      if keys + ("bias",) in flat:
+        flat[keys + ("bias",)] = (flat[keys + ("bias",)] * g).astype(np.float32)
+    flat[keys + ("kernel",)] = kernel.astype(np.float32)
+  return tree_paths.unflatten(flat)

@@ -175,11 +175,6 @@ class TrainingConfig:
     if self.quantize and self.type != "lora":
       raise ConfigError(f"training.quantize {self.quantize!r} stores a frozen base quantised; "
                         f"training.type {self.type!r} trains the base itself (use 'lora')")
-    if self.quantize and self.relora_every:
-      # A reset folds float32 deltas into the base; over a quantised base it would have to
-      # re-quantise every fold, which is not built yet (issue 14).
-      raise ConfigError(f"training.relora_every {self.relora_every} with training.quantize "
-                        f"{self.quantize!r}: ReLoRA over a quantised base is not supported yet")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -79,6 +79,10 @@ class Family:
   # Optional: `prepare(batch, key)` -> the batch the model and loss read, drawn with `key` (see
   # the module docstring). None: the data batch is fed as it is.
   prepare: Callable[[Batch, jax.Array], Batch] | None = None
+  # Optional: what a whole-model weight file of this family records about the model (its size),
+  # written into the export of a full fine-tune or a ReLoRA run, so the converters that read the
+  # file (lora_jax.interop.model_size) need no config, as for the base files they already read.
+  weights_metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     # With `prepare`, inputs may be arrays it makes; `model_args` checks them when traced.

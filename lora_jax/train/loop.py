@@ -126,7 +126,8 @@ def _export(workdir: str, config: TrainConfig, setup: state_lib.Setup, params: A
     path = os.path.join(workdir, "params.safetensors")
     if not is_primary():
       return path
-    flax_weights.save_params(params, path, {"model_family": family_name, "name": config.name,
+    flax_weights.save_params(params, path, {**setup.step_config.family.weights_metadata,
+                                            "model_family": family_name, "name": config.name,
                                             "base_fingerprint": setup.base_fingerprint})
     return path
   path = os.path.join(workdir, "adapter.lora")

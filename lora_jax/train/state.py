@@ -103,7 +103,8 @@ def base_params(config: TrainConfig, family: Family, abstract: Any, shardings: A
   taken before the storage cast, so an adapter trained over a bfloat16-stored base still names
   the base it was trained on. With `training.quantize` the dense kernels are quantised from the
   float base on the host (the same codes on any mesh, at every start: the quantised base is
-  never checkpointed) and `shardings` are the float base's, from which the quantised ones follow.
+  checkpointed only by ReLoRA, which changes it) and `shardings` are the float base's, from
+  which the quantised ones follow.
   """
   kind = config.training.quantize
   if config.training.base_params:
