@@ -94,6 +94,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.training.allow_changed_config = False  # resume a checkpoint written with other settings
   config.training.relora_every = 0  # ReLoRA: fold the adapter into the base every N steps; 0 off
   config.training.relora_warmup = 0  # ReLoRA: steps of learning-rate re-warm after each fold
+  config.training.init_adapter = ""  # .lora the adapter starts from (same modules and ranks)
 
   if variant == "tiny":
     config.name = "music_lm_tiny"
