@@ -162,7 +162,9 @@ def _initial_adapter(config: TrainConfig, family: Family, abstract: Any, targets
   if not path:
     return None
   record = lora.load_adapter(path, abstract)
-  lora.check_adapter(abstract, record, base_fingerprint=fingerprint, model_family=family.name)
+  # An imported file (LoRAW records no base) has no fingerprint to compare; shapes still must fit.
+  lora.check_adapter(abstract, record, model_family=family.name,
+                     base_fingerprint=fingerprint if record.base_fingerprint else None)
   wanted = {t.keys: t for t in targets}
   got = record.adapter.modules()
   if set(wanted) != set(got):
