@@ -10,6 +10,7 @@ Variants (`--config=configs/dit.py:<variant>`):
           lora_jax/data/dit/pre_encoded.py).
   tiny    a 2-layer, 64-wide DiT on synthetic 4-channel latents: seconds on a CPU (tests).
   full    full fine-tuning instead of LoRA.
+  tiny_full  tiny, fully fine-tuned.
 """
 
 import ml_collections
@@ -18,8 +19,9 @@ import ml_collections
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The dit training config; `arg` picks a variant."""
   variant = arg or "base"
-  if variant not in ("base", "tiny", "full"):
-    raise ValueError(f"unknown variant {variant!r} of configs/dit.py: base, tiny or full")
+  if variant not in ("base", "tiny", "full", "tiny_full"):
+    raise ValueError(f"unknown variant {variant!r} of configs/dit.py: base, tiny, full or "
+                     "tiny_full")
   config = ml_collections.ConfigDict()
   config.family = "dit"  # lora_jax.families registry name
   config.name = "dit_lora"  # recorded in the exported adapter
@@ -107,7 +109,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.training.relora_warmup = 0  # ReLoRA: steps of learning-rate re-warm after each fold
   config.training.init_adapter = ""  # .lora the adapter starts from (same modules and ranks)
 
-  if variant == "tiny":
+  if variant in ("tiny", "tiny_full"):
     config.name = "dit_tiny"
     config.model.io_channels = 4
     config.model.embed_dim = 64
@@ -132,8 +134,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.training.steps = 20
     config.training.eval_every = 10
     config.training.log_every = 5
-  if variant == "full":
+  if variant in ("full", "tiny_full"):
     config.name = "dit_full"
     config.training.type = "full"
-    config.opt.learning_rate = 1e-5
+    config.opt.learning_rate = 1e-5 if variant == "full" else 1e-3
   return config
