@@ -11,6 +11,8 @@ which the original leaves open; `--config.<field>=...` sets any other. Running i
 same --save-dir resumes. Bad input ends in one error line and exit status 1.
 """
 
+import os
+
 from absl import flags
 from ml_collections import config_flags
 
@@ -18,7 +20,9 @@ from lora_jax import cli
 from lora_jax.loraw import training
 from lora_jax.train import exit_status
 
-_CONFIG = cli.define_config("configs/dit.py", "Base training config (configs/dit.py).")
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_CONFIG = cli.define_config(os.path.join(_ROOT, "configs", "dit.py"),
+                            "Base training config (configs/dit.py).")
 _MODEL_CONFIG = flags.DEFINE_string("model_config", None, "Stable Audio model config JSON.")
 _DATASET_CONFIG = flags.DEFINE_string("dataset_config", None, "pre_encoded dataset config JSON.")
 _SAVE_DIR = flags.DEFINE_string("save_dir", None, "Run folder: checkpoints, metrics, exports.")

@@ -167,3 +167,22 @@ def test_merge_weights_adds_the_deltas():
                          for a, b, s in ad.modules().values())
   np.testing.assert_allclose(delta(merged.adapter), delta(first) + 0.25 * delta(second),
                              rtol=1e-5)
+
+
+def test_bad_model_config_is_one_error_line_and_writes_nothing(world, tmp_path):
+  bad = json.loads((world / "model_config.json").read_text())
+  bad["model"]["diffusion"]["config"]["qk_norm"] = "ln"
+  (world / "bad_config.json").write_text(json.dumps(bad))
+  save_dir = tmp_path / "never"
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             JAX_PLATFORMS="cpu")
+  out = subprocess.run(
+      [sys.executable, str(ROOT / "launch" / "train_loraw.py"),
+       f"--model-config={world / 'bad_config.json'}",
+       f"--dataset-config={world / 'dataset.json'}", "--use-lora", f"--save-dir={save_dir}"],
+      env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1
+  lines = [l for l in out.stderr.splitlines() if "error" in l]
+  assert len(lines) == 1 and lines[0].startswith("train_loraw: error:") and "qk_norm" in lines[0]
+  assert "Traceback" not in out.stderr
+  assert not save_dir.exists()
