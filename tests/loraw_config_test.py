@@ -125,3 +125,14 @@ def test_bad_clips_are_refused_naming_the_file(tmp_path, make, named):
 def test_bad_dataset_configs_are_refused_by_key(tmp_path, top, named):
   with pytest.raises(pre_encoded.DatasetError, match=named):
     _dataset(tmp_path, **top)
+
+
+def test_a_config_override_that_contradicts_the_model_config_is_refused():
+  from lora_jax.loraw import training
+  from lora_jax.train import config as config_lib
+  import ml_collections
+  config = ml_collections.ConfigDict({"lora": {"rank": 8, "alpha": 16.0}})
+  training.apply_overrides(config, {"lora.alpha": 16.0}, {"lora.rank": 4, "lora.alpha": 16.0})
+  assert config.lora.rank == 4
+  with pytest.raises(config_lib.ConfigError, match=r"--config.lora.rank=4 contradicts 16"):
+    training.apply_overrides(config, {"lora.rank": 4}, {"lora.rank": 16})

@@ -25,6 +25,7 @@ import re
 from typing import Any
 
 from lora_jax import errors
+from lora_jax.families import dit as dit_family
 from lora_jax.models.dit import model as dit
 
 
@@ -58,7 +59,6 @@ class ModelConfig:
 
   def dit_config(self, latent_length: int):
     """The dit family's model config for inference (no conditioning dropout)."""
-    from lora_jax.families import dit as dit_family  # the family imports models, not this
     return dit_family.DitConfig(**self.model_fields, text_encoder="embedding",
                                 latent_length=latent_length, cfg_dropout=0.0)
 
