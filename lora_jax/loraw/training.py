@@ -22,6 +22,8 @@ from absl import logging
 from lora_jax import lora
 from lora_jax.data.dit import pre_encoded
 from lora_jax.families import dit as dit_family
+from lora_jax.interop import flax_weights
+from lora_jax.interop import loraw as loraw_file
 from lora_jax.loraw import base_weights, model_config as model_config_lib, weights
 from lora_jax.train import config as config_lib
 from lora_jax.train import loop
@@ -162,10 +164,17 @@ def run(config_dict: Any, user_overrides: dict[str, Any], flags: Flags) -> loop.
   result = loop.train(config, flags.save_dir)
   if result.export_path.endswith(".lora"):
     record = lora.load_adapter(result.export_path)
-    line = weights.save_weights(record, os.path.join(flags.save_dir, LORAW_FILE))
-    multiplier = mc.lora.multiplier
-    logging.info("%s (trained at multiplier %g: alpha %g there)", line, multiplier,
-                 mc.lora.alpha)
+    base_for_dora = None
+    if record.adapter.magnitudes() and config.training.base_params:
+      base_for_dora = flax_weights.load_params(config.training.base_params, _abstract(model))
+    try:
+      line = weights.save_weights(record, os.path.join(flags.save_dir, LORAW_FILE),
+                                  base_for_dora)
+    except loraw_file.LorawFormatError as e:  # LoRAW's DoRA means another function on biases
+      logging.warning("%s is not written as a LoRAW file: %s", result.export_path, e)
+    else:
+      logging.info("%s (trained at multiplier %g: alpha %g there)", line, mc.lora.multiplier,
+                   mc.lora.alpha)
   return result
 
 

@@ -25,12 +25,13 @@ def is_lora_file(path: str) -> bool:
   return path.endswith(".lora")
 
 
-def save_weights(record: AdapterRecord, path: str) -> str:
-  """Write `record` to `path`; returns the LoRAW config line that goes with the file."""
+def save_weights(record: AdapterRecord, path: str, base_params: Any = None) -> str:
+  """Write `record` to `path`; returns the LoRAW config line that goes with the file. A DoRA
+  adapter needs `base_params` for LoRAW's format (`lora_jax.interop.loraw` checks biases)."""
   if is_lora_file(path):
     lora.save_adapter(path, record)
     return f"{path}: .lora (rank, alpha and targets recorded in the file)"
-  alpha, rank = loraw_file.write(record, path)
+  alpha, rank = loraw_file.write(record, path, base_params=base_params)
   return f"{path}: LoRAW config rank {rank}, alpha {alpha:g}, multiplier 1"
 
 
