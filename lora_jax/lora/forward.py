@@ -7,11 +7,12 @@ a widening layer with one adapter computes the same sum as one product, [x, (x A
 (`_foldable`).
 
 Several adapters stack, each with a weight that is array data (a blend weight or a strength), so
-changing it does not recompile; a weight of 0 adds exactly zero. A weight that is a concrete 0 (a
+changing it does not recompile. A weight that is a concrete 0 (a
 Python number or a host array, not a traced value: LoRAW's multiplier 0) is a bit-exact bypass:
 the adapter is left out of the forward altogether, so the traced program is the base model's and
-so are its outputs, bit for bit, jitted or not. A traced 0 adds zero too, but in a program of
-its own, whose fusions XLA may round differently (one float32 ulp on the DiT). Module dropout
+so are its outputs, bit for bit, jitted or not. A traced 0 makes the delta zero, but in a
+program of its own: a folded widening layer sums its base product in another order, and XLA may
+fuse the rest differently (one float32 ulp on the DiT). Module dropout
 skips a whole module's delta in training: a dropped module computes the base product alone
 (`_base_product`, a runtime branch), also where the widening fold would otherwise sum the base
 product in another order. Every module an adapter names must be reached by the forward, or the
