@@ -146,6 +146,9 @@ def read(path: str, base_params: Any, *, alpha: float, rank: int | None = None,
   if not os.path.isfile(path):
     raise LorawFormatError(f"no such LoRAW file: {path}")
   state = torch_convert.load_weights_only(path)  # any suffix: LoRAW users name them .ckpt or .pt
+  if isinstance(state, dict) and set(state) == {"state_dict"}:
+    # What LoRAW's train.py expects of --lora-ckpt-path (its save_weights writes the bare dict).
+    state = state["state_dict"]
   if not isinstance(state, dict):
     raise LorawFormatError(f"{source} holds a {type(state).__name__}, not LoRAW's dict of tensors")
   grouped = _group(state, prefix, source)

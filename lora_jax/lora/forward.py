@@ -7,9 +7,17 @@ a widening layer with one adapter computes the same sum as one product, [x, (x A
 (`_foldable`).
 
 Several adapters stack, each with a weight that is array data (a blend weight or a strength), so
-changing it does not recompile; a weight of 0 adds exactly zero. Every module an adapter names must
-be reached by the forward, or the context raises: an adapter that silently adapts nothing is the
-defect this project exists to avoid.
+changing it does not recompile. A weight that is a concrete 0 (a
+Python number or a host array, not a traced value: LoRAW's multiplier 0) is a bit-exact bypass:
+the adapter is left out of the forward altogether, so the traced program is the base model's and
+so are its outputs, bit for bit, jitted or not. A traced 0 makes the delta zero, but in a
+program of its own: a folded widening layer sums its base product in another order, and XLA may
+fuse the rest differently (one float32 ulp on the DiT). Module dropout
+skips a whole module's delta in training: a dropped module computes the base product alone
+(`_base_product`, a runtime branch), also where the widening fold would otherwise sum the base
+product in another order. Every module an adapter names must be reached by the forward, or the
+context raises: an adapter that silently adapts nothing is the defect this project exists to
+avoid (an adapter bypassed at weight 0 is not checked: it is deliberately not applied).
 """
 
 import contextlib
@@ -20,6 +28,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lora_jax import errors
 from lora_jax.lora import dora
@@ -41,6 +50,19 @@ class Active:
   weight: Any = 1.0
   dropout: float = 0.0  # dropout on the adapter's input
   module_dropout: float = 0.0  # probability of skipping this adapter in a whole module
+
+
+def _base_product(x, kernel, bias):
+  """nn.Dense's own computation for a foldable layer (float32, a bias, default precision)."""
+  y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+  return y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
+
+
+def is_static_zero(weight: Any) -> bool:
+  """Whether an adapter weight is a concrete 0 (see the module docstring), not a traced value."""
+  if isinstance(weight, jax.core.Tracer):
+    return False
+  return bool(np.all(np.asarray(weight) == 0))
 
 
 def _path_seed(keys: tuple[str, ...]) -> int:
@@ -183,6 +205,7 @@ def inject(actives: Sequence[Active], rng: jax.Array | None = None):
 
   `rng` drives the adapters' dropout and module dropout; without it both are off (evaluation).
   """
+  actives = [a for a in actives if not is_static_zero(a.weight)]  # bypassed: not traced at all
   tables = [a.adapter.modules() for a in actives]
   magnitudes = [a.adapter.magnitudes() for a in actives]
   used: set[tuple[str, ...]] = set()
@@ -205,6 +228,7 @@ def inject(actives: Sequence[Active], rng: jax.Array | None = None):
       a, b, scale = tables[i][keys]
       h = x
       weight = jnp.asarray(active.weight, jnp.float32)
+      kept = None  # module dropout's draw, in training only
       if rng is not None and (active.dropout > 0 or active.module_dropout > 0):
         key = jax.random.fold_in(jax.random.fold_in(rng, i), _path_seed(keys))
         drop_key, module_key = jax.random.split(key)
@@ -212,17 +236,24 @@ def inject(actives: Sequence[Active], rng: jax.Array | None = None):
           keep = jax.random.bernoulli(drop_key, 1.0 - active.dropout, h.shape)
           h = jnp.where(keep, h / (1.0 - active.dropout), 0).astype(h.dtype)
         if active.module_dropout > 0:
-          weight = weight * jax.random.bernoulli(module_key, 1.0 - active.module_dropout)
+          kept = jax.random.bernoulli(module_key, 1.0 - active.module_dropout)
+          weight = weight * kept
       if fold:
-        module = context.module
-        return _folded(x, module.get_variable("params", "kernel"),
-                       module.get_variable("params", "bias"), h, a.astype(x.dtype),
-                       b.astype(x.dtype), (scale * weight).astype(x.dtype))
+        kernel = context.module.get_variable("params", "kernel")
+        bias = context.module.get_variable("params", "bias")
+        folded = lambda: _folded(x, kernel, bias, h, a.astype(x.dtype), b.astype(x.dtype),
+                                 (scale * weight).astype(x.dtype))
+        if kept is None:
+          return folded()
+        # A runtime branch, not a select: a dropped module runs the base product alone.
+        return jax.lax.cond(kept, folded, lambda: _base_product(x, kernel, bias))
       if keys in magnitudes[i]:
-        y = y + _dora_delta(context.module, x, h, y_base, a, b, magnitudes[i][keys], scale,
-                            weight).astype(y.dtype)
+        delta = _dora_delta(context.module, x, h, y_base, a, b, magnitudes[i][keys], scale,
+                            weight)
       else:
-        y = y + _delta(h, a, b, scale, weight).astype(y.dtype)
+        delta = _delta(h, a, b, scale, weight)
+      y_adapted = y + delta.astype(y.dtype)
+      y = y_adapted if kept is None else jnp.where(kept, y_adapted, y)
     return y
 
   # The quantised-kernel interceptor is the inner one: every `next_fn` above reaches it.

@@ -150,6 +150,10 @@ class TrainingConfig:
   # base and restart it; 0 is plain LoRA. `relora_warmup`: steps of linear re-warm after a reset.
   relora_every: int = 0
   relora_warmup: int = 0
+  # A .lora whose factors the trained adapter starts from (continuing an adapter trained
+  # elsewhere, e.g. LoRAW's --lora-ckpt-path); '' starts from `lora.init`. Its modules and ranks
+  # must be the ones `lora` selects; the scales are this config's.
+  init_adapter: str = ""
 
   def __post_init__(self):
     _at_least(self, 1, "training", "steps", "eval_every", "log_every", "max_nonfinite_in_a_row")
@@ -175,6 +179,9 @@ class TrainingConfig:
     if self.quantize and self.type != "lora":
       raise ConfigError(f"training.quantize {self.quantize!r} stores a frozen base quantised; "
                         f"training.type {self.type!r} trains the base itself (use 'lora')")
+    if self.init_adapter and self.type != "lora":
+      raise ConfigError(f"training.init_adapter {self.init_adapter!r} starts a LoRA adapter; "
+                        f"training.type is {self.type!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -96,6 +96,7 @@ def training(**overrides: Any) -> ml_collections.ConfigDict:
       base_dtype="float32",  # frozen base storage: 'float32' or 'bfloat16'
       base_params="",  # Flax safetensors of the base; '' = random (smoke runs)
       parent_adapter="",  # .lora this adapter is trained on top of (child)
+      init_adapter="",  # .lora a new adapter starts from (LoRAW's --lora-ckpt-path); not on resume
       quantize="",  # QLoRA: base kernels 'int8', 'int8_block', 'nf4'; '' none
       eval_every=250,  # steps; also at each epoch end
       patience=0,  # evaluations without improvement before stopping; 0 = never

@@ -10,7 +10,8 @@
   schedule from the resume step), how often it evaluates, logs and checkpoints, what it keeps and
   exports, when it gives up, the device mesh and the eval batch that must divide it (the same
   training laid out on other devices: resuming on another slice), and the base's path (its
-  content is checked by fingerprint). Any other difference is an error naming each field with
+  content is checked by fingerprint), and the adapter a run started from (`training.init_adapter`:
+  a resumed run continues from its checkpoint, not from that file). Any other difference is an error naming each field with
   both values, unless `training.allow_changed_config` is set, when the differences are logged
   instead; except `FIXED` ones (family, model, LoRA spec, training type, parent adapter), which
   shape or own the checkpoint's arrays and never change.
@@ -29,7 +30,7 @@ FREE = frozenset({
     "training.steps", "opt.warmup_steps", "data.eval_batch_size", "training.eval_every", "training.log_every", "training.patience",
     "training.max_nonfinite_in_a_row", "training.allow_changed_config",
     "ckpt.every_steps", "ckpt.keep_last", "ckpt.keep_best", "ckpt.export",
-    "mesh.data", "mesh.fsdp", "mesh.model", "training.base_params",
+    "mesh.data", "mesh.fsdp", "mesh.model", "training.base_params", "training.init_adapter",
 })
 FIXED = ("family", "model.", "lora.", "training.type", "training.parent_adapter")
 CORRUPT_DIR = "corrupt_checkpoints"

@@ -153,6 +153,39 @@ def _parent(config: TrainConfig, family: Family, abstract: Any, base_shardings: 
   return record, adapter, lora.Adapter(shard, scale_shard)
 
 
+def _initial_adapter(config: TrainConfig, family: Family, abstract: Any, targets: tuple,
+                     fingerprint: str) -> Any:
+  """The factors (and DoRA magnitudes) of `training.init_adapter` on the host, or None.
+
+  The file must adapt exactly the modules `config.lora` selects, at the same ranks: the run
+  continues that adapter under this config's scales."""
+  path = config.training.init_adapter
+  if not path:
+    return None
+  record = lora.load_adapter(path, abstract)
+  # An imported file (LoRAW records no base) has no fingerprint to compare; shapes still must fit.
+  lora.check_adapter(abstract, record, model_family=family.name,
+                     base_fingerprint=fingerprint if record.base_fingerprint else None)
+  wanted = {t.keys: t for t in targets}
+  got = record.adapter.modules()
+  if set(wanted) != set(got):
+    extra = sorted(".".join(k) for k in set(got) - set(wanted))
+    lacking = sorted(".".join(k) for k in set(wanted) - set(got))
+    raise lora.IncompatibleAdapterError(
+        f"training.init_adapter {path} adapts {len(got)} modules, config.lora selects "
+        f"{len(wanted)} (only in the file: {extra[:3]}; only selected: {lacking[:3]})")
+  for keys, (a, _, _) in got.items():
+    if a.shape[1] != wanted[keys].rank:
+      raise lora.IncompatibleAdapterError(
+          f"training.init_adapter {path}: {wanted[keys].path} has rank {a.shape[1]}, "
+          f"config.lora gives it rank {wanted[keys].rank}")
+  if bool(record.adapter.magnitudes()) != bool(config.lora.use_dora):
+    raise lora.IncompatibleAdapterError(
+        f"training.init_adapter {path} is {'DoRA' if record.adapter.magnitudes() else 'plain'}"
+        f" LoRA, config.lora.use_dora is {config.lora.use_dora}")
+  return jax.tree.map(np.asarray, record.adapter.params)
+
+
 def _mesh_of(shardings: Any) -> Mesh:
   return jax.tree.leaves(shardings)[0].mesh
 
@@ -185,14 +218,20 @@ def setup(config: TrainConfig, family: Family, mesh: Mesh) -> Setup:
 
   spec = config.lora
 
-  def init_state(key, base_or_none):
+  initial = (None if trains_base
+             else _initial_adapter(config, family, abstract, targets, fingerprint))
+
+  def init_state(key, base_or_none, start=None):
     if trains_base:
       params = base_or_none
     else:
       lora_key = jax.random.fold_in(jax.random.wrap_key_data(key), LORA_INIT)
       # DoRA's magnitudes are the norms of the kernels the forward computes with: dequantised.
-      params = lora.init_params(targets, spec, lora_key, jnp.dtype(pol.param_dtype),
-                                quant.dequantize_tree(base_or_none))
+      if start is not None:  # continuing an adapter: the file's values
+        params = jax.tree.map(lambda v: v.astype(pol.param_dtype), start)
+      else:
+        params = lora.init_params(targets, spec, lora_key, jnp.dtype(pol.param_dtype),
+                                  quant.dequantize_tree(base_or_none))
     train_key = jax.random.key_data(
         jax.random.fold_in(jax.random.wrap_key_data(key), TRAIN))
     zero = jnp.zeros((), jnp.int32)
@@ -205,10 +244,10 @@ def setup(config: TrainConfig, family: Family, mesh: Mesh) -> Setup:
     frozen = Frozen(None, None, ())
     frozen_sh = Frozen(None, None, ())
   else:
-    if spec.use_dora:  # DoRA magnitudes start at the base kernels' column norms
+    if spec.use_dora and initial is None:  # magnitudes start at the base kernels' column norms
       state = jax.jit(init_state, out_shardings=state_sh)(key, base)
     else:
-      state = jax.jit(init_state, static_argnums=1, out_shardings=state_sh)(key, None)
+      state = jax.jit(init_state, static_argnums=1, out_shardings=state_sh)(key, None, initial)
     scales = jax.device_put(lora.scales_of(targets),
                             jax.tree.map(lambda _: rep, lora.scales_of(targets)))
     parents = (parent_adapter,) if parent_adapter is not None else ()

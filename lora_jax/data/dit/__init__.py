@@ -1,0 +1,1 @@
+"""Pre-encoded latent clips for the diffusion transformer."""

@@ -1,0 +1,72 @@
+"""The base a LoRAW run starts from: a stable-audio-tools checkpoint converted, or a Flax file.
+
+`--pretrained-ckpt-path` names either this project's Flax safetensors of the dit family (what a
+full fine-tuning run exports, `params.safetensors`, recorded as model_family 'dit') or the
+original's checkpoint of the whole conditioned model (`.ckpt` with `state_dict`, `.safetensors`,
+`.pt`), whose keys sit under `model.model.` (the DiT) and `conditioner.conditioners.` (the
+number conditioners), or one level deeper under `diffusion.` in a training wrapper's checkpoint.
+The autoencoder's keys (`pretransform.`) are the autoencoder's, not read here. The original's T5
+weights are never in its checkpoints (it loads them from the Hugging Face hub); the prompt
+embedding that stands in for T5 here starts from the seed and the run says so.
+"""
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from lora_jax import tree_paths
+from lora_jax.families import dit as dit_family
+from lora_jax.interop import dit_convert, flax_weights, torch_convert
+from lora_jax.models.dit import conditioned
+
+_DIT = "model.model."
+_NUMBERS = "conditioner.conditioners."
+
+
+def is_flax_file(path: str) -> bool:
+  """Whether `path` is this project's Flax safetensors of the dit family."""
+  if not path.endswith(".safetensors"):
+    return False
+  return flax_weights.read_metadata(path).get("model_family") == dit_family.NAME
+
+
+def from_original(path: str, config: dit_family.DitConfig, seed: int) -> dict:
+  """The whole conditioned model's parameters (numpy) from an original checkpoint."""
+  sd = torch_convert.read_torch_file(path)
+  source = os.path.basename(path)
+  outer = "diffusion." if any(k.startswith("diffusion." + _DIT) for k in sd) else ""
+  if not any(k.startswith(outer + _DIT) for k in sd):
+    raise flax_weights.WeightFileError(
+        f"{source}: no key starts with {_DIT!r} (the DiT of a conditioned model); first key "
+        f"{next(iter(sd), None)}")
+  model = conditioned.ConditionedDiT(config.conditioned())
+  params = jax.tree.map(np.asarray, jax.jit(model.init)(
+      jax.random.key(seed), *dit_family_init_args(config))["params"])
+  params["model"]["model"] = dit_convert.state_dict_to_params(
+      sd, config.conditioned().dit, prefix=outer + _DIT, source=source)
+  for name in conditioned.NUMBER_IDS:
+    params["conditioner"]["conditioners"][name] = dit_convert.number_conditioner_to_params(
+        sd, f"{outer}{_NUMBERS}{name}.", source=source)
+  logging.info("%s: DiT and number conditioners converted; the prompt embedding (standing in "
+               "for the original's T5, whose weights no checkpoint holds) starts from seed %d",
+               source, seed)
+  return params
+
+
+def dit_family_init_args(config: dit_family.DitConfig) -> tuple:
+  family = dit_family.make(config, "float32")
+  return family.init_args()
+
+
+def write_flax(params: Any, path: str, name: str) -> None:
+  """The parameters as the Flax file `training.base_params` reads."""
+  flax_weights.save_params(params, path, {"model_family": dit_family.NAME, "name": name})
+
+
+def kernels_only(abstract: Any) -> dict:
+  """The 2-D kernels of a tree: what LoRAW's module names are derived from."""
+  return tree_paths.unflatten({k: v for k, v in tree_paths.flatten(abstract).items()
+                               if k[-1] == "kernel" and len(v.shape) == 2})
