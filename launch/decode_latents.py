@@ -10,7 +10,7 @@ pre-encoding .json beside it is cut to its real frames.
 from absl import flags, logging
 
 from lora_jax import cli
-from lora_jax.data.pre_encode import decode
+from lora_jax.data.dit import decode
 
 _MODEL_CONFIG = flags.DEFINE_string("model_config", None, "Stable Audio model config JSON.")
 _CKPT = flags.DEFINE_string("autoencoder_ckpt", None, "Weights: .ckpt, .safetensors or .pt.")

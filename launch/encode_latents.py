@@ -5,7 +5,7 @@ python launch/encode_latents.py --model-config=model_config.json --autoencoder-c
 
 Writes <out-dir>/<wav path>.<clip>.npy latents with a .json beside each (seconds_start,
 seconds_total, padding_mask, prompt): stable-audio-tools' pre_encoded format
-(lora_jax/data/pre_encode/encode.py says the details: resampling, channels, clip cutting).
+(lora_jax/data/dit/encode.py says the details: resampling, channels, clip cutting).
 The weights are an autoencoder alone or a whole Stable Audio checkpoint (its pretransform.model.).
 A run stopped part-way continues where it stopped when run again.
 """
@@ -13,7 +13,7 @@ A run stopped part-way continues where it stopped when run again.
 from absl import flags, logging
 
 from lora_jax import cli
-from lora_jax.data.pre_encode import encode
+from lora_jax.data.dit import encode
 
 _MODEL_CONFIG = flags.DEFINE_string("model_config", None, "Stable Audio model config JSON.")
 _CKPT = flags.DEFINE_string("autoencoder_ckpt", None, "Weights: .ckpt, .safetensors or .pt.")

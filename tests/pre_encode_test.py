@@ -1,4 +1,4 @@
-"""WAV folders to pre-encoded latents and back (lora_jax/data/pre_encode, launch/*_latents.py).
+"""WAV folders to pre-encoded latents and back (lora_jax/data/dit, launch/*_latents.py).
 
 A tiny random Oobleck autoencoder saved in the original's layout stands for Stable Audio's; the
 checks are on what the data set holds (latents of each clip equal to encoding that clip, the
@@ -17,7 +17,7 @@ import pytest
 import scipy.io.wavfile
 
 from lora_jax import errors
-from lora_jax.data.pre_encode import autoencoder, clips, decode, encode, wav
+from lora_jax.data.dit import autoencoder, clips, decode, encode, wav
 from lora_jax.interop import oobleck_convert
 from lora_jax.models.oobleck import config as oobleck_config
 from lora_jax.models.oobleck import model as oobleck

@@ -1,1 +1,2 @@
-"""Pre-encoded latent clips for the diffusion transformer."""
+"""LoRAW data: WAV files to Stable Audio latents and back through the Oobleck autoencoder (clips,
+encode, decode), and the pre-encoded latent clips the diffusion transformer trains on."""

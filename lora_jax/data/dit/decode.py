@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from lora_jax import errors
-from lora_jax.data.pre_encode import autoencoder, wav
+from lora_jax.data.dit import autoencoder, wav
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from lora_jax import atomic, errors
-from lora_jax.data.pre_encode import autoencoder, clips, wav
+from lora_jax.data.dit import autoencoder, clips, wav
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,1 +1,0 @@
-"""Audio to Stable Audio latents and back: WAV files, clips, the Oobleck autoencoder."""
