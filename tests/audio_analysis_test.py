@@ -19,7 +19,7 @@ def tiny_set(tmp_path_factory):
   out = str(tmp_path_factory.mktemp("eval_set"))
   plans = tuple(eval_set.GenrePlan(p.genre, 1, p.program, p.bpm_range)
                 for p in eval_set.DEFAULT_PLANS)
-  return out, eval_set.build(out, plans, max_seconds=15.0)
+  return out, eval_set.build(out, plans, max_seconds=12.0)
 
 
 def test_eval_set_truth_is_written_and_renders_are_cached(tiny_set):
@@ -28,13 +28,13 @@ def test_eval_set_truth_is_written_and_renders_are_cached(tiny_set):
   assert eval_set.read_manifest(out) == entries
   for e in entries:
     info = soundfile.info(os.path.join(out, e.wav))
-    assert info.samplerate == SR and 10 < info.duration < 20  # 15 s cut plus the release tail
+    assert info.samplerate == SR and 8 < info.duration < 20  # a 12 s cut plus the longest note and its release
     lo, hi = next(p.bpm_range for p in eval_set.DEFAULT_PLANS if p.genre == e.genre)
     assert lo <= e.truth.bpm <= hi and e.truth.mode in ("major", "minor")
   stamp = os.path.getmtime(os.path.join(out, entries[0].wav))
   plans = tuple(eval_set.GenrePlan(p.genre, 1, p.program, p.bpm_range)
                 for p in eval_set.DEFAULT_PLANS)
-  assert eval_set.build(out, plans, max_seconds=15.0) == entries
+  assert eval_set.build(out, plans, max_seconds=12.0) == entries
   assert os.path.getmtime(os.path.join(out, entries[0].wav)) == stamp  # reused, not rendered
 
 
@@ -47,7 +47,7 @@ def test_analysis_finds_the_rendered_tempo_and_key(tiny_set):
     key_scores.append(scoring.mirex_key_score(a.key.tonic, a.key.mode, e.truth.tonic,
                                               e.truth.mode))
     assert len(a.key.scores) == 24 and a.key.runner_up != a.key.name
-  # One 15 s flute melody (Ab major, heard as Eb minor) is wrong; the set's mean is the bench's.
+  # One 12 s flute melody (Ab major, heard as Eb minor) is wrong; the set's mean is the bench's.
   assert np.mean(key_scores) >= 0.7, key_scores
 
 

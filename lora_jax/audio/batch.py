@@ -1,0 +1,126 @@
+"""A folder (or list) of audio files in, clips and a metadata table out: what the CLI runs.
+
+Every file is analysed on its own; a file that cannot be (`load.BadAudio`: unreadable, silent, a
+few milliseconds, too long, NaN samples) is reported in one line by name and the rest go on.
+Energy classes come from the levels of the files analysed together (`energy.classes`), and the
+table says which thresholds those were. The table has the seed's columns (File, Genre, BPM, Key,
+Mood, Instruments, Description) plus what a training set needs to trace a row back (source file,
+clip start and end, confidences). Genre and instruments are not estimated: they read "unknown", so
+a user fills them in rather than trusting a guess nobody measured. Mood is the energy class.
+Outputs (`metadata.jsonl`, `metadata.csv`, `report.json`, clips under `clips/`) are written
+together at the end, atomically: an interrupted run leaves nothing behind.
+"""
+
+import csv
+import dataclasses
+import io
+import json
+import os
+
+import soundfile
+
+from lora_jax import atomic, errors, progress
+from lora_jax.audio import analysis as analysis_lib
+from lora_jax.audio import clips as clips_lib
+from lora_jax.audio import energy as energy_lib
+from lora_jax.audio import load as load_lib
+
+SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff")
+COLUMNS = ("File", "Genre", "BPM", "Key", "Mood", "Instruments", "Description")
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+  rows: tuple[dict, ...]
+  failures: tuple[str, ...]  # one line per file left out
+  energy_basis: str
+
+
+def collect(inputs: list[str]) -> list[str]:
+  """Audio files named, or found (by suffix, recursively) in the folders named."""
+  found = []
+  for item in inputs:
+    if os.path.isdir(item):
+      for folder, dirs, files in os.walk(item):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [os.path.join(folder, f) for f in sorted(files)
+                  if f.lower().endswith(SUFFIXES) and not f.startswith(".")]
+    elif os.path.exists(item):
+      found.append(item)  # named explicitly: read even without an audio suffix, refused if not audio
+    else:
+      raise errors.UserError(f"--input {item}: no such file or folder")
+  if not found:
+    raise errors.UserError(f"no audio files ({', '.join(SUFFIXES)}) in {', '.join(inputs)}")
+  return found
+
+
+def _clip_name(path: str, index: int, used: set[str]) -> str:
+  stem = os.path.splitext(os.path.basename(path))[0]
+  name = f"{stem}_{index:03d}.wav"
+  n = 1
+  while name in used:
+    n += 1
+    name = f"{stem}-{n}_{index:03d}.wav"
+  used.add(name)
+  return name
+
+
+def run(inputs: list[str], out: str, split_clips: bool,
+        settings: clips_lib.ClipSettings = clips_lib.ClipSettings(),
+        limits: load_lib.Limits = load_lib.Limits()) -> Report:
+  """Analyses every file; writes the table (and clips) under `out`; returns what it did."""
+  paths = collect(inputs)
+  results, failures, cuts = [], [], {}
+  bar = progress.Progress(len(paths), "analysing")
+  for path in paths:
+    try:
+      a = analysis_lib.analyze(path, limits)
+      if split_clips:
+        audio = load_lib.load(path, limits)
+        cuts[path] = (audio, clips_lib.cut(audio.samples, audio.sample_rate, a.tempo.bpm, settings))
+      results.append(a)
+    except load_lib.BadAudio as e:
+      failures.append(str(e))
+    bar.step(f"{len(failures)} refused")
+  bar.close()
+  if not results:
+    raise errors.UserError(f"none of the {len(paths)} files could be analysed: "
+                           + "; ".join(failures))
+  classes = energy_lib.classes([a.energy.level_dbfs for a in results])
+  rows, clip_files, used = [], {}, set()
+  for a, mood in zip(results, classes.labels):
+    base = {"Genre": "unknown", "BPM": round(a.tempo.bpm, 1), "Key": a.key.name, "Mood": mood,
+            "Instruments": "unknown",
+            "Description": f"{a.tempo.bpm:.0f} BPM, {a.key.name}, {mood} energy "
+                           f"({a.energy.level_dbfs:.1f} dBFS)",
+            "source": os.path.abspath(a.path), "tempo_confidence": a.tempo.confidence,
+            "key_confidence": a.key.confidence, "key_runner_up": a.key.runner_up,
+            "level_dbfs": a.energy.level_dbfs}
+    if not split_clips:
+      rows.append({"File": os.path.abspath(a.path), **base, "start": 0.0, "end": a.seconds})
+      continue
+    audio, pieces = cuts[a.path]
+    for i, clip in enumerate(pieces):
+      name = _clip_name(a.path, i, used)
+      clip_files[os.path.join(out, "clips", name)] = audio.samples[
+          int(clip.start * audio.sample_rate):int(clip.end * audio.sample_rate)]
+      rows.append({"File": os.path.join("clips", name), **base, "start": clip.start,
+                   "end": clip.end, "cut_at_beat": clip.at_beat})
+  jsonl = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+  table = io.StringIO()
+  writer = csv.DictWriter(table, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+  writer.writeheader()
+  writer.writerows(rows)
+  report = {"n_files": len(paths), "n_analysed": len(results), "failures": failures,
+            "energy_classes": {"low_below_dbfs": classes.low_below,
+                               "high_from_dbfs": classes.high_from, "basis": classes.basis},
+            "genre": "not estimated", "stems": "not separated"}
+  texts = {os.path.join(out, "metadata.jsonl"): jsonl, os.path.join(out, "metadata.csv"):
+           table.getvalue(), os.path.join(out, "report.json"): json.dumps(report, indent=1)}
+  with atomic.atomic_paths(*texts, *clip_files) as tmps:
+    for tmp, text in zip(tmps, texts.values()):
+      with open(tmp, "w") as f:
+        f.write(text)
+    for tmp, samples in zip(tmps[len(texts):], clip_files.values()):
+      soundfile.write(tmp, samples, load_lib.SAMPLE_RATE, format="WAV", subtype="PCM_16")
+  return Report(tuple(rows), tuple(failures), classes.basis)
