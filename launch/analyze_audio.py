@@ -1,11 +1,11 @@
 """Analyses audio files (tempo, key, energy) and writes a metadata table, optionally with clips.
 
   python launch/analyze_audio.py --input=my_songs --out=my_set --split_clips
-  python launch/analyze_audio.py --input=a.wav,b.flac --out=my_set
+  python launch/analyze_audio.py --input=a.wav,b.flac --out=my_set --to_midi
 
 Writes <out>/metadata.jsonl and metadata.csv (File, Genre, BPM, Key, Mood, Instruments,
-Description), report.json, and with --split_clips the clips under <out>/clips/ (10-30 s, cut at
-beats). A file that cannot be analysed is named in one line; the rest are still processed.
+Description), report.json, with --split_clips the clips under <out>/clips/ (10-30 s, cut at
+beats), with --to_midi each row's MIDI under <out>/midi/ (basic-pitch). A file that cannot be analysed is named in one line; the rest are still processed.
 """
 from absl import flags
 
@@ -18,7 +18,8 @@ _SPLIT = flags.DEFINE_bool("split_clips", False, "Cut each song into clips at be
 _MIN = flags.DEFINE_float("clip_min_seconds", 10.0, "Shortest clip.")
 _MAX = flags.DEFINE_float("clip_max_seconds", 30.0, "Longest clip.")
 _TARGET = flags.DEFINE_float("clip_target_seconds", 20.0, "Preferred clip length.")
-_TO_MIDI = flags.DEFINE_bool("to_midi", False, "Transcribe to MIDI (not available yet).")
+_TO_MIDI = flags.DEFINE_bool("to_midi", False, "Transcribe each song (clip) to MIDI under "
+                              "<out>/midi/ with basic-pitch.")
 _STEMS = flags.DEFINE_bool("stems", False, "Separate stems (not available yet).")
 
 
@@ -27,11 +28,10 @@ def main(argv: list[str]) -> None:
     raise ValueError(f"unexpected arguments: {argv[1:]}")
   if not _INPUT.value or not _OUT.value:
     raise errors.UserError("--input and --out are required")
-  for flag in (_TO_MIDI, _STEMS):
-    if flag.value:
-      raise errors.UserError(f"--{flag.name} is not implemented yet (see README, Audio analysis)")
+  if _STEMS.value:
+    raise errors.UserError("--stems is not implemented yet (see README, Audio analysis)")
   settings = clips.ClipSettings(_MIN.value, _MAX.value, _TARGET.value)
-  report = batch.run(_INPUT.value, _OUT.value, _SPLIT.value, settings)
+  report = batch.run(_INPUT.value, _OUT.value, _SPLIT.value, _TO_MIDI.value, settings)
   for line in report.failures:
     print(f"skipped: {line}")
   print(f"wrote {len(report.rows)} rows to {_OUT.value}/metadata.jsonl "

@@ -33,6 +33,9 @@ fi
 # modules they import.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
   stable-audio-tools==0.0.19 k-diffusion==0.1.1.post1
+# Audio to MIDI (lora_jax/audio/transcribe.py): basic-pitch's wheel ships its ONNX model; without
+# its requirements, which pull TensorFlow (the extra `audio` holds what it imports).
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps basic-pitch==0.4.0
 PYTHON=.venv/bin/python bash scripts/fetch_performances.sh .cache/performances
 
 # Debian packages, installed when missing (as root, or with sudo that asks nothing). The first

@@ -7,8 +7,11 @@ table says which thresholds those were. The table has the seed's columns (File, 
 Mood, Instruments, Description) plus what a training set needs to trace a row back (source file,
 clip start and end, confidences). Genre and instruments are not estimated: they read "unknown", so
 a user fills them in rather than trusting a guess nobody measured. Mood is the energy class.
-Outputs (`metadata.jsonl`, `metadata.csv`, `report.json`, clips under `clips/`) are written
-together at the end, atomically: an interrupted run leaves nothing behind.
+With `to_midi` each song is transcribed (`transcribe`, basic-pitch) and each row gets the MIDI of
+its own span under `midi/` (a clip's notes start at its start), so the folder can become a style
+pack (`launch/build_style_packs.py --from_files=<out>/midi/*.mid --style=...`).
+Outputs (`metadata.jsonl`, `metadata.csv`, `report.json`, `clips/`, `midi/`) are written together
+at the end, atomically: an interrupted run leaves nothing behind.
 """
 
 import csv
@@ -24,6 +27,7 @@ from lora_jax.audio import analysis as analysis_lib
 from lora_jax.audio import clips as clips_lib
 from lora_jax.audio import energy as energy_lib
 from lora_jax.audio import load as load_lib
+from lora_jax.audio import transcribe as transcribe_lib
 
 SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff")
 COLUMNS = ("File", "Genre", "BPM", "Key", "Mood", "Instruments", "Description")
@@ -65,12 +69,12 @@ def _clip_name(path: str, index: int, used: set[str]) -> str:
   return name
 
 
-def run(inputs: list[str], out: str, split_clips: bool,
+def run(inputs: list[str], out: str, split_clips: bool, to_midi: bool = False,
         settings: clips_lib.ClipSettings = clips_lib.ClipSettings(),
         limits: load_lib.Limits = load_lib.Limits()) -> Report:
   """Analyses every file; writes the table (and clips) under `out`; returns what it did."""
   paths = collect(inputs)
-  results, failures, cuts = [], [], {}
+  results, failures, cuts, midis = [], [], {}, {}
   bar = progress.Progress(len(paths), "analysing")
   for path in paths:
     try:
@@ -78,6 +82,8 @@ def run(inputs: list[str], out: str, split_clips: bool,
       if split_clips:
         audio = load_lib.load(path, limits)
         cuts[path] = (audio, clips_lib.cut(audio.samples, audio.sample_rate, a.tempo.bpm, settings))
+      if to_midi:
+        midis[path] = transcribe_lib.transcribe(path)
       results.append(a)
     except load_lib.BadAudio as e:
       failures.append(str(e))
@@ -87,7 +93,7 @@ def run(inputs: list[str], out: str, split_clips: bool,
     raise errors.UserError(f"none of the {len(paths)} files could be analysed: "
                            + "; ".join(failures))
   classes = energy_lib.classes([a.energy.level_dbfs for a in results])
-  rows, clip_files, used = [], {}, set()
+  rows, clip_files, midi_files, used = [], {}, {}, set()
   for a, mood in zip(results, classes.labels):
     base = {"Genre": "unknown", "BPM": round(a.tempo.bpm, 1), "Key": a.key.name, "Mood": mood,
             "Instruments": "unknown",
@@ -96,16 +102,23 @@ def run(inputs: list[str], out: str, split_clips: bool,
             "source": os.path.abspath(a.path), "tempo_confidence": a.tempo.confidence,
             "key_confidence": a.key.confidence, "key_runner_up": a.key.runner_up,
             "level_dbfs": a.energy.level_dbfs}
-    if not split_clips:
-      rows.append({"File": os.path.abspath(a.path), **base, "start": 0.0, "end": a.seconds})
-      continue
-    audio, pieces = cuts[a.path]
-    for i, clip in enumerate(pieces):
-      name = _clip_name(a.path, i, used)
-      clip_files[os.path.join(out, "clips", name)] = audio.samples[
-          int(clip.start * audio.sample_rate):int(clip.end * audio.sample_rate)]
-      rows.append({"File": os.path.join("clips", name), **base, "start": clip.start,
-                   "end": clip.end, "cut_at_beat": clip.at_beat})
+    if split_clips:
+      audio, pieces = cuts[a.path]
+      spans = [(_clip_name(a.path, i, used), clip) for i, clip in enumerate(pieces)]
+    else:
+      spans = [(_clip_name(a.path, 0, used), clips_lib.Clip(0.0, a.seconds, True))]
+    for name, clip in spans:
+      row = {"File": os.path.abspath(a.path), **base, "start": clip.start, "end": clip.end}
+      if split_clips:
+        clip_files[os.path.join(out, "clips", name)] = audio.samples[
+            int(clip.start * audio.sample_rate):int(clip.end * audio.sample_rate)]
+        row.update(File=os.path.join("clips", name), cut_at_beat=clip.at_beat)
+      if to_midi:
+        midi_name = os.path.join("midi", os.path.splitext(name)[0] + ".mid")
+        midi_files[os.path.join(out, midi_name)] = transcribe_lib.window(midis[a.path],
+                                                                         clip.start, clip.end)
+        row["midi"] = midi_name
+      rows.append(row)
   jsonl = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
   table = io.StringIO()
   writer = csv.DictWriter(table, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
@@ -114,13 +127,16 @@ def run(inputs: list[str], out: str, split_clips: bool,
   report = {"n_files": len(paths), "n_analysed": len(results), "failures": failures,
             "energy_classes": {"low_below_dbfs": classes.low_below,
                                "high_from_dbfs": classes.high_from, "basis": classes.basis},
-            "genre": "not estimated", "stems": "not separated"}
+            "genre": "not estimated", "stems": "not separated",
+            "transcription": "basic-pitch 0.4.0 ONNX" if to_midi else "not asked"}
   texts = {os.path.join(out, "metadata.jsonl"): jsonl, os.path.join(out, "metadata.csv"):
            table.getvalue(), os.path.join(out, "report.json"): json.dumps(report, indent=1)}
-  with atomic.atomic_paths(*texts, *clip_files) as tmps:
+  with atomic.atomic_paths(*texts, *clip_files, *midi_files) as tmps:
     for tmp, text in zip(tmps, texts.values()):
       with open(tmp, "w") as f:
         f.write(text)
     for tmp, samples in zip(tmps[len(texts):], clip_files.values()):
       soundfile.write(tmp, samples, load_lib.SAMPLE_RATE, format="WAV", subtype="PCM_16")
+    for tmp, pm in zip(tmps[len(texts) + len(clip_files):], midi_files.values()):
+      pm.write(tmp)
   return Report(tuple(rows), tuple(failures), classes.basis)
