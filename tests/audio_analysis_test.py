@@ -17,7 +17,7 @@ SR = load.SAMPLE_RATE
 @pytest.fixture(scope="module")
 def tiny_set(tmp_path_factory):
   out = str(tmp_path_factory.mktemp("eval_set"))
-  plans = tuple(eval_set.GenrePlan(p.genre, 1, p.program, p.bpm_range)
+  plans = tuple(eval_set.GenrePlan(p.genre, 1, p.programs, p.bpm_range)
                 for p in eval_set.DEFAULT_PLANS)
   return out, eval_set.build(out, plans, max_seconds=12.0)
 
@@ -32,7 +32,7 @@ def test_eval_set_truth_is_written_and_renders_are_cached(tiny_set):
     lo, hi = next(p.bpm_range for p in eval_set.DEFAULT_PLANS if p.genre == e.genre)
     assert lo <= e.truth.bpm <= hi and e.truth.mode in ("major", "minor")
   stamp = os.path.getmtime(os.path.join(out, entries[0].wav))
-  plans = tuple(eval_set.GenrePlan(p.genre, 1, p.program, p.bpm_range)
+  plans = tuple(eval_set.GenrePlan(p.genre, 1, p.programs, p.bpm_range)
                 for p in eval_set.DEFAULT_PLANS)
   assert eval_set.build(out, plans, max_seconds=12.0) == entries
   assert os.path.getmtime(os.path.join(out, entries[0].wav)) == stamp  # reused, not rendered

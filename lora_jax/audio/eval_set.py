@@ -44,16 +44,20 @@ class GenrePlan:
   """How many pieces of a corpus genre the set takes, and how they are played."""
   genre: str  # a corpus.GENRES name
   n_pieces: int
-  program: int  # General MIDI program (the set varies timbre across genres)
+  programs: tuple[int, ...]  # General MIDI programs; a piece takes one by a hash of its id
   bpm_range: tuple[float, float]  # beat tempo drawn uniformly from this
 
 
 DEFAULT_PLANS = (
-    GenrePlan("celtic_fiddle", 64, 40, (80.0, 130.0)),  # violin
-    GenrePlan("essen_folk", 56, 73, (60.0, 140.0)),  # flute
-    GenrePlan("renaissance", 40, 52, (50.0, 100.0)),  # choir aahs
-    GenrePlan("baroque_chorale", 64, 19, (50.0, 100.0)),  # church organ
+    GenrePlan("celtic_fiddle", 64, (40,), (80.0, 130.0)),  # violin
+    GenrePlan("essen_folk", 56, (73,), (60.0, 140.0)),  # flute
+    GenrePlan("renaissance", 40, (52,), (50.0, 100.0)),  # choir aahs
+    GenrePlan("baroque_chorale", 64, (19,), (50.0, 100.0)),  # church organ
 )
+# For the genre guess: every genre played by the same instruments (piano, strings, flute, organ,
+# clarinet, guitar), so that a classifier cannot tell genres by timbre.
+SHARED_PROGRAMS = (0, 48, 73, 19, 71, 24)
+GENRE_PLANS = tuple(dataclasses.replace(p, programs=SHARED_PROGRAMS) for p in DEFAULT_PLANS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +149,8 @@ def _piece_entry(piece: corpus.CorpusPiece, plan: GenrePlan, index: int, out: st
            else converter.parse(os.path.join(root, piece.corpus_path), forceSource=True))
   if isinstance(score, stream.Opus):
     score = score.mergeScores()
-  pm, _ = corpus.score_to_midi(score, plan.program)
+  program = plan.programs[_hash(f"program:{piece.id}") % len(plan.programs)]
+  pm, _ = corpus.score_to_midi(score, program)
   if not any(i.notes for i in pm.instruments):
     raise ValueError("no notes")
   numerator, denominator = _meter(score)
@@ -163,12 +168,12 @@ def _piece_entry(piece: corpus.CorpusPiece, plan: GenrePlan, index: int, out: st
   bpm = round(lo + (hi - lo) * (_hash(f"bpm:{piece.id}") % 1000) / 999, 1)
   qpm = bpm * _beat_quarters(numerator, denominator)
   truth = Truth(bpm, (tonic + shift) % 12, mode, f"{numerator}/{denominator}")
-  recipe = f"{RECIPE_VERSION}|{piece.id}|{bpm}|{shift}|{plan.program}|{max_seconds}"
+  recipe = f"{RECIPE_VERSION}|{piece.id}|{bpm}|{shift}|{program}|{max_seconds}"
   wav, mid = f"{name}.wav", f"{name}.mid"
   recipe_file = os.path.join(out, f"{name}.recipe")
   if not (os.path.isfile(os.path.join(out, wav)) and os.path.isfile(recipe_file)
           and open(recipe_file).read() == recipe):
-    played = _retimed(pm, qpm, shift, plan.program, max_seconds)
+    played = _retimed(pm, qpm, shift, program, max_seconds)
     samples = render.render(played)
     with atomic.atomic_path(os.path.join(out, mid)) as tmp:
       played.write(tmp)
