@@ -1,7 +1,8 @@
 """One file in, its musical description out: `analyze(path) -> Analysis`.
 
-This is the library surface the CLI and the studio server call. Genre and stems are not measured
-yet (see README, "Audio analysis"); instruments are not recognised, so the metadata says so.
+This is the library surface the CLI and the studio server call. The genre guess knows only the
+corpus genres it was fitted on (`genre`); stems are not separated yet and instruments are not
+recognised, so the metadata says so.
 """
 
 import dataclasses
@@ -10,6 +11,7 @@ import time
 import numpy as np
 
 from lora_jax.audio import energy as energy_lib
+from lora_jax.audio import genre as genre_lib
 from lora_jax.audio import key as key_lib
 from lora_jax.audio import load as load_lib
 from lora_jax.audio import tempo as tempo_lib
@@ -25,20 +27,24 @@ class Analysis:
   tempo: tempo_lib.Tempo
   key: key_lib.Key
   energy: energy_lib.Energy
+  genre: genre_lib.Genre
   analysis_seconds: float  # wall time of the analysis, for the speed table
 
 
-def analyze_samples(samples: np.ndarray, sample_rate: int) -> tuple[tempo_lib.Tempo, key_lib.Key,
-                                                                    energy_lib.Energy]:
-  """Tempo, key and energy of mono samples at load.SAMPLE_RATE."""
-  return (tempo_lib.estimate(samples, sample_rate), key_lib.estimate(samples, sample_rate),
-          energy_lib.measure(samples, sample_rate))
+def analyze_samples(samples: np.ndarray, sample_rate: int) -> tuple[
+    tempo_lib.Tempo, key_lib.Key, energy_lib.Energy, genre_lib.Genre]:
+  """Tempo, key, energy and genre guess of mono samples at load.SAMPLE_RATE."""
+  tempo = tempo_lib.estimate(samples, sample_rate)
+  profile = key_lib.chroma_profile(samples, sample_rate)
+  key = key_lib.from_scores(key_lib.scores(profile))
+  energy = energy_lib.measure(samples, sample_rate)
+  return tempo, key, energy, genre_lib.guess(genre_lib.features(profile, key, tempo, energy))
 
 
 def analyze(path: str, limits: load_lib.Limits = load_lib.Limits()) -> Analysis:
   """Analyses one audio file; a file that cannot be analysed raises load.BadAudio."""
   started = time.monotonic()
   audio = load_lib.load(path, limits)
-  tempo, key, energy = analyze_samples(audio.samples, audio.sample_rate)
+  tempo, key, energy, genre = analyze_samples(audio.samples, audio.sample_rate)
   return Analysis(path, round(audio.seconds, 3), audio.source_rate, audio.source_channels, tempo,
-                  key, energy, round(time.monotonic() - started, 3))
+                  key, energy, genre, round(time.monotonic() - started, 3))

@@ -5,8 +5,9 @@ few milliseconds, too long, NaN samples) is reported in one line by name and the
 Energy classes come from the levels of the files analysed together (`energy.classes`), and the
 table says which thresholds those were. The table has the seed's columns (File, Genre, BPM, Key,
 Mood, Instruments, Description) plus what a training set needs to trace a row back (source file,
-clip start and end, confidences). Genre and instruments are not estimated: they read "unknown", so
-a user fills them in rather than trusting a guess nobody measured. Mood is the energy class.
+clip start and end, confidences). Genre is the genre guess (one of the corpus genres it was fitted
+on, or "unknown" below its calibrated threshold, with its confidence beside it); instruments are
+not recognised and read "unknown". Mood is the energy class.
 With `to_midi` each song is transcribed (`transcribe`, basic-pitch) and each row gets the MIDI of
 its own span under `midi/` (a clip's notes start at its start), so the folder can become a style
 pack (`launch/build_style_packs.py --from_files=<out>/midi/*.mid --style=...`).
@@ -95,7 +96,7 @@ def run(inputs: list[str], out: str, split_clips: bool, to_midi: bool = False,
   classes = energy_lib.classes([a.energy.level_dbfs for a in results])
   rows, clip_files, midi_files, used = [], {}, {}, set()
   for a, mood in zip(results, classes.labels):
-    base = {"Genre": "unknown", "BPM": round(a.tempo.bpm, 1), "Key": a.key.name, "Mood": mood,
+    base = {"Genre": a.genre.name, "genre_confidence": a.genre.confidence, "BPM": round(a.tempo.bpm, 1), "Key": a.key.name, "Mood": mood,
             "Instruments": "unknown",
             "Description": f"{a.tempo.bpm:.0f} BPM, {a.key.name}, {mood} energy "
                            f"({a.energy.level_dbfs:.1f} dBFS)",
@@ -127,7 +128,9 @@ def run(inputs: list[str], out: str, split_clips: bool, to_midi: bool = False,
   report = {"n_files": len(paths), "n_analysed": len(results), "failures": failures,
             "energy_classes": {"low_below_dbfs": classes.low_below,
                                "high_from_dbfs": classes.high_from, "basis": classes.basis},
-            "genre": "not estimated", "stems": "not separated",
+            "genre": "logistic regression on corpus genres "
+                     f"{', '.join(c for c, _ in results[0].genre.probabilities)}",
+            "stems": "not separated",
             "transcription": "basic-pitch 0.4.0 ONNX" if to_midi else "not asked"}
   texts = {os.path.join(out, "metadata.jsonl"): jsonl, os.path.join(out, "metadata.csv"):
            table.getvalue(), os.path.join(out, "report.json"): json.dumps(report, indent=1)}
