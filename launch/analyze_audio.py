@@ -1,11 +1,12 @@
 """Analyses audio files (tempo, key, energy) and writes a metadata table, optionally with clips.
 
-  python launch/analyze_audio.py --input=my_songs --out=my_set --split_clips
+  python launch/analyze_audio.py --input=my_songs --out=my_set --split_clips --stems
   python launch/analyze_audio.py --input=a.wav,b.flac --out=my_set --to_midi
 
 Writes <out>/metadata.jsonl and metadata.csv (File, Genre, BPM, Key, Mood, Instruments,
 Description), report.json, with --split_clips the clips under <out>/clips/ (10-30 s, cut at
-beats), with --to_midi each row's MIDI under <out>/midi/ (basic-pitch). A file that cannot be analysed is named in one line; the rest are still processed.
+beats), with --to_midi each row's MIDI under <out>/midi/ (basic-pitch), with --stems its
+harmonic and percussive stems under <out>/stems/ (HPSS). A file that cannot be analysed is named in one line; the rest are still processed.
 """
 from absl import flags
 
@@ -20,7 +21,8 @@ _MAX = flags.DEFINE_float("clip_max_seconds", 30.0, "Longest clip.")
 _TARGET = flags.DEFINE_float("clip_target_seconds", 20.0, "Preferred clip length.")
 _TO_MIDI = flags.DEFINE_bool("to_midi", False, "Transcribe each song (clip) to MIDI under "
                               "<out>/midi/ with basic-pitch.")
-_STEMS = flags.DEFINE_bool("stems", False, "Separate stems (not available yet).")
+_STEMS = flags.DEFINE_bool("stems", False, "Write harmonic and percussive stems (HPSS) of each row "
+                            "under <out>/stems/; no vocal separation offline.")
 
 
 def main(argv: list[str]) -> None:
@@ -28,10 +30,9 @@ def main(argv: list[str]) -> None:
     raise ValueError(f"unexpected arguments: {argv[1:]}")
   if not _INPUT.value or not _OUT.value:
     raise errors.UserError("--input and --out are required")
-  if _STEMS.value:
-    raise errors.UserError("--stems is not implemented yet (see README, Audio analysis)")
   settings = clips.ClipSettings(_MIN.value, _MAX.value, _TARGET.value)
-  report = batch.run(_INPUT.value, _OUT.value, _SPLIT.value, _TO_MIDI.value, settings)
+  report = batch.run(_INPUT.value, _OUT.value, _SPLIT.value, _TO_MIDI.value, _STEMS.value,
+                     settings)
   for line in report.failures:
     print(f"skipped: {line}")
   print(f"wrote {len(report.rows)} rows to {_OUT.value}/metadata.jsonl "

@@ -54,7 +54,7 @@ def test_cli_writes_table_and_clips_and_names_bad_files(tmp_path):
   (songs / "junk.mp3").write_bytes(b"\x00" * 100)
   out = tmp_path / "out"
   done = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "analyze_audio.py"),
-                         f"--input={songs}", f"--out={out}", "--split_clips"],
+                         f"--input={songs}", f"--out={out}", "--split_clips", "--stems"],
                         capture_output=True, text=True)
   assert done.returncode == 0, done.stderr
   skipped = [line for line in done.stdout.splitlines() if line.startswith("skipped: ")]
@@ -70,8 +70,13 @@ def test_cli_writes_table_and_clips_and_names_bad_files(tmp_path):
     clip = soundfile.info(str(out / row["File"]))
     assert clip.duration == pytest.approx(row["end"] - row["start"], abs=0.01)
     assert row["Mood"] in ("low", "medium", "high") and 0 < row["genre_confidence"] <= 1
+    harmonic, _ = soundfile.read(str(out / row["stem_harmonic"]))
+    percussive, _ = soundfile.read(str(out / row["stem_percussive"]))
+    whole, _ = soundfile.read(str(out / row["File"]))
+    np.testing.assert_allclose(harmonic + percussive, whole, atol=2e-3)  # soft masks: they sum
   report = json.loads((out / "report.json").read_text())
   assert report["n_analysed"] == 2 and len(report["failures"]) == 2
+  assert report["stems"].startswith("harmonic/percussive HPSS")
 
 
 def test_nothing_is_written_when_no_file_can_be_analysed(tmp_path):

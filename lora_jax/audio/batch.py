@@ -8,6 +8,8 @@ Mood, Instruments, Description) plus what a training set needs to trace a row ba
 clip start and end, confidences). Genre is the genre guess (one of the corpus genres it was fitted
 on, or "unknown" below its calibrated threshold, with its confidence beside it); instruments are
 not recognised and read "unknown". Mood is the energy class.
+With `stems` each row gets harmonic and percussive stems under `stems/` (`stems.SEPARATOR` says
+which separator ran; there is no vocal separation offline).
 With `to_midi` each song is transcribed (`transcribe`, basic-pitch) and each row gets the MIDI of
 its own span under `midi/` (a clip's notes start at its start), so the folder can become a style
 pack (`launch/build_style_packs.py --from_files=<out>/midi/*.mid --style=...`).
@@ -28,6 +30,7 @@ from lora_jax.audio import analysis as analysis_lib
 from lora_jax.audio import clips as clips_lib
 from lora_jax.audio import energy as energy_lib
 from lora_jax.audio import load as load_lib
+from lora_jax.audio import stems as stems_lib
 from lora_jax.audio import transcribe as transcribe_lib
 
 SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff")
@@ -71,18 +74,22 @@ def _clip_name(path: str, index: int, used: set[str]) -> str:
 
 
 def run(inputs: list[str], out: str, split_clips: bool, to_midi: bool = False,
-        settings: clips_lib.ClipSettings = clips_lib.ClipSettings(),
+        stems: bool = False, settings: clips_lib.ClipSettings = clips_lib.ClipSettings(),
         limits: load_lib.Limits = load_lib.Limits()) -> Report:
   """Analyses every file; writes the table (and clips) under `out`; returns what it did."""
   paths = collect(inputs)
-  results, failures, cuts, midis = [], [], {}, {}
+  results, failures, cuts, midis, separated = [], [], {}, {}, {}
   bar = progress.Progress(len(paths), "analysing")
   for path in paths:
     try:
       a = analysis_lib.analyze(path, limits)
-      if split_clips:
+      if split_clips or stems:
         audio = load_lib.load(path, limits)
-        cuts[path] = (audio, clips_lib.cut(audio.samples, audio.sample_rate, a.tempo.bpm, settings))
+        pieces = (clips_lib.cut(audio.samples, audio.sample_rate, a.tempo.bpm, settings)
+                  if split_clips else [clips_lib.Clip(0.0, a.seconds, True)])
+        cuts[path] = (audio, pieces)
+      if stems:
+        separated[path] = stems_lib.separate(cuts[path][0].samples)
       if to_midi:
         midis[path] = transcribe_lib.transcribe(path)
       results.append(a)
@@ -94,26 +101,33 @@ def run(inputs: list[str], out: str, split_clips: bool, to_midi: bool = False,
     raise errors.UserError(f"none of the {len(paths)} files could be analysed: "
                            + "; ".join(failures))
   classes = energy_lib.classes([a.energy.level_dbfs for a in results])
-  rows, clip_files, midi_files, used = [], {}, {}, set()
+  rows, wav_files, midi_files, used = [], {}, {}, set()
   for a, mood in zip(results, classes.labels):
-    base = {"Genre": a.genre.name, "genre_confidence": a.genre.confidence, "BPM": round(a.tempo.bpm, 1), "Key": a.key.name, "Mood": mood,
-            "Instruments": "unknown",
+    base = {"Genre": a.genre.name, "BPM": round(a.tempo.bpm, 1), "Key": a.key.name, "Mood": mood,
+            "Instruments": "unknown", "genre_confidence": a.genre.confidence,
             "Description": f"{a.tempo.bpm:.0f} BPM, {a.key.name}, {mood} energy "
                            f"({a.energy.level_dbfs:.1f} dBFS)",
             "source": os.path.abspath(a.path), "tempo_confidence": a.tempo.confidence,
             "key_confidence": a.key.confidence, "key_runner_up": a.key.runner_up,
             "level_dbfs": a.energy.level_dbfs}
-    if split_clips:
+    if split_clips or stems:
       audio, pieces = cuts[a.path]
+    if split_clips:
       spans = [(_clip_name(a.path, i, used), clip) for i, clip in enumerate(pieces)]
     else:
       spans = [(_clip_name(a.path, 0, used), clips_lib.Clip(0.0, a.seconds, True))]
     for name, clip in spans:
       row = {"File": os.path.abspath(a.path), **base, "start": clip.start, "end": clip.end}
       if split_clips:
-        clip_files[os.path.join(out, "clips", name)] = audio.samples[
+        wav_files[os.path.join(out, "clips", name)] = audio.samples[
             int(clip.start * audio.sample_rate):int(clip.end * audio.sample_rate)]
         row.update(File=os.path.join("clips", name), cut_at_beat=clip.at_beat)
+      if stems:
+        span = slice(int(clip.start * audio.sample_rate), int(clip.end * audio.sample_rate))
+        for part in ("harmonic", "percussive"):
+          stem_name = os.path.join("stems", f"{os.path.splitext(name)[0]}_{part}.wav")
+          wav_files[os.path.join(out, stem_name)] = getattr(separated[a.path], part)[span]
+          row[f"stem_{part}"] = stem_name
       if to_midi:
         midi_name = os.path.join("midi", os.path.splitext(name)[0] + ".mid")
         midi_files[os.path.join(out, midi_name)] = transcribe_lib.window(midis[a.path],
@@ -130,16 +144,16 @@ def run(inputs: list[str], out: str, split_clips: bool, to_midi: bool = False,
                                "high_from_dbfs": classes.high_from, "basis": classes.basis},
             "genre": "logistic regression on corpus genres "
                      f"{', '.join(c for c, _ in results[0].genre.probabilities)}",
-            "stems": "not separated",
+            "stems": stems_lib.SEPARATOR if stems else "not asked",
             "transcription": "basic-pitch 0.4.0 ONNX" if to_midi else "not asked"}
   texts = {os.path.join(out, "metadata.jsonl"): jsonl, os.path.join(out, "metadata.csv"):
            table.getvalue(), os.path.join(out, "report.json"): json.dumps(report, indent=1)}
-  with atomic.atomic_paths(*texts, *clip_files, *midi_files) as tmps:
+  with atomic.atomic_paths(*texts, *wav_files, *midi_files) as tmps:
     for tmp, text in zip(tmps, texts.values()):
       with open(tmp, "w") as f:
         f.write(text)
-    for tmp, samples in zip(tmps[len(texts):], clip_files.values()):
+    for tmp, samples in zip(tmps[len(texts):], wav_files.values()):
       soundfile.write(tmp, samples, load_lib.SAMPLE_RATE, format="WAV", subtype="PCM_16")
-    for tmp, pm in zip(tmps[len(texts) + len(clip_files):], midi_files.values()):
+    for tmp, pm in zip(tmps[len(texts) + len(wav_files):], midi_files.values()):
       pm.write(tmp)
   return Report(tuple(rows), tuple(failures), classes.basis)
