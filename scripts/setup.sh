@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine for lora_jax: a virtual environment with the package, PyTorch (CPU, for
 # interop and parity tests) and PEFT, the compiled CPU attention kernel (g++ and Eigen from Debian's
-# packages, installed here when missing), plus the real data the tests and demos read offline.
+# packages, installed here when missing), fluidsynth and a General MIDI soundfont (Debian's, for the
+# rendered audio the audio analysis is measured on), plus the real data the tests and demos read
+# offline.
 #
 #   bash scripts/setup.sh          (idempotent; a second run only checks)
 #   LORA_JAX_ACCELERATOR=cuda12 bash scripts/setup.sh    (an NVIDIA host: jax's CUDA 12 plugin)
@@ -25,13 +27,39 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 # Exactly torch 2.13.0: its CPU wheel is on disk here; any other version pulls a CUDA build.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[torch,test,data,parity]'
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[torch,test,data,parity,audio]'
 # The original Stable Audio models and sampler for the parity tests, without their requirements
 # (they pull torchaudio, torchvision and another torch build); the extra `parity` holds the few
 # modules they import.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
   stable-audio-tools==0.0.19 k-diffusion==0.1.1.post1
+# Audio to MIDI (lora_jax/audio/transcribe.py): basic-pitch's wheel ships its ONNX model; without
+# its requirements, which pull TensorFlow (the extra `audio` holds what it imports).
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps basic-pitch==0.4.0
 PYTHON=.venv/bin/python bash scripts/fetch_performances.sh .cache/performances
+
+# Debian packages, installed when missing (as root, or with sudo that asks nothing). The first
+# argument says what else would do when they cannot be installed here.
+apt_install() {
+  local otherwise="$1"
+  shift
+  (( $# )) || return 0
+  local as_root=()
+  [[ $(id -u) -eq 0 ]] || as_root=(sudo -n)
+  if ! command -v apt-get >/dev/null || ! "${as_root[@]}" true 2>/dev/null; then
+    echo "setup: install $* (Debian packages)$otherwise" >&2
+    exit 1
+  fi
+  "${as_root[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq "$@" >/dev/null
+}
+
+# Audio analysis (lora_jax/audio) renders MIDI to WAV for its ground truth: fluidsynth and Debian's
+# General MIDI soundfont, on every accelerator.
+audio_missing=()
+command -v fluidsynth >/dev/null || audio_missing+=(fluidsynth)
+[[ -f /usr/share/sounds/sf2/FluidR3_GM.sf2 ]] || audio_missing+=(fluid-soundfont-gm)
+apt_install "" "${audio_missing[@]}"
 
 if [[ "$ACCELERATOR" != cpu ]]; then
   jax_version=$(.venv/bin/python -c 'import jax; print(jax.__version__)')
@@ -47,14 +75,5 @@ command -v g++ >/dev/null || missing+=(g++)
 if [[ -z "${EIGEN_INCLUDE_DIR:-}" && ! -f /usr/include/eigen3/Eigen/Core ]]; then
   missing+=(libeigen3-dev)
 fi
-if (( ${#missing[@]} )); then
-  as_root=()
-  [[ $(id -u) -eq 0 ]] || as_root=(sudo -n)
-  if ! command -v apt-get >/dev/null || ! "${as_root[@]}" true 2>/dev/null; then
-    echo "setup: install ${missing[*]} (Debian packages), or set CXX / EIGEN_INCLUDE_DIR" >&2
-    exit 1
-  fi
-  "${as_root[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+apt_install ", or set CXX / EIGEN_INCLUDE_DIR" "${missing[@]}"
 .venv/bin/python -m lora_jax.kernels

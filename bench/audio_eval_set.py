@@ -1,0 +1,36 @@
+"""Builds the rendered evaluation set of the audio analysis (see lora_jax/audio/eval_set.py).
+
+  python bench/audio_eval_set.py --out=.cache/audio_eval_set            (224 pieces, ~5 min)
+  python bench/audio_eval_set.py --out=/tmp/small --per_genre=3 --max_seconds=20
+  python bench/audio_eval_set.py --out=.cache/audio_genre_set --shared_instruments
+
+A second run reuses every render whose recipe is unchanged.
+"""
+from absl import flags
+
+from lora_jax import cli
+from lora_jax.audio import eval_set
+
+_OUT = flags.DEFINE_string("out", ".cache/audio_eval_set", "Folder of the set.")
+_PER_GENRE = flags.DEFINE_integer("per_genre", None, "Pieces per genre (default: the set's own "
+                                  "counts, 224 in all).", lower_bound=1)
+_MAX_SECONDS = flags.DEFINE_float("max_seconds", 45.0, "Each piece is cut after this.")
+_SHARED = flags.DEFINE_bool("shared_instruments", False, "Every genre played by the same "
+                            "instruments (the genre set: .cache/audio_genre_set).")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise ValueError(f"unexpected arguments: {argv[1:]}")
+  plans = eval_set.GENRE_PLANS if _SHARED.value else eval_set.DEFAULT_PLANS
+  if _PER_GENRE.value is not None:
+    plans = tuple(eval_set.GenrePlan(p.genre, _PER_GENRE.value, p.programs, p.bpm_range)
+                  for p in plans)
+  entries = eval_set.build(_OUT.value, plans, _MAX_SECONDS.value)
+  keys = {e.truth.key_name for e in entries}
+  minutes = sum(e.seconds for e in entries) / 60
+  print(f"{len(entries)} pieces, {minutes:.1f} minutes, {len(keys)} of 24 keys, in {_OUT.value}")
+
+
+if __name__ == "__main__":
+  cli.run(main, "audio_eval_set")
