@@ -5,18 +5,18 @@ stopping (SIGTERM sent: the loop checkpoints and exits with status 75) and then 
 queued job straight to stopped; resume moves stopped, interrupted or failed back to queued, and
 the same command continues from the run's last checkpoint.
 
-The training process is told by the kernel to take SIGTERM when the worker thread that started it
+The training process asks the kernel to take SIGTERM when the worker thread that started it
 dies (PR_SET_PDEATHSIG), so a server killed with SIGKILL still leaves a checkpointed run behind,
 never an orphan training on. When a server starts it finds jobs left 'running' by the last one:
 they become interrupted and, with `auto_resume`, are queued again; before one is rerun, the old
 process (if still writing its checkpoint) is waited for.
 """
 
-import ctypes
 import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -32,8 +32,17 @@ _PR_SET_PDEATHSIG = 1
 RESUMABLE = ("stopped", "interrupted", "failed")
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-  ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+# Run first in the training process: ask for SIGTERM when the server dies, then exec the launcher.
+# (A preexec_fn would do the same but makes subprocess fork a process that imported JAX.) If the
+# server died before the request was made, the parent pid is no longer the server's: stop.
+_TRAMPOLINE = ("import ctypes, os, signal, sys; "
+               f"ctypes.CDLL(None).prctl({_PR_SET_PDEATHSIG}, signal.SIGTERM); "
+               "os.getppid() == int(sys.argv[1]) or sys.exit(75); "
+               "os.execv(sys.argv[2], sys.argv[2:])")
+
+
+def _with_trampoline(argv: list[str]) -> list[str]:
+  return [sys.executable, "-c", _TRAMPOLINE, str(os.getpid()), *argv]
 
 
 def _alive(pid: int, marker: str) -> bool:
@@ -159,9 +168,9 @@ class Worker:
       if current is None or current["state"] != "queued":  # stopped or deleted meanwhile
         return
       with open(os.path.join(output_dir, "log.txt"), "ab") as log:
-        proc = subprocess.Popen(json.loads(job["argv"]), cwd=output_dir, stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
-                                preexec_fn=_die_with_parent, start_new_session=True)
+        proc = subprocess.Popen(_with_trampoline(json.loads(job["argv"])), cwd=output_dir,
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=self.env, start_new_session=True)
       self._current = (job["id"], proc)
       self.db.execute("UPDATE jobs SET state = 'running', pid = ?, started = ?, message = '' "
                       "WHERE id = ?", (proc.pid, db_lib.now(), job["id"]))
