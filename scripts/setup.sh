@@ -33,6 +33,20 @@ fi
   stable-audio-tools==0.0.19 k-diffusion==0.1.1.post1
 PYTHON=.venv/bin/python bash scripts/fetch_performances.sh .cache/performances
 
+# Debian's chromium for the studio's GUI test (tests/studio_browser_test.py), driven by Playwright
+# through its executable path: Playwright's own browser download is not reachable. Without apt
+# or root the test is skipped, and this says so.
+if ! command -v chromium >/dev/null; then
+  as_root=()
+  [[ $(id -u) -eq 0 ]] || as_root=(sudo -n)
+  if command -v apt-get >/dev/null && "${as_root[@]}" true 2>/dev/null; then
+    "${as_root[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq chromium >/dev/null
+  else
+    echo "setup: no chromium and no apt/root to install it: the studio's browser test is skipped"
+  fi
+fi
+
 if [[ "$ACCELERATOR" != cpu ]]; then
   jax_version=$(.venv/bin/python -c 'import jax; print(jax.__version__)')
   .venv/bin/python -m pip install --quiet --disable-pip-version-check \

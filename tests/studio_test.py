@@ -6,9 +6,6 @@ every test also restarts the studio on the state the last one left."""
 
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 
 import httpx
@@ -108,28 +105,6 @@ def test_child_adapter_over_the_parent_and_deletes(trained):
     assert [a["id"] for a in client.get(f"{API}/lora-adapters").json()] == [parent_id]
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def _server(root, port) -> subprocess.Popen:
-  env = dict(os.environ, **dict(studio_testlib.worker_env(str(root.parent))))
-  proc = subprocess.Popen([sys.executable, str(app_lib.STATIC.parents[2] / "launch" / "studio.py"),
-                           f"--root={root}", f"--port={port}"], env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-  deadline = time.time() + 60
-  while time.time() < deadline:
-    try:
-      if httpx.get(f"http://127.0.0.1:{port}{API}/jobs", timeout=1).status_code == 200:
-        return proc
-    except httpx.TransportError:
-      time.sleep(0.2)
-  proc.kill()
-  raise AssertionError(proc.stderr.read().decode()[-3000:])
-
-
 def _log(root, job_id) -> str:
   return (root / "jobs" / job_id / "log.txt").read_text()
 
@@ -138,8 +113,8 @@ def test_stop_resume_and_a_killed_server_give_the_same_adapter(trained):
   """Stop (SIGTERM, exit 75) and resume through the API, then SIGKILL the server mid-run: the
   kernel sends the trainer SIGTERM, it checkpoints, the next server resumes the job, and its
   adapter is byte-identical to the uninterrupted one of the fixture."""
-  root, port = trained["root"], _free_port()
-  server = _server(root, port)
+  root, port = trained["root"], studio_testlib.free_port()
+  server = studio_testlib.server(root, port)
   try:
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     job = client.post(f"{API}/train-lora", json=dict(
@@ -165,7 +140,7 @@ def test_stop_resume_and_a_killed_server_give_the_same_adapter(trained):
     while os.path.exists(f"/proc/{pid}") and time.time() < deadline:
       time.sleep(0.1)
     assert not os.path.exists(f"/proc/{pid}"), "the training process outlived its server"
-    server = _server(root, port)
+    server = studio_testlib.server(root, port)
     done = wait(client, job["id"], ("finished",))
     assert _log(root, job["id"]).count("resumed from step") == 2 and done["step"] == 108
     rows = {a["id"]: a for a in client.get(f"{API}/lora-adapters").json()}

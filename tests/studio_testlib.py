@@ -2,7 +2,14 @@
 
 import io
 import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
 import zipfile
+
+import httpx
 
 from music21 import converter
 
@@ -40,3 +47,26 @@ def worker_env(cache_dir: str) -> tuple[tuple[str, str], ...]:
   return (("XLA_FLAGS", "--xla_force_host_platform_device_count=1"), ("JAX_PLATFORMS", "cpu"),
           ("JAX_COMPILATION_CACHE_DIR", os.path.join(cache_dir, "xla")),
           ("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0"))
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def server(root, port: int) -> subprocess.Popen:
+  """launch/studio.py on `root`, once it answers."""
+  env = dict(os.environ, **dict(worker_env(str(pathlib.Path(root).parent))))
+  script = pathlib.Path(__file__).resolve().parents[1] / "launch" / "studio.py"
+  proc = subprocess.Popen([sys.executable, str(script), f"--root={root}", f"--port={port}"],
+                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  deadline = time.time() + 90
+  while time.time() < deadline and proc.poll() is None:
+    try:
+      if httpx.get(f"http://127.0.0.1:{port}/api/training/jobs", timeout=1).status_code == 200:
+        return proc
+    except httpx.TransportError:
+      time.sleep(0.2)
+  proc.kill()
+  raise AssertionError(proc.stderr.read().decode()[-3000:])

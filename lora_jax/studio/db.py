@@ -42,7 +42,7 @@ MIGRATIONS = (
       params TEXT NOT NULL,         -- JSON: the request's hyperparameters
       argv TEXT NOT NULL,           -- JSON: the launcher's command line, which resume reruns
       output_dir TEXT NOT NULL,     -- relative to the root
-      state TEXT NOT NULL,          -- queued, running, stopping, stopped, interrupted, finished, failed
+      state TEXT NOT NULL,          -- queued running stopping stopped interrupted finished failed
       pid INTEGER,
       exit_code INTEGER,
       message TEXT NOT NULL,

@@ -55,6 +55,7 @@ document.querySelectorAll("#tabs button").forEach((b) => b.addEventListener("cli
   document.querySelectorAll("section.tab").forEach((x) => x.classList.remove("active"));
   b.classList.add("active");
   document.getElementById(b.dataset.tab).classList.add("active");
+  notice("");
   refreshAll();
 }));
 
@@ -220,7 +221,10 @@ async function refreshFollowed() {
   document.getElementById("resume").disabled =
     !["stopped", "interrupted", "failed"].includes(job.state);
   drawLoss(await api(`/jobs/${followed}/metrics`));
-  document.getElementById("log").textContent = await api(`/jobs/${followed}/log`);
+  const log = document.getElementById("log");
+  const atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+  log.textContent = await api(`/jobs/${followed}/log`);
+  if (atEnd) log.scrollTop = log.scrollHeight;  // follow the end unless the user scrolled up
 }
 
 async function refreshJobs() {
