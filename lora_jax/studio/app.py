@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import os
 import pathlib
+import shutil
 
 import fastapi
 from fastapi import responses, staticfiles
@@ -20,7 +21,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from starlette.exceptions import HTTPException
 from absl import logging
 
-from lora_jax.studio import api_models, audio_bridge, datasets, jobs, security, worker
+from lora_jax.studio import api_models, audio_bridge, jobs, security, worker
 from lora_jax.studio import db as db_lib
 from lora_jax.studio import storage as storage_lib
 
@@ -59,10 +60,16 @@ class Studio:
     self.worker = worker.Worker(self.db, self.store, env, settings.auto_resume)
 
   def sweep(self) -> int:
-    """Remove blobs no row names (after a delete, or what a crash left)."""
+    """Remove blobs and dataset folders no row names (after a delete, or what a crash between
+    a file and its row left); how many blobs went."""
     with self.store.lock:
       referenced = {r["sha256"] for r in self.db.all("SELECT sha256 FROM files UNION "
                                                      "SELECT sha256 FROM adapters")}
+      folders = os.path.join(self.store.root, "datasets")
+      known = {r["id"] for r in self.db.all("SELECT id FROM datasets")}
+      for name in os.listdir(folders) if os.path.isdir(folders) else []:
+        if name not in known and name.isalnum():
+          self.store.remove_folder("datasets", name)
       return self.store.sweep(referenced)
 
   def job_view(self, job: dict) -> dict:
@@ -148,6 +155,9 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
 
   @contextlib.asynccontextmanager
   async def lifespan(app):
+    for name in os.listdir(studio.store.root):  # scratch folders of requests a crash cut short
+      if name.startswith((".upload.", ".audio.")):
+        shutil.rmtree(os.path.join(studio.store.root, name), ignore_errors=True)
     studio.sweep()
     studio.worker.start()
     yield

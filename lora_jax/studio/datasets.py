@@ -129,28 +129,29 @@ def prepare(database: db_lib.Database, store: storage_lib.Storage, name: str, st
         raise DatasetError(str(e).replace(path, f.name)) from e
       paths.append(path)
     packs = os.path.join(scratch, "packs")
-    report = folder.build_from_files(paths, style, packs, split)
+    try:
+      report = folder.build_from_files(paths, style, packs, split)
+    except folder.FolderPackError as e:
+      raise DatasetError(str(e)) from e
     packed = {s.style: s for s in report.styles}
     if not packed[style].packed:
       raise DatasetError(f"style {style}: {packed[style].why_not}")
-    os.makedirs(os.path.dirname(final), exist_ok=True)
-    os.rename(packs, final)  # the pack is whole before any row names it
-  except folder.FolderPackError as e:
-    raise DatasetError(str(e)) from e
+    left_out = {os.path.basename(p): reason for p, reason in report.failures}
+    summary = {"lines": report.lines(), "ignored": other,
+               "splits": {s.style: s.splits for s in report.styles}}
+    with store.lock:  # the pack and blobs are whole before any row names them
+      os.makedirs(os.path.dirname(final), exist_ok=True)
+      os.rename(packs, final)
+      rows = [(db_lib.new_id(), dataset_id, f.name, store.put_bytes(f.data), len(f.data),
+               "left out" if f.name in left_out else "packed", left_out.get(f.name, ""))
+              for f in files]
+      with database.transaction() as c:
+        c.execute("INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?)",
+                  (dataset_id, name.strip(), style, os.path.relpath(final, store.root),
+                   json.dumps(summary), db_lib.now()))
+        c.executemany("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
   finally:
     shutil.rmtree(scratch, ignore_errors=True)
-  left_out = {os.path.basename(p): reason for p, reason in report.failures}
-  summary = {"lines": report.lines(), "ignored": other,
-             "splits": {s.style: s.splits for s in report.styles}}
-  with store.lock:
-    rows = [(db_lib.new_id(), dataset_id, f.name, store.put_bytes(f.data), len(f.data),
-             "left out" if f.name in left_out else "packed", left_out.get(f.name, ""))
-            for f in files]
-    with database.transaction() as c:
-      c.execute("INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?)",
-                (dataset_id, name.strip(), style, os.path.relpath(final, store.root),
-                 json.dumps(summary), db_lib.now()))
-      c.executemany("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
   return get(database, dataset_id)
 
 
