@@ -1,7 +1,10 @@
 """The training studio: a local web app that turns a user's MIDI into style adapters, for real.
 
-  app.py          the FastAPI app: routes, the GUI's static files, JSON errors
-  api_models.py   request and response bodies (pydantic): what the API accepts, checked
+  app.py          the FastAPI app: the token and body guard, JSON errors, the GUI's static files
+  routes.py       the API under /api/training/
+  serve.py        uvicorn, after the bind checks (launch/studio.py calls it)
+  static/         the four-tab GUI: plain HTML and JavaScript, nothing fetched from elsewhere
+  api_models.py   request bodies (pydantic): what the API accepts, checked
   db.py           the SQLite state (datasets, files, jobs, adapters), its schema version and
                   migrations
   storage.py      files under the root by content hash, written atomically before their row
