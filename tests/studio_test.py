@@ -18,7 +18,10 @@ from lora_jax.studio import db as db_lib
 import studio_testlib
 
 API = "/api/training"
-PARENT = dict(studio_testlib.TINY, epochs=12)  # 9 steps an epoch; a checkpoint at each epoch end
+# 9 steps an epoch, a checkpoint at each epoch end; long enough that a stop lands mid-run even on
+# a fast machine.
+PARENT = dict(studio_testlib.TINY, epochs=30)
+STEPS = 30 * 9
 
 
 def make_client(root, **settings) -> TestClient:
@@ -67,16 +70,16 @@ def test_dataset_job_and_adapter_survive_a_restart(trained):
       "jig_0.mid", "jig_1.mid", "jig_2.mid", "jig_3.mid"]
   assert ds["report"]["ignored"] == ["set.zip:tunes/readme.txt"]
   assert sum(ds["report"]["splits"]["celtic/jig"].values()) == 4
-  assert job["step"] == job["total_steps"] == 108 and job["val_loss"] is not None
+  assert job["step"] == job["total_steps"] == STEPS and job["val_loss"] is not None
   with make_client(trained["root"]) as client:  # a new app on the same root
     assert [d["id"] for d in client.get(f"{API}/datasets").json()] == [ds["id"]]
     rows = client.get(f"{API}/jobs/{job['id']}/metrics").json()
-    assert rows[0]["step"] == 0 and rows[-1]["step"] == 108
+    assert rows[0]["step"] == 0 and rows[-1]["step"] == STEPS
     assert all(r["train_loss"] is not None for r in rows[1:])
     assert rows[-1]["train_loss"] < rows[1]["train_loss"]  # it learned
     adapters = client.get(f"{API}/lora-adapters").json()
     assert [a["id"] for a in adapters] == [job["adapter_id"]]
-    assert adapters[0]["level"] == "parent" and adapters[0]["steps"] == 108
+    assert adapters[0]["level"] == "parent" and adapters[0]["steps"] == STEPS
     got = client.get(f"{API}/lora-adapters/{job['adapter_id']}/download")
     assert got.status_code == 200 and "celtic_" in got.headers["content-disposition"]
     path = trained["root"].parent / "downloaded.lora"
@@ -123,7 +126,7 @@ def test_stop_resume_and_a_killed_server_give_the_same_adapter(trained):
     stopping = client.post(f"{API}/stop-training", json={"job_id": job["id"]}).json()
     assert stopping["state"] in ("stopping", "stopped")
     stopped = wait(client, job["id"], ("stopped",))
-    assert stopped["exit_code"] == 75 and 3 <= stopped["step"] < 108
+    assert stopped["exit_code"] == 75 and 3 <= stopped["step"] < STEPS
     busy = client.delete(f"{API}/datasets/{trained['dataset']['id']}")
     assert busy.status_code == 409 and job["id"] in busy.json()["error"]
     again = client.post(f"{API}/jobs/{job['id']}/resume")
@@ -142,7 +145,7 @@ def test_stop_resume_and_a_killed_server_give_the_same_adapter(trained):
     assert not os.path.exists(f"/proc/{pid}"), "the training process outlived its server"
     server = studio_testlib.server(root, port)
     done = wait(client, job["id"], ("finished",))
-    assert _log(root, job["id"]).count("resumed from step") == 2 and done["step"] == 108
+    assert _log(root, job["id"]).count("resumed from step") == 2 and done["step"] == STEPS
     rows = {a["id"]: a for a in client.get(f"{API}/lora-adapters").json()}
     # Same data, same settings: the twice-interrupted job's file is the uninterrupted one's, byte
     # for byte (one blob, two rows).
