@@ -89,7 +89,9 @@ def test_dataset_job_and_adapter_survive_a_restart(trained):
     assert record.spec.rank == 2 and record.base_fingerprint == adapters[0]["base"]
 
 
-def test_child_adapter_over_the_parent_and_deletes(trained):
+def test_child_adapter_over_the_parent_across_a_server_restart(trained):
+  """A child adapter over the fixture's parent; the server stops (its lifespan ends) mid-run, the
+  job is left interrupted, and the next server resumes it to the end."""
   parent_id = trained["job"]["adapter_id"]
   with make_client(trained["root"]) as client:
     bad = client.post(f"{API}/train-lora", json=dict(
@@ -97,11 +99,20 @@ def test_child_adapter_over_the_parent_and_deletes(trained):
     assert bad.status_code == 400 and "parent_adapter_id" in bad.json()["error"]
     child = client.post(f"{API}/train-lora", json=dict(
         name="jig child", dataset_id=trained["dataset"]["id"], level="child",
-        parent_adapter_id=parent_id, **studio_testlib.TINY))
+        parent_adapter_id=parent_id, **dict(studio_testlib.TINY, epochs=20)))
     assert child.status_code == 200, child.text
-    child = wait(client, child.json()["id"], ("finished",))
+    child_id = child.json()["id"]
+    wait(client, child_id, ("running",), pred=lambda j: j["step"] >= 1)
+  database = db_lib.Database(str(trained["root"] / app_lib.DB_FILE))
+  left = database.one("SELECT state, exit_code FROM jobs WHERE id = ?", (child_id,))
+  database.close()
+  assert left == {"state": "interrupted", "exit_code": 75}
+  with make_client(trained["root"]) as client:
+    child = wait(client, child_id, ("finished",))
+    assert "resumed from step" in _log(trained["root"], child_id)
     row = client.get(f"{API}/lora-adapters/{child['adapter_id']}").json()
     assert row["parent_adapter_id"] == parent_id and row["style"] == "celtic/jig"
+    assert row["steps"] == 20 * 9
     refused = client.delete(f"{API}/lora-adapters/{parent_id}")
     assert refused.status_code == 409 and "parent of adapter" in refused.json()["error"]
     assert client.delete(f"{API}/lora-adapters/{child['adapter_id']}").status_code == 200

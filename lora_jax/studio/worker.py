@@ -7,8 +7,9 @@ the same command continues from the run's last checkpoint.
 
 The training process asks the kernel to take SIGTERM when the worker thread that started it
 dies (PR_SET_PDEATHSIG), so a server killed with SIGKILL still leaves a checkpointed run behind,
-never an orphan training on. When a server starts it finds jobs left 'running' by the last one:
-they become interrupted and, with `auto_resume`, are queued again; before one is rerun, the old
+never an orphan training on. A server that stops leaves its running job interrupted (SIGTERM, checkpoint).
+When a server starts it finds jobs left 'running' (killed) or interrupted by the last one: with
+`auto_resume` they are queued again, else they wait as interrupted for a resume; before one is rerun, the old
 process (if still writing its checkpoint) is waited for.
 """
 
@@ -70,14 +71,17 @@ class Worker:
     self._thread.start()
 
   def recover(self) -> None:
-    """Jobs the last server left running: interrupted, and queued again with auto_resume."""
+    """Jobs the last server left running (killed) or interrupted (stopped with it): queued again
+    with auto_resume, else left interrupted for the user to resume."""
     self.db.execute("UPDATE jobs SET state = 'stopped', message = 'stopped; the server ended "
                     "before its run did' WHERE state = 'stopping'")
-    state = "queued" if self.auto_resume else "interrupted"
-    message = ("interrupted by a server restart; resumed from its last checkpoint"
-               if self.auto_resume else "interrupted by a server restart: resume it to continue")
-    n = self.db.execute("UPDATE jobs SET state = ?, message = ? WHERE state = 'running'",
-                        (state, message))
+    if self.auto_resume:
+      n = self.db.execute("UPDATE jobs SET state = 'queued', message = 'interrupted by a server "
+                          "restart; resumed from its last checkpoint' WHERE state IN "
+                          "('running', 'interrupted')")
+    else:
+      n = self.db.execute("UPDATE jobs SET state = 'interrupted', message = 'interrupted by a "
+                          "server restart: resume it to continue' WHERE state = 'running'")
     if n:
       logging.info("studio: %d job(s) found interrupted by a restart; %s", n,
                    "queued again" if self.auto_resume else "waiting for resume")
