@@ -27,7 +27,7 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 # Exactly torch 2.13.0: its CPU wheel is on disk here; any other version pulls a CUDA build.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[torch,test,data,parity,audio]'
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[torch,test,data,parity,audio,studio]'
 # The original Stable Audio models and sampler for the parity tests, without their requirements
 # (they pull torchaudio, torchvision and another torch build); the extra `parity` holds the few
 # modules they import.
@@ -55,11 +55,14 @@ apt_install() {
 }
 
 # Audio analysis (lora_jax/audio) renders MIDI to WAV for its ground truth: fluidsynth and Debian's
-# General MIDI soundfont, on every accelerator.
-audio_missing=()
-command -v fluidsynth >/dev/null || audio_missing+=(fluidsynth)
-[[ -f /usr/share/sounds/sf2/FluidR3_GM.sf2 ]] || audio_missing+=(fluid-soundfont-gm)
-apt_install "" "${audio_missing[@]}"
+# General MIDI soundfont, on every accelerator. The studio's GUI test (tests/studio_browser_test.py)
+# drives Debian's chromium through Playwright's executable path (Playwright's own browser download
+# is not reachable).
+apt_missing=()
+command -v fluidsynth >/dev/null || apt_missing+=(fluidsynth)
+[[ -f /usr/share/sounds/sf2/FluidR3_GM.sf2 ]] || apt_missing+=(fluid-soundfont-gm)
+command -v chromium >/dev/null || apt_missing+=(chromium)
+apt_install "" "${apt_missing[@]}"
 
 if [[ "$ACCELERATOR" != cpu ]]; then
   jax_version=$(.venv/bin/python -c 'import jax; print(jax.__version__)')

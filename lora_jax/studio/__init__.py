@@ -1,0 +1,20 @@
+"""The training studio: a local web app that turns a user's MIDI into style adapters, for real.
+
+  app.py          the FastAPI app: the token and body guard, JSON errors, the GUI's static files
+  routes.py       the API under /api/training/
+  serve.py        uvicorn, after the bind checks (launch/studio.py calls it)
+  static/         the four-tab GUI: plain HTML and JavaScript, nothing fetched from elsewhere
+  api_models.py   request bodies (pydantic): what the API accepts, checked
+  db.py           the SQLite state (datasets, files, jobs, adapters), its schema version and
+                  migrations
+  storage.py      files under the root by content hash, written atomically before their row
+  datasets.py     uploads (MIDI files or a zip) checked by decoding, then packed as a style pack
+  jobs.py         a training job: the real launcher's command line and what its run wrote
+  worker.py       runs queued jobs one at a time in a subprocess; stop, resume, restart recovery
+  security.py     where the server may listen, the token, upload caps, safe file names
+  audio_bridge.py the audio endpoints' link to lora_jax.audio, looked up at request time
+
+Order of writes, everywhere: a file is written atomically first, then the row that names it, so
+after a crash the database never names a file that is not whole (a file no row names is only
+unused space, removed by `storage.sweep`).
+"""

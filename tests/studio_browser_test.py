@@ -1,0 +1,83 @@
+"""The studio's page in headless Chromium (Debian's, driven by Playwright through its executable
+path): upload MIDI in tab 1, try audio analysis in tab 2 and edit a cell, train in tab 3 while the
+step advances and the loss plot draws, stop and resume, then see and delete the adapter in tab 4."""
+
+import os
+import shutil
+import wave
+
+import pytest
+
+import studio_testlib
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (the studio extra)")
+if not os.path.exists(CHROMIUM):
+  pytest.skip("no chromium (scripts/setup.sh installs Debian's)", allow_module_level=True)
+
+
+def _progress(page) -> str:
+  return page.inner_text("#progress-text")
+
+
+def test_four_tabs_train_stop_resume_delete(tmp_path):
+  for name, data in studio_testlib.jig_files(4):
+    (tmp_path / name).write_bytes(data)
+  with wave.open(str(tmp_path / "take.wav"), "wb") as w:
+    w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000), w.writeframes(b"\0\0" * 800)
+  root, port = tmp_path / "root", studio_testlib.free_port()
+  server = studio_testlib.server(root, port)
+  try:
+    with sync_api.sync_playwright() as p:
+      browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+      page = browser.new_page(viewport={"width": 1100, "height": 800})
+      page.set_default_timeout(300_000)
+      page.goto(f"http://127.0.0.1:{port}/")
+
+      page.fill("#dataset-form [name=name]", "my jigs")
+      page.fill("#dataset-form [name=style]", "celtic/jig")
+      page.set_input_files("#dataset-form [name=files]",
+                           [str(tmp_path / f"jig_{i}.mid") for i in range(4)])
+      page.click("#dataset-form button")
+      page.wait_for_selector("#dataset-table tbody tr")
+      assert "celtic/jig" in page.inner_text("#dataset-report")
+      page.screenshot(path=str(tmp_path / "tab1.png"))
+
+      page.click("#tabs [data-tab=audio]")
+      page.set_input_files("#audio-form [name=files]", [str(tmp_path / "take.wav")])
+      page.click("#audio-form button")
+      page.wait_for_selector("#notice.error")
+      assert "lora_jax.audio" in page.inner_text("#notice")  # until the audio package is here
+      page.click("#audio-table tbody tr td:nth-child(2)")
+      page.keyboard.type("jig")
+      assert page.inner_text("#audio-table tbody tr td:nth-child(2)") == "jig"
+
+      page.click("#tabs [data-tab=train]")
+      for field, value in (("epochs", "40"), ("batch_size", "4"), ("seq_len", "32"),
+                           ("rank", "2"), ("alpha", "4"), ("learning_rate", "0.01")):
+        page.fill(f"#train-form [name={field}]", value)
+      page.click("#train-form button")
+      page.wait_for_function("() => /running, step [1-9]/.test("
+                             "document.getElementById('progress-text').textContent)")
+      drawn = page.evaluate("""() => { const c = document.getElementById('loss-plot');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] > 0; return n; }""")
+      assert drawn > 500  # axes, two series and labels
+      page.click("#stop")
+      page.wait_for_function("() => document.getElementById('progress-text').textContent"
+                             ".includes('stopped')")
+      page.screenshot(path=str(tmp_path / "tab3.png"))
+      page.click("#resume")
+      page.wait_for_function("() => document.getElementById('progress-text').textContent"
+                             ".includes('finished')")
+      assert "step 360/360" in _progress(page)
+
+      page.click("#tabs [data-tab=adapters]")
+      page.wait_for_selector("#adapter-table tbody tr")
+      assert "celtic" in page.inner_text("#adapter-table tbody")
+      page.click("#adapter-table tbody tr button")
+      page.wait_for_function("() => !document.querySelector('#adapter-table tbody tr')")
+      browser.close()
+  finally:
+    server.kill()
+    server.wait()
