@@ -2,8 +2,8 @@
 # Sets up a fresh machine for lora_jax: a virtual environment with the package, PyTorch (CPU, for
 # interop and parity tests) and PEFT, the compiled CPU attention kernel (g++ and Eigen from Debian's
 # packages, installed here when missing), fluidsynth and a General MIDI soundfont (Debian's, for the
-# rendered audio the audio analysis is measured on), plus the real data the tests and demos read
-# offline.
+# rendered audio the audio analysis is measured on), Debian's chromium (the studio's GUI test), plus
+# the real data the tests and demos read offline.
 #
 #   bash scripts/setup.sh          (idempotent; a second run only checks)
 #   LORA_JAX_ACCELERATOR=cuda12 bash scripts/setup.sh    (an NVIDIA host: jax's CUDA 12 plugin)

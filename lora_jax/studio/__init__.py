@@ -12,7 +12,7 @@
   jobs.py         a training job: the real launcher's command line and what its run wrote
   worker.py       runs queued jobs one at a time in a subprocess; stop, resume, restart recovery
   security.py     where the server may listen, the token, upload caps, safe file names
-  audio_bridge.py the audio endpoints' link to lora_jax.audio, looked up at request time
+  audio_bridge.py the audio endpoints' link to lora_jax.audio.service, looked up per request
 
 Order of writes, everywhere: a file is written atomically first, then the row that names it, so
 after a crash the database never names a file that is not whole (a file no row names is only

@@ -1,4 +1,5 @@
-"""The audio endpoints' link to `lora_jax.audio` (analysis, clips, stems), looked up per request.
+"""The audio endpoints' link to `lora_jax.audio.service` (analysis, clips, stems), looked up per
+request.
 
 The studio does not import the audio package when it starts: a checkout without it (or without
 its own requirements) still serves everything symbolic, and each audio endpoint answers 501 with
@@ -11,7 +12,7 @@ change here. What they call (the contract; each takes a WAV path and an output f
 
 import importlib
 
-PACKAGE = "lora_jax.audio"
+PACKAGE = "lora_jax.audio.service"
 
 
 class Missing(RuntimeError):

@@ -157,7 +157,7 @@ def router(studio, error_responses: dict) -> fastapi.APIRouter:
     return {"deleted": adapter_id}
 
   # Audio: lora_jax.audio, looked up per request (audio_bridge).
-  audio_errors = {501: {"model": api_models.Error, "description": "lora_jax.audio missing"}}
+  audio_errors = {501: {"model": api_models.Error, "description": "lora_jax.audio.service missing"}}
 
   def _with_audio(files, fn_name: str, outputs: bool):
     fn = audio_bridge.function(fn_name)  # 501 before anything is read

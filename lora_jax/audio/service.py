@@ -1,0 +1,62 @@
+"""The three calls the studio's audio endpoints make (`lora_jax/studio/audio_bridge.py`), each on
+one uploaded file: analysis as JSON-ready data, clips cut at beats, and stems. Outputs are WAV at
+`load.SAMPLE_RATE`, written together or not at all."""
+
+import os
+
+import numpy as np
+import soundfile
+
+from lora_jax import atomic
+from lora_jax.audio import analysis as analysis_lib
+from lora_jax.audio import clips as clips_lib
+from lora_jax.audio import energy as energy_lib
+from lora_jax.audio import load as load_lib
+from lora_jax.audio import stems as stems_lib
+
+
+def _write(files: dict[str, np.ndarray]) -> None:
+  with atomic.atomic_paths(*files) as tmps:
+    for tmp, samples in zip(tmps, files.values()):
+      soundfile.write(tmp, samples, load_lib.SAMPLE_RATE, format="WAV", subtype="PCM_16")
+
+
+def analyze_file(path: str) -> dict:
+  """One file's row of the seed's metadata table (genre, bpm, key, mood, instruments,
+  description) with the confidences behind it. Mood is the energy class; one file alone has
+  no distribution to be placed in, so it is "medium" and `mood_basis` says so."""
+  a = analysis_lib.analyze(path)
+  classes = energy_lib.classes([a.energy.level_dbfs])
+  mood = classes.labels[0]
+  return {"genre": a.genre.name, "genre_confidence": a.genre.confidence,
+          "bpm": round(a.tempo.bpm, 1), "tempo_confidence": a.tempo.confidence,
+          "key": a.key.name, "key_confidence": a.key.confidence,
+          "key_runner_up": a.key.runner_up, "mood": mood, "mood_basis": classes.basis,
+          "level_dbfs": a.energy.level_dbfs, "instruments": "unknown",
+          "description": f"{a.tempo.bpm:.0f} BPM, {a.key.name}, {mood} energy "
+                         f"({a.energy.level_dbfs:.1f} dBFS)",
+          "seconds": a.seconds}
+
+
+def split_file(path: str, out_dir: str) -> list[str]:
+  """The file cut into 10-30 s clips at beats (`clips.cut`); the clips' paths, in order."""
+  a = analysis_lib.analyze(path)
+  audio = load_lib.load(path)
+  stem = os.path.splitext(os.path.basename(path))[0]
+  files = {}
+  for i, clip in enumerate(clips_lib.cut(audio.samples, audio.sample_rate, a.tempo.bpm)):
+    span = slice(int(clip.start * audio.sample_rate), int(clip.end * audio.sample_rate))
+    files[os.path.join(out_dir, f"{stem}_{i:03d}.wav")] = audio.samples[span]
+  _write(files)
+  return list(files)
+
+
+def separate_stems(path: str, out_dir: str) -> dict[str, str]:
+  """Harmonic and percussive stems (`stems.SEPARATOR` says what ran: not a vocal separator)."""
+  audio = load_lib.load(path)
+  parts = stems_lib.separate(audio.samples)
+  stem = os.path.splitext(os.path.basename(path))[0]
+  files = {os.path.join(out_dir, f"{stem}_{name}.wav"): getattr(parts, name)
+           for name in ("harmonic", "percussive")}
+  _write(files)
+  return {name: p for name, p in zip(("harmonic", "percussive"), files)}
