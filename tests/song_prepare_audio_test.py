@@ -96,6 +96,9 @@ def test_wavs_to_token_files_report_bad_rows_resume_and_train(tmp_path, monkeypa
   before = {p.name: p.read_bytes() for p in prepared.glob("*.pt")}
 
   os.remove(prepared / "song3.pt")  # as if interrupted before this song
+  config = yaml.safe_load((tmp_path / "train_config.yaml").read_text())
+  config["data"]["num_workers"] = 2  # the rest in worker processes: the same tokens
+  (tmp_path / "train_config.yaml").write_text(yaml.safe_dump(config))
   again = _launch(tmp_path)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "loaded codec prepared/audio_codec.safetensors; 1 songs tokenized, 4 already" in (

@@ -22,6 +22,7 @@ import json
 import multiprocessing
 import os
 
+from absl import logging
 import numpy as np
 import torch
 
@@ -254,7 +255,6 @@ def prepare(run: yaml_config.PrepareRun) -> Summary:
 def run(yaml_path: str, base) -> Summary:
   """`launch/prepare_song_data.py`: read the YAML over `base` (configs/song_lm.py), prepare,
   and report every dropped row."""
-  from absl import logging
   summary = prepare(yaml_config.read_prepare(yaml_path, base))
   for problem in summary.problems:
     logging.warning("dropped %s", problem)
