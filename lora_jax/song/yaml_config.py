@@ -10,6 +10,11 @@ its scheduler counted micro-batches, ignoring gradient accumulation, while here
 the Qwen2 tokenizer.json the lyrics and descriptions are tokenized with; without it the offline
 byte-level tokenizer is used, which suits a base trained here, not a released checkpoint.
 
+`data.separator` (the vocal/accompaniment split, `lora_jax/song/separate.py`; default `hpss`) and
+`data.n_mels` (the default audio codec's mel bands; default 80) are ours, read by
+`launch/prepare_song_data.py` (`read_prepare`) with `data.sample_rate` (default 24000 here) and
+`paths.audio_tokenizer_path` (our codec's .safetensors file, not the original's folder).
+
 `model` may also set any field of `lora_jax.families.song_lm.SongConfig` (`num_layers_sub`,
 `text_vocab_size`, `frames`, ...), which the fork takes from the base model's own config.yaml.
 `use_flash_attn_2` is accepted and has no effect: the attention implementation is chosen per
@@ -30,7 +35,7 @@ SECTIONS = {
               "raw_data_dir", "metadata_path", "prepared_data_dir", "output_dir",
               "text_tokenizer"),
     "data": ("sample_rate", "max_duration_secs", "num_workers", "val_fraction",
-             "window_overlap"),
+             "window_overlap", "separator", "n_mels"),
     "training": ("type", "epochs", "batch_size", "validation_batch_size", "learning_rate",
                  "weight_decay", "adam_beta1", "adam_beta2", "warmup_steps", "log_interval",
                  "save_interval", "gradient_accumulation_steps", "use_fp16", "seed"),
@@ -59,10 +64,8 @@ class SongRun:
   text_tokenizer: str  # a Qwen2 tokenizer.json; '' = the byte-level default
 
 
-def read(path: str, base: ml_collections.ConfigDict) -> SongRun:
-  """Parse and check `path` over `base` (configs/song_lm.py's config, which declares every field
-  the YAML does not set); relative paths inside it are relative to the working directory, as in
-  the fork."""
+def _load(path: str) -> dict:
+  """The YAML's sections, every section and key checked against SECTIONS."""
   try:
     with open(path, encoding="utf-8") as f:
       raw = yaml.safe_load(f)
@@ -84,6 +87,14 @@ def read(path: str, base: ml_collections.ConfigDict) -> SongRun:
     if unknown:
       raise SongYamlError(f"{path}: unknown key {section}.{unknown[0]}; {section} keys are "
                           f"{', '.join(SECTIONS[section])}")
+  return raw
+
+
+def read(path: str, base: ml_collections.ConfigDict) -> SongRun:
+  """Parse and check `path` over `base` (configs/song_lm.py's config, which declares every field
+  the YAML does not set); relative paths inside it are relative to the working directory, as in
+  the fork."""
+  raw = _load(path)
   get = lambda section, key, default: raw.get(section, {}).get(key, default)
   paths = raw.get("paths", {})
   for key in ("prepared_data_dir", "output_dir"):
@@ -142,3 +153,40 @@ def steps_for(run: SongRun, n_train_windows: int) -> tuple[int, int]:
   taking `data.batch_size` windows (every micro-batch of the accumulation)."""
   per_epoch = max(1, n_train_windows // run.config.data.batch_size)
   return per_epoch * run.epochs, per_epoch * run.save_interval
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareRun:
+  """What the YAML asks of `launch/prepare_song_data.py`."""
+
+  metadata_path: str  # metadata.jsonl: path, gt_lyric, descriptions, idx per line
+  raw_data_dir: str  # where relative audio paths are also looked for; '' = none
+  prepared_data_dir: str
+  codec_path: str  # paths.audio_tokenizer_path: a codec .safetensors; '' = in prepared_data_dir
+  sample_rate: int
+  n_mels: int
+  separator: str
+  code_size: int  # model.code_size: codes per stream stay below it
+  num_workers: int  # analysis processes; 0 or 1 = in this process
+
+
+def read_prepare(path: str, base: ml_collections.ConfigDict) -> PrepareRun:
+  """The preparation settings of `path` (the same file training reads), checked."""
+  raw = _load(path)
+  paths, data = raw.get("paths", {}), raw.get("data", {})
+  for key in ("metadata_path", "prepared_data_dir"):
+    if not isinstance(paths.get(key), str) or not paths[key]:
+      raise SongYamlError(f"{path}: paths.{key} must be set")
+  try:
+    code_size = int(raw.get("model", {}).get("code_size", base.model.code_size))
+    sample_rate = int(data.get("sample_rate", 24000))
+    n_mels = int(data.get("n_mels", 80))
+    num_workers = int(data.get("num_workers", 0))
+  except (TypeError, ValueError) as e:
+    raise SongYamlError(f"{path}: {e}") from None
+  if n_mels < 8:
+    raise SongYamlError(f"{path}: data.n_mels must be >= 8, got {n_mels}")
+  return PrepareRun(paths["metadata_path"], paths.get("raw_data_dir") or "",
+                    paths["prepared_data_dir"], paths.get("audio_tokenizer_path") or "",
+                    sample_rate, n_mels, str(data.get("separator", "hpss")), code_size,
+                    num_workers)
