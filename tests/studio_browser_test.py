@@ -54,8 +54,7 @@ def test_four_tabs_train_stop_resume_delete(tmp_path):
       page.wait_for_function("() => document.querySelector('#notice').innerText"
                              ".includes('analysed 1 files')")
       assert page.inner_text("#audio-table tbody tr td:nth-child(3)")  # the BPM lora_jax.audio found
-      page.click("#audio-table tbody tr td:nth-child(2)")
-      page.keyboard.type("jig")
+      page.fill("#audio-table tbody tr td:nth-child(2)", "jig")  # the user corrects the genre
       assert page.inner_text("#audio-table tbody tr td:nth-child(2)") == "jig"
 
       page.click("#tabs [data-tab=train]")
