@@ -8,8 +8,6 @@ bits per target token, Program targets pooled as one class), in windows of `--se
 what a note's loudness costs, the figure that shows whether a base has read a user's dynamics.
 """
 
-import os
-
 from absl import app, flags
 
 from lora_jax.hierarchy import base_file, evaluation, windows
@@ -28,10 +26,7 @@ def _row(label: str, values: list[float], widths: list[int]) -> str:
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments: {argv[1:]}")
-  columns = [os.path.relpath(p, os.path.dirname(os.path.dirname(p.rstrip("/")))) for p in
-             _PACKS.value]
-  widths = [max(len(c), 8) for c in columns]
-  totals, velocity, counts = {}, {}, []
+  totals, velocity, counts, columns = {}, {}, [], []
   for path in _BASES.value:
     base = base_file.load_model(path)
     if _SEQ_LEN.value > base.settings.max_len:
@@ -40,14 +35,16 @@ def main(argv):
     tokenizer = base_file.load_tokenizer(base.path, base.settings)
     label = f"{base.fingerprint} ({base.settings.max_len})"
     model = base.model()
-    totals[label], velocity[label], counts = [], [], []
+    totals[label], velocity[label], counts, columns = [], [], [], []
     for pack in _PACKS.value:
       split = windows.split_windows([pack], _SPLIT.value, tokenizer, _SEQ_LEN.value)
+      columns.append(split.styles[0])
       kinds = evaluation.nll_by_kind(model, base.params, windows.load_arrays(split), tokenizer)
       n = sum(k.n_tokens for k in kinds.values())
       totals[label].append(sum(k.bits_per_token * k.n_tokens for k in kinds.values()) / n)
       velocity[label].append(kinds["Velocity"].bits_per_token if "Velocity" in kinds else 0.0)
       counts.append(n)
+  widths = [max(len(c), 8) for c in columns]
   header = " " * 28 + "  ".join(c.rjust(w) for c, w in zip(columns, widths))
   print(f"Held-out NLL on {_SPLIT.value} pieces, base alone, windows of {_SEQ_LEN.value} tokens "
         f"(bits per token; lower is better):")

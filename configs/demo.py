@@ -42,7 +42,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.base = ml_collections.ConfigDict()
   config.base.path = os.path.join(_ROOT, "assets", "base_model", "base_model.safetensors")
   config.base.config = os.path.join(_ROOT, "configs", "base_model.py")  # when training it here
-  config.base.genres = ("essen_folk", "baroque_chorale")  # what the base learns, when trained
+  # What the base learns, when trained here; the shipped one also read renaissance and the
+  # MAESTRO/POP909 performances (assets/base_model/README.md). Never the demo's parent genre.
+  config.base.genres = ("essen_folk", "baroque_chorale")
 
   config.adapter_config = os.path.join(_ROOT, "configs", "lora_adapter_config.py")
   config.parent = "celtic_fiddle"  # genre: configs/genres/<parent>.py
@@ -57,7 +59,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.generate = ml_collections.ConfigDict()
   config.generate.n_samples = 4
-  config.generate.length = 256  # new tokens per sample
+  config.generate.length = 768  # new tokens per sample (the base reads 1,024)
+  config.generate.min_bars = 16  # no EOS before 16 bars: a sample is a tune, not one note
   config.generate.temperature = 0.9
   config.generate.top_k = 0
   config.generate.top_p = 0.95
