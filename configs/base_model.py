@@ -7,7 +7,8 @@ beside it, and the training run (checkpoints, metrics) in `<output-dir>/run/`. R
 command resumes.
 
 Variants (`--config=configs/base_model.py:<variant>`):
-  (none)  ~1M parameters, 128 wide, 4 layers: the base shipped in assets/base_model/.
+  (none)  ~1.07M parameters, 128 wide, 4 layers, 1,024-token windows with augmented copies: the
+          base shipped in assets/base_model/ (its README has the packs and the command).
   tiny    32 wide, 1 layer, 32-token windows: for tests.
 """
 

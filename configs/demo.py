@@ -3,7 +3,8 @@ r"""python launch/demo.py --config=configs/demo.py --workdir=runs/demo
 The hierarchical style adapters end to end on real music (lora_jax/hierarchy/demo.py): builds
 style packs from the music21 corpus (Celtic fiddle tunes with their reels, jigs and hornpipes, and
 the Essen folksongs), takes the base shipped in assets/base_model/ (trained by
-launch/train_base.py on Essen folksongs and Bach chorales: it has never heard a fiddle tune),
+launch/train_base.py on Essen folksongs, Renaissance polyphony, Bach chorales and MAESTRO/POP909
+performances, with augmented velocities and instruments: it has never heard a fiddle tune),
 trains the celtic_fiddle parent adapter and the jig child adapter over it, merges both, writes
 MIDI samples and a PyTorch export, and prints held-out NLL (bits per token) on the test pieces of
 jigs (the child's style), reels (a sibling sub-style) and Essen folksongs (another genre) for
