@@ -7,7 +7,8 @@ beside it, and the training run (checkpoints, metrics) in `<output-dir>/run/`. R
 command resumes.
 
 Variants (`--config=configs/base_model.py:<variant>`):
-  (none)  ~1M parameters, 128 wide, 4 layers: the base shipped in assets/base_model/.
+  (none)  ~1.07M parameters, 128 wide, 4 layers, 1,024-token windows with augmented copies: the
+          base shipped in assets/base_model/ (its README has the packs and the command).
   tiny    32 wide, 1 layer, 32-token windows: for tests.
 """
 
@@ -31,11 +32,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.n_heads = 4
   config.model.n_layers = 4
   config.model.d_ff = 512
-  config.model.max_len = 512  # prompt + generated tokens
+  config.model.max_len = 1024  # prompt + generated tokens
   config.model.dropout = 0.1
 
   config.data = ml_collections.ConfigDict()
-  config.data.seq_len = 256  # tokens per training window (BOS included)
+  config.data.seq_len = 1024  # tokens per training window (BOS included)
   config.data.cache_dir = ""  # token windows cached by content; "": <first pack>/.windows
 
   config.opt = ml_collections.ConfigDict()
@@ -56,18 +57,32 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.run.allow_changed_config = False
 
   config.training = ml_collections.ConfigDict()
-  config.training.epochs = 12
-  config.training.batch_size = 16
-  config.training.learning_rate = 1.5e-3  # peak
+  config.training.epochs = 1  # over originals and copies: ~330 steps, ~50 min on 2 busy cores
+  config.training.batch_size = 8
+  config.training.learning_rate = 2e-3  # peak
   config.training.warmup_fraction = 0.05
   config.training.weight_decay = 0.01
-  config.training.eval_every = 0  # steps; 0: at each epoch end
+  config.training.eval_every = 110  # steps; 0: at each epoch end
   config.training.ckpt_every = 0  # steps; 0: at each evaluation
   config.training.seed = 0
+
+  # Copies of each training window with other dynamics and instruments (hierarchy/augment.py), so
+  # that a user's velocities and programs are tokens the base has read.
+  config.augment = ml_collections.ConfigDict()
+  config.augment.copies = 1  # beside each original window (an hour of 2 CPU cores: one pass)
+  config.augment.seed = 0
+  config.augment.velocity_centre = (2, 14)  # bins of 8 MIDI velocities: ~20..115
+  config.augment.velocity_spread = (0.5, 1.5)  # on the window's own dynamics
+  config.augment.velocity_ramp = 4.0  # bins, start to end of a window
+  config.augment.velocity_jitter = 1.5  # bins, per-note noise (largest standard deviation)
+  config.augment.program_remap = 0.75  # share of copies whose programs change
+  config.augment.concat_short = True  # short pieces share a window instead of padding
 
   if variant == "tiny":
     config.model.update(d_model=32, n_heads=4, n_layers=1, d_ff=64, max_len=64, dropout=0.0)
     config.data.seq_len = 32
     config.run.log_every = 1
     config.training.update(epochs=2, batch_size=8, learning_rate=1e-2, warmup_fraction=0.0)
+    config.training.eval_every = 0
+    config.augment.update(copies=0, concat_short=False)  # windows as the packs give them
   return config

@@ -3,7 +3,8 @@ r"""python launch/demo.py --config=configs/demo.py --workdir=runs/demo
 The hierarchical style adapters end to end on real music (lora_jax/hierarchy/demo.py): builds
 style packs from the music21 corpus (Celtic fiddle tunes with their reels, jigs and hornpipes, and
 the Essen folksongs), takes the base shipped in assets/base_model/ (trained by
-launch/train_base.py on Essen folksongs and Bach chorales: it has never heard a fiddle tune),
+launch/train_base.py on Essen folksongs, Renaissance polyphony, Bach chorales and MAESTRO/POP909
+performances, with augmented velocities and instruments: it has never heard a fiddle tune),
 trains the celtic_fiddle parent adapter and the jig child adapter over it, merges both, writes
 MIDI samples and a PyTorch export, and prints held-out NLL (bits per token) on the test pieces of
 jigs (the child's style), reels (a sibling sub-style) and Essen folksongs (another genre) for
@@ -42,7 +43,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.base = ml_collections.ConfigDict()
   config.base.path = os.path.join(_ROOT, "assets", "base_model", "base_model.safetensors")
   config.base.config = os.path.join(_ROOT, "configs", "base_model.py")  # when training it here
-  config.base.genres = ("essen_folk", "baroque_chorale")  # what the base learns, when trained
+  # What the base learns, when trained here; the shipped one also read renaissance and the
+  # MAESTRO/POP909 performances (assets/base_model/README.md). Never the demo's parent genre.
+  config.base.genres = ("essen_folk", "baroque_chorale")
 
   config.adapter_config = os.path.join(_ROOT, "configs", "lora_adapter_config.py")
   config.parent = "celtic_fiddle"  # genre: configs/genres/<parent>.py
@@ -57,7 +60,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.generate = ml_collections.ConfigDict()
   config.generate.n_samples = 4
-  config.generate.length = 256  # new tokens per sample
+  config.generate.length = 768  # new tokens per sample (the base reads 1,024)
+  config.generate.min_bars = 16  # no EOS before 16 bars: a sample is a tune, not one note
   config.generate.temperature = 0.9
   config.generate.top_k = 0
   config.generate.top_p = 0.95

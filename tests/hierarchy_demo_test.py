@@ -2,7 +2,7 @@
 
 import pytest
 
-from lora_jax.hierarchy import demo, evaluation, settings
+from lora_jax.hierarchy import base_file, demo, evaluation, settings
 from lora_jax.train import config as config_lib
 import hierarchy_testlib
 
@@ -21,6 +21,9 @@ def test_every_variant_converts_and_its_settings_resolve(variant):
   if variant is None:
     assert config.base.path.endswith("assets/base_model/base_model.safetensors")
     assert config.overrides == {"parent.epochs": 4}
+    # The samples fit the shipped base's context, and EOS waits for a tune's worth of bars.
+    shipped = base_file.read_settings(config.base.path)[0]
+    assert config.generate.length + 1 <= shipped.max_len and config.generate.min_bars >= 8
   if variant == "from_scratch":
     assert config.base.path == ""
 

@@ -7,7 +7,8 @@ training resumes, a finished run re-exports):
   2. the base: the shipped file, or trained here on `base.genres` (`training.train_base`);
   3. the parent adapter on the genre's whole pack, then the child on the sub-style's pack over it;
   4. the additive merge of both into one model, with its inference config and a PyTorch export;
-  5. MIDI samples from base + adapters at run time and from the merged model (same seed);
+  5. MIDI samples from base + adapters at run time, from the merged model and from the base alone
+     (same seed), EOS held back for `generate.min_bars` bars;
   6. held-out NLL (bits per token) on the test pieces of the child's style, of a sibling
      sub-style and of the other genre, for base, base + parent, base + parent + child and merged.
 The run fails (after printing everything) unless each level lowers the child style's NLL and the
@@ -56,6 +57,7 @@ class GenerateSettings:
   top_k: int
   top_p: float
   seed: int
+  min_bars: int  # EOS is held back until this many bars (0: the model may stop at once)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,9 +172,12 @@ def run(config: DemoConfig, workdir: str) -> DemoResult:
   sample = lambda model, paths, folder: generation.generate(
       model, paths, [1.0] * len(paths), blend_mode="additive",
       output_dir=os.path.join(workdir, "samples", folder), n_samples=g.n_samples, length=g.length,
-      temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, seed=g.seed)
+      temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, seed=g.seed,
+      min_bars=g.min_bars)
+  # The base alone with the same seed: what the adapters change (bench/sample_pianoroll.py).
   samples = timed("generate", lambda: (sample(base_path, [parent, child], "runtime_adapters"),
-                                       sample(merged.path, [], "merged")))
+                                       sample(merged.path, [], "merged"),
+                                       sample(base_path, [], "base")))
 
   columns = [os.path.join(parent_pack, config.child), os.path.join(parent_pack, config.sibling),
              os.path.join(packs, config.other_genre)]
@@ -186,7 +191,8 @@ def run(config: DemoConfig, workdir: str) -> DemoResult:
   files = {"base": base_path, "parent": parent, "child": child, "merged": merged.path,
            "inference_config": merged.config_path, "torch_export": merged.torch_path,
            "samples": os.path.dirname(samples[0][0].path),
-           "merged_samples": os.path.dirname(samples[1][0].path)}
+           "merged_samples": os.path.dirname(samples[1][0].path),
+           "base_samples": os.path.dirname(samples[2][0].path)}
   for batch in samples:
     for s in batch:
       if s.problem:

@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 from absl import logging
 
 from lora_jax import errors
-from lora_jax.hierarchy import layout
+from lora_jax.hierarchy import augment as augment_lib, layout
 from lora_jax.train import config as config_lib
 
 TARGET_GROUPS: dict[str, tuple[str, ...]] = {
@@ -151,6 +151,7 @@ class BaseConfig:
   opt: OptSettings
   run: RunSettings
   training: StageSettings
+  augment: augment_lib.AugmentSettings  # of the train split only
 
 
 def load_base_config(tree: Mapping[str, Any]) -> BaseConfig:

@@ -98,9 +98,11 @@ def train_base(config: settings.BaseConfig, pack_dirs: Sequence[str], output_dir
   if config.model.vocab_size != tokenizer.vocab_size:
     raise ValueError(f"model.vocab_size {config.model.vocab_size} differs from the tokenizer's "
                      f"{tokenizer.vocab_size} tokens")
-  split = lambda name: windows.split_windows(pack_dirs, name, tokenizer, config.data.seq_len,
-                                             config.data.cache_dir)
-  train, val = split("train"), split("validation")
+  split = lambda name, aug=None: windows.split_windows(
+      pack_dirs, name, tokenizer, config.data.seq_len, config.data.cache_dir, aug)
+  # Validation windows are concatenated like the train windows, never augmented.
+  train = split("train", config.augment)
+  val = split("validation", dataclasses.replace(config.augment, copies=0))
   _log_data("base", train, val)
   model = music_lm.LmConfig(**dataclasses.asdict(config.model), seq_len=config.data.seq_len,
                             pooled_targets=base_file.pooled_targets(tokenizer))
@@ -119,6 +121,7 @@ def train_base(config: settings.BaseConfig, pack_dirs: Sequence[str], output_dir
       "trained_on": list(train.styles), "packs": [os.path.abspath(p) for p in pack_dirs],
       "steps": result.step, "best_val_loss": result.best_val_loss,
       "train_windows": train.n_windows, "seq_len": config.data.seq_len,
+      "augment": dataclasses.asdict(config.augment),
       "config": tc.to_json()})
   tokenizer.save_vocab(output_dir)
   return Trained(result.status, path, run_dir, result.step, result.best_val_loss)

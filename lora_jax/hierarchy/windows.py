@@ -4,7 +4,8 @@ The file holds exactly what the music_lm family eats: `tokens` int32 [N, seq_len
 float32 [N, seq_len] (1 on real tokens, BOS included), built by `style_pack.pack_sequences`.
 Its name carries a digest of everything that decides its bytes: the split, the window length, the
 tokenizer's vocabulary and, per pack, every piece of the split (id, path and the MIDI file's
-bytes). Editing, adding or removing a piece, or changing the tokenizer, gives a new file; an
+bytes), and the augmentation settings when the windows are augmented (`augment`: the base's train
+split). Editing, adding or removing a piece, or changing the tokenizer, gives a new file; an
 unchanged pack reuses the old one. A JSON sidecar records what the windows came from. With no
 cache folder given, the cache lives in the first pack's `.windows/`.
 """
@@ -20,6 +21,7 @@ import numpy as np
 from lora_jax import atomic
 from lora_jax.data import midi_tokenizer
 from lora_jax.data.style_packs import pack as style_pack
+from lora_jax.hierarchy import augment as augment_lib
 
 FORMAT = "lora_jax.hierarchy.windows/1"
 CACHE_FOLDER = ".windows"  # inside the first pack, when no cache folder is given
@@ -47,11 +49,15 @@ def _full_style(pack: style_pack.StylePack) -> str:
 
 
 def content_key(packs: Sequence[style_pack.StylePack], split: str, seq_len: int,
-                tokenizer: midi_tokenizer.MidiTokenizer) -> str:
+                tokenizer: midi_tokenizer.MidiTokenizer,
+                augment: augment_lib.AugmentSettings | None = None) -> str:
   """sha256 over what decides the windows' bytes (see the module docstring)."""
   h = hashlib.sha256()
   h.update(json.dumps([FORMAT, split, seq_len, dataclasses.asdict(tokenizer.config),
                        tokenizer.tokens]).encode())
+  # Plain windows keep the keys of caches written before augmentation existed.
+  if augment is not None and (augment.copies or augment.concat_short):
+    h.update(json.dumps(["augment", dataclasses.asdict(augment)]).encode())
   for pack in packs:
     h.update(f"\npack {_full_style(pack)}\n".encode())
     for piece in pack.split(split):
@@ -60,8 +66,12 @@ def content_key(packs: Sequence[style_pack.StylePack], split: str, seq_len: int,
 
 
 def split_windows(pack_dirs: Sequence[str], split: str, tokenizer: midi_tokenizer.MidiTokenizer,
-                  seq_len: int, cache_dir: str = "") -> Windows:
-  """The windows of `split` over all `pack_dirs` (concatenated), from the cache or built now."""
+                  seq_len: int, cache_dir: str = "",
+                  augment: augment_lib.AugmentSettings | None = None) -> Windows:
+  """The windows of `split` over all `pack_dirs` (concatenated), from the cache or built now.
+
+  With `augment`, its augmented copies follow the windows (`augment.augment_windows`).
+  """
   if not pack_dirs:
     raise ValueError("no style packs given")
   packs = [style_pack.load_style_pack(d) for d in pack_dirs]
@@ -76,7 +86,7 @@ def split_windows(pack_dirs: Sequence[str], split: str, tokenizer: midi_tokenize
   # Beside the data, not in the current directory: a run from elsewhere finds the same cache.
   cache_dir = cache_dir or os.path.join(packs[0].path, CACHE_FOLDER)
   styles = tuple(_full_style(p) for p in packs)
-  key = content_key(packs, split, seq_len, tokenizer)
+  key = content_key(packs, split, seq_len, tokenizer, augment)
   stem = "+".join(s.replace("/", ".") for s in styles)
   if len(stem) > 80:
     stem = stem[:80]
@@ -96,9 +106,12 @@ def split_windows(pack_dirs: Sequence[str], split: str, tokenizer: midi_tokenize
     piece_ids += list(packed.piece_ids)
   tokens_NxT = np.concatenate(tokens).astype(np.int32)
   mask_NxT = np.concatenate(masks)
+  if augment is not None and (augment.copies or augment.concat_short):
+    tokens_NxT, mask_NxT = augment_lib.augment_windows(tokens_NxT, mask_NxT, augment, tokenizer)
   info = {"format": FORMAT, "key": key, "split": split, "seq_len": seq_len,
           "styles": list(styles), "packs": [p.path for p in packs], "n_pieces": len(piece_ids),
           "n_windows": int(len(tokens_NxT)), "n_tokens": int(mask_NxT.sum()),
+          "augmented_copies": augment.copies if augment is not None else 0,
           "piece_ids": piece_ids}
   os.makedirs(cache_dir, exist_ok=True)
   atomic.write_text(sidecar, json.dumps(info, indent=1) + "\n")
