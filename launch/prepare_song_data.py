@@ -9,15 +9,18 @@ Running it again finishes an interrupted run. Bad rows are reported and the rest
 settings end in one error line and exit status 1.
 """
 
+import os
+
 from absl import flags
-from ml_collections import config_flags
 
 from lora_jax import cli
 from lora_jax.song import prepare_audio
 
 _CONFIG = flags.DEFINE_string("config", None, "The fork's train_config.yaml.")
-_DEFAULTS = config_flags.DEFINE_config_file(
-    "defaults", "configs/song_lm.py", "The song_lm config the YAML is read over (model.code_size).")
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_DEFAULTS = cli.define_config(
+    os.path.join(_ROOT, "configs", "song_lm.py"), "The song_lm config the YAML is read over "
+    "(model.code_size).", name="defaults")
 flags.mark_flags_as_required(["config"])
 
 

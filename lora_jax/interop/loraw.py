@@ -134,14 +134,10 @@ def _group(state: dict, prefix: str, source: str) -> dict[str, dict[str, torch.T
   return grouped
 
 
-def read(path: str, base_params: Any, *, alpha: float, rank: int | None = None,
-         multiplier: float = 1.0, prefix: str = "", model_family: str = "music_lm",
-         base_fingerprint: str = "", renames: torch_convert.Renames = ()) -> AdapterRecord:
-  """A LoRAW checkpoint as an adapter for `base_params` (the tree or its abstract shapes).
-
-  `alpha`, `rank` and `multiplier` are LoRAW's config values: scale = multiplier * alpha / rank,
-  with `rank` defaulting to the file's rank of each module.
-  """
+def _modules(path: str, base_params: Any, prefix: str, renames: torch_convert.Renames
+             ) -> list[tuple[str, tuple[str, ...], dict]]:
+  """(module name, its Flax keys, its LoRAW tensors) for every module of a LoRAW file, in name
+  order; a missing file, a foreign module or a module without both factors is an error."""
   source = os.path.basename(path)
   if not os.path.isfile(path):
     raise LorawFormatError(f"no such LoRAW file: {path}")
@@ -155,14 +151,28 @@ def read(path: str, base_params: Any, *, alpha: float, rank: int | None = None,
   if not grouped:
     raise LorawFormatError(f"{source} holds no LoRAW tensors")
   modules = {v: k for k, v in torch_module_paths(base_params, renames).items()}
-  params, scales = {}, {}
+  out = []
   for name, leaves in sorted(grouped.items()):
     if name not in modules:
       raise LorawFormatError(f"{source}: module {name} is no dense layer of this base (wrong base "
                              f"or prefix? prefix is {prefix!r})")
     if "lora_down.weight" not in leaves or "lora_up.weight" not in leaves:
       raise LorawFormatError(f"{source}: module {name} lacks lora_down or lora_up")
-    keys = modules[name]
+    out.append((name, modules[name], leaves))
+  return out
+
+
+def read(path: str, base_params: Any, *, alpha: float, rank: int | None = None,
+         multiplier: float = 1.0, prefix: str = "", model_family: str = "music_lm",
+         base_fingerprint: str = "", renames: torch_convert.Renames = ()) -> AdapterRecord:
+  """A LoRAW checkpoint as an adapter for `base_params` (the tree or its abstract shapes).
+
+  `alpha`, `rank` and `multiplier` are LoRAW's config values: scale = multiplier * alpha / rank,
+  with `rank` defaulting to the file's rank of each module.
+  """
+  source = os.path.basename(path)
+  params, scales = {}, {}
+  for name, keys, leaves in _modules(path, base_params, prefix, renames):
     a = torch_convert.tensor_to_numpy(leaves["lora_down.weight"].float()).T
     b = torch_convert.tensor_to_numpy(leaves["lora_up.weight"].float()).T
     params[keys] = {"lora_A": jnp.asarray(a), "lora_B": jnp.asarray(b)}
@@ -206,23 +216,8 @@ def merged_params(path: str, base_params: Any, *, alpha: float, rank: int | None
   g * b, g = m / ||W + s up down|| per output (the norm without the multiplier, as LoRAW's).
   """
   source = os.path.basename(path)
-  if not os.path.isfile(path):
-    raise LorawFormatError(f"no such LoRAW file: {path}")
-  state = torch_convert.load_weights_only(path)
-  if not isinstance(state, dict):
-    raise LorawFormatError(f"{source} holds a {type(state).__name__}, not LoRAW's dict of tensors")
-  grouped = _group(state, prefix, source)
-  if not grouped:
-    raise LorawFormatError(f"{source} holds no LoRAW tensors")
-  modules = {v: k for k, v in torch_module_paths(base_params, renames).items()}
   flat = {k: np.asarray(v, np.float32) for k, v in tree_paths.flatten(base_params).items()}
-  for name, leaves in sorted(grouped.items()):
-    if name not in modules:
-      raise LorawFormatError(f"{source}: module {name} is no dense layer of this base (wrong base "
-                             f"or prefix? prefix is {prefix!r})")
-    if "lora_down.weight" not in leaves or "lora_up.weight" not in leaves:
-      raise LorawFormatError(f"{source}: module {name} lacks lora_down or lora_up")
-    keys = modules[name]
+  for name, keys, leaves in _modules(path, base_params, prefix, renames):
     a = torch_convert.tensor_to_numpy(leaves["lora_down.weight"].float()).T.astype(np.float64)
     b = torch_convert.tensor_to_numpy(leaves["lora_up.weight"].float()).T.astype(np.float64)
     w = flat[keys + ("kernel",)].astype(np.float64)
