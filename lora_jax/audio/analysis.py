@@ -41,10 +41,15 @@ def analyze_samples(samples: np.ndarray, sample_rate: int) -> tuple[
   return tempo, key, energy, genre_lib.guess(genre_lib.features(profile, key, tempo, energy))
 
 
-def analyze(path: str, limits: load_lib.Limits = load_lib.Limits()) -> Analysis:
-  """Analyses one audio file; a file that cannot be analysed raises load.BadAudio."""
-  started = time.monotonic()
-  audio = load_lib.load(path, limits)
+def analyze_loaded(path: str, audio: load_lib.Audio, started: float) -> Analysis:
+  """The analysis of a file already read (`load.load`), for callers that cut or separate the same
+  samples afterwards; `started` is when the reading began (`time.monotonic()`)."""
   tempo, key, energy, genre = analyze_samples(audio.samples, audio.sample_rate)
   return Analysis(path, round(audio.seconds, 3), audio.source_rate, audio.source_channels, tempo,
                   key, energy, genre, round(time.monotonic() - started, 3))
+
+
+def analyze(path: str, limits: load_lib.Limits = load_lib.Limits()) -> Analysis:
+  """Analyses one audio file; a file that cannot be analysed raises load.BadAudio."""
+  started = time.monotonic()
+  return analyze_loaded(path, load_lib.load(path, limits), started)

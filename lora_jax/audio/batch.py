@@ -22,6 +22,7 @@ import dataclasses
 import io
 import json
 import os
+import time
 
 import soundfile
 
@@ -82,9 +83,10 @@ def run(inputs: list[str], out: str, split_clips: bool, to_midi: bool = False,
   bar = progress.Progress(len(paths), "analysing")
   for path in paths:
     try:
-      a = analysis_lib.analyze(path, limits)
+      started = time.monotonic()
+      audio = load_lib.load(path, limits)  # read once: analysed, then cut and separated
+      a = analysis_lib.analyze_loaded(path, audio, started)
       if split_clips or stems:
-        audio = load_lib.load(path, limits)
         pieces = (clips_lib.cut(audio.samples, audio.sample_rate, a.tempo.bpm, settings)
                   if split_clips else [clips_lib.Clip(0.0, a.seconds, True)])
         cuts[path] = (audio, pieces)

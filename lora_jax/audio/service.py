@@ -3,6 +3,7 @@ one uploaded file: analysis as JSON-ready data, clips cut at beats, and stems. O
 `load.SAMPLE_RATE`, written together or not at all."""
 
 import os
+import time
 
 import numpy as np
 import soundfile
@@ -40,8 +41,9 @@ def analyze_file(path: str) -> dict:
 
 def split_file(path: str, out_dir: str) -> list[str]:
   """The file cut into 10-30 s clips at beats (`clips.cut`); the clips' paths, in order."""
-  a = analysis_lib.analyze(path)
-  audio = load_lib.load(path)
+  started = time.monotonic()
+  audio = load_lib.load(path)  # read once: analysed for its tempo, then cut
+  a = analysis_lib.analyze_loaded(path, audio, started)
   stem = os.path.splitext(os.path.basename(path))[0]
   files = {}
   for i, clip in enumerate(clips_lib.cut(audio.samples, audio.sample_rate, a.tempo.bpm)):
