@@ -122,7 +122,9 @@ def _source(r: Request) -> _Source:
       raise GenerateError(f"--run {r.run} is not a folder")
     adapter = os.path.join(r.run, "checkpoints", "adapter")
     if os.path.isfile(os.path.join(adapter, peft.CONFIG_NAME)):
-      return _adapter_source(adapter, "")
+      # The run's own base, wherever the folder was moved since (the record holds the old path).
+      base = os.path.join(r.run, "base.safetensors")
+      return _adapter_source(adapter, base if os.path.isfile(base) else "")
     model = os.path.join(r.run, "checkpoints", "model.pt")
     if os.path.isfile(model):
       return _Source(model, "", model_record.read(os.path.dirname(model), model))
@@ -200,7 +202,8 @@ def _conditions(r: Request, model: song_family.SongConfig, text, codec) -> tuple
   try:
     lyrics, sections = text.encode_lyrics(r.lyrics, model.lyrics_len)
   except ValueError as e:
-    raise GenerateError(f"--lyrics: {e} (the model's lyrics_len)") from None
+    hint = " (the model's lyrics_len)" if "max_len" in str(e) else ""
+    raise GenerateError(f"--lyrics: {e}{hint}") from None
   try:
     style = text.encode_text(r.description, model.style_len)
   except ValueError as e:
