@@ -105,6 +105,12 @@ def test_adapter_and_merged_model_generate_the_same_song(trained, tmp_path):
   other = generate.generate(_request(tmp_path, "c.wav", run=str(out), seed=4))
   assert not np.array_equal(other.codes, song.codes)
 
+  # The adapter over the original's model.pt it was trained from (converted at load): the same.
+  via_pt = generate.generate(_request(tmp_path, "f.wav", adapter=str(out / "checkpoints" /
+                                                                      "adapter"),
+                                      base=str(trained / "base" / "model.pt")))
+  np.testing.assert_array_equal(via_pt.codes, song.codes)
+
   # The adapter merged into its base, written as a whole model.pt: the same codes and bytes.
   config = record.model.lm_config("float32")
   abstract = song_lm.abstract_params(config)
