@@ -4,14 +4,16 @@ clips and stems by content hash), through the real app. No training here: studio
 
 import json
 import os
-import time
+import sqlite3
 
 import pretty_midi
 import pytest
 import soundfile
 from fastapi.testclient import TestClient
 
+from lora_jax.studio import api_models
 from lora_jax.studio import app as app_lib
+from lora_jax.studio import db as db_lib
 import studio_testlib
 
 API = "/api/training"
@@ -135,3 +137,34 @@ def test_audio_upload_with_metadata_then_clips_and_stems_kept(client, files):
       assert rate > 0 and len(data) > rate and f["meta"] == {"from": "fiddle.wav"}
   missing = client.post(f"{API}/split-audio", files=wav, data={"dataset_id": "0" * 16})
   assert missing.status_code == 404
+
+
+def test_a_build_the_server_left_preparing_is_built_by_the_next(tmp_path):
+  folder = tmp_path / "jigs"
+  folder.mkdir()
+  for name, data in studio_testlib.jig_files(3):
+    (folder / name).write_bytes(data)
+  root = str(tmp_path / "root")
+  stopped = app_lib.create_app(app_lib.Settings(root=root))  # no lifespan: its builder never runs
+  dataset_id = stopped.state.studio.builder.submit(api_models.BuildRequest(
+      name="jigs", source="folder", style="celtic", path=str(folder)))
+  stopped.state.studio.db.close()
+  with TestClient(app_lib.create_app(app_lib.Settings(root=root))) as c:
+    c.app.state.studio.builder.wait()
+    ds = c.get(f"{API}/datasets/{dataset_id}").json()
+  assert ds["state"] == "ready" and len(ds["files"]) == 3, ds
+
+
+def test_a_version_1_database_is_migrated_with_its_rows(tmp_path):
+  path = str(tmp_path / "studio.sqlite")
+  conn = sqlite3.connect(path)
+  conn.executescript("CREATE TABLE schema_version (version INTEGER NOT NULL); "
+                     "INSERT INTO schema_version VALUES (1);" + db_lib.MIGRATIONS[0])
+  conn.execute("INSERT INTO datasets VALUES ('0123456789abcdef', 'old', 'folk', 'datasets/x', "
+               "'{}', 0)")
+  conn.commit()
+  conn.close()
+  database = db_lib.Database(path)
+  assert database.version() == db_lib.VERSION == 2
+  assert database.one("SELECT name, state, source FROM datasets") == {
+      "name": "old", "state": "ready", "source": '{"kind": "upload"}'}
