@@ -148,6 +148,9 @@ def test_a_build_the_server_left_preparing_is_built_by_the_next(tmp_path):
   stopped = app_lib.create_app(app_lib.Settings(root=root))  # no lifespan: its builder never runs
   dataset_id = stopped.state.studio.builder.submit(api_models.BuildRequest(
       name="jigs", source="folder", style="celtic", path=str(folder)))
+  early = TestClient(stopped).post(f"{API}/train-lora", json=dict(
+      name="too early", dataset_id=dataset_id, **studio_testlib.TINY))
+  assert early.status_code == 400 and "is preparing" in early.json()["error"], early.text
   stopped.state.studio.db.close()
   with TestClient(app_lib.create_app(app_lib.Settings(root=root))) as c:
     c.app.state.studio.builder.wait()
