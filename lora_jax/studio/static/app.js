@@ -341,8 +341,8 @@ async function listen(adapter) {
     document.getElementById("listen-label").textContent = `${adapter.name}, seed ${seed}`;
     document.getElementById("listen-adapter").src = withToken2(made.adapter_url);
     document.getElementById("listen-base").src = withToken2(made.base_url);
-    await document.getElementById("listen-adapter").play().catch(() => {});
-    notice(`${adapter.name}: rendered`);
+    notice(`${adapter.name} and the base, seed ${seed}: rendered`);
+    document.getElementById("listen-adapter").play().catch(() => {});  // may need a click
   } catch (e) { notice(e.message, true); }
 }
 
