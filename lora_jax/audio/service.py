@@ -1,6 +1,6 @@
-"""The three calls the studio's audio endpoints make (`lora_jax/studio/audio_bridge.py`), each on
-one uploaded file: analysis as JSON-ready data, clips cut at beats, and stems. Outputs are WAV at
-`load.SAMPLE_RATE`, written together or not at all."""
+"""The calls the studio's audio endpoints make (`lora_jax/studio/audio_bridge.py`), each on one
+uploaded file: analysis as JSON-ready data, clips cut at beats, stems, and its notes as MIDI.
+Audio outputs are WAV at `load.SAMPLE_RATE`, written together or not at all."""
 
 import os
 import time
@@ -14,6 +14,7 @@ from lora_jax.audio import clips as clips_lib
 from lora_jax.audio import energy as energy_lib
 from lora_jax.audio import load as load_lib
 from lora_jax.audio import stems as stems_lib
+from lora_jax.audio import transcribe as transcribe_lib
 
 
 def _write(files: dict[str, np.ndarray]) -> None:
@@ -62,3 +63,17 @@ def separate_stems(path: str, out_dir: str) -> dict[str, str]:
            for name in ("harmonic", "percussive")}
   _write(files)
   return {name: p for name, p in zip(("harmonic", "percussive"), files)}
+
+
+def transcribe_file(path: str, out_dir: str) -> str:
+  """The file's notes as MIDI (basic-pitch: note F about 0.42 on GM renders, far better on plucked
+  and bowed solo lines than on organ or choir), written to `<out_dir>/<stem>.mid`; its path."""
+  load_lib.load(path)  # decoded and checked first: a bad file is one BadAudio line
+  pm = transcribe_lib.transcribe(path)
+  if not any(i.notes for i in pm.instruments):
+    raise load_lib.BadAudio(f"{path}: basic-pitch found no notes in it")
+  os.makedirs(out_dir, exist_ok=True)
+  out = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0] + ".mid")
+  with atomic.atomic_path(out) as tmp:
+    pm.write(tmp)
+  return out
