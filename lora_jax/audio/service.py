@@ -2,6 +2,7 @@
 uploaded file: analysis as JSON-ready data, clips cut at beats, stems, and its notes as MIDI.
 Audio outputs are WAV at `load.SAMPLE_RATE`, written together or not at all."""
 
+import hashlib
 import os
 import time
 
@@ -76,4 +77,17 @@ def transcribe_file(path: str, out_dir: str) -> str:
   out = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0] + ".mid")
   with atomic.atomic_path(out) as tmp:
     pm.write(tmp)
+  return out
+
+
+def transcribe_cached(path: str, cache_dir: str) -> str:
+  """`transcribe_file` once per content: `<cache_dir>/<sha256 of the file, 16 hex>.mid`, reused
+  while the audio is unchanged (a folder rebuilt after adding one song transcribes one song)."""
+  with open(path, "rb") as f:
+    digest = hashlib.sha256(f.read()).hexdigest()[:16]
+  out = os.path.join(cache_dir, digest + ".mid")
+  if os.path.isfile(out):
+    return out
+  written = transcribe_file(path, cache_dir)
+  os.replace(written, out)
   return out
