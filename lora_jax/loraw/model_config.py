@@ -4,12 +4,14 @@ family's config fields.
 What is read: `model_type` 'diffusion_cond'; `sample_rate`, `sample_size`, `audio_channels`;
 `model.diffusion` (`type` 'dit', its `config` through `lora_jax.models.dit.model`'s own check,
 `cross_attention_cond_ids`, `global_cond_ids`, `diffusion_objective` 'v'); `model.conditioning`
-(`cond_dim` and the conditioners `prompt` of type t5, whose `max_length` becomes the prompt
-length, and `seconds_start`/`seconds_total` of type number with `min_val`/`max_val`);
+(`cond_dim` and the conditioners `prompt` of type t5, with `t5_model_name` (one the original
+accepts), `max_length` (the prompt length), `project_out`, and `enable_grad` false only (T5 stays
+frozen), and `seconds_start`/`seconds_total` of type number with `min_val`/`max_val`);
 `model.pretransform` (type 'autoencoder': its `latent_dim` must be the DiT's io_channels; its
 encoder and decoder are the autoencoder's business, kept as given); `model.io_channels`; and
 `lora` (`component_whitelist`, `multiplier`, `rank`, `alpha`, `dropout`, `module_dropout`, `lr`,
-`weight_decompose`). Any other key, and any value this project does not implement, is an error
+`weight_decompose`); `training` through `lora_jax.loraw.training_section`, which maps, names as
+inert, or refuses each of its keys. Any other key, and any value this project does not implement, is an error
 naming it: a config option silently ignored would train another model than the file describes.
 
 LoRAW's whitelist selects every linear layer with a whitelisted name among its ancestors or
@@ -27,6 +29,7 @@ from typing import Any
 from lora_jax import errors
 from lora_jax.data.t5 import prompts as t5_prompts
 from lora_jax.families import dit as dit_family
+from lora_jax.loraw import training_section
 from lora_jax.models.dit import model as dit
 
 
@@ -58,6 +61,7 @@ class ModelConfig:
   pretransform: dict | None  # the original's pretransform object, for the autoencoder
   text_encoder_name: str  # the T5 model the original names ('' without a prompt conditioner)
   t5_project_out: bool  # the T5 conditioner's project_out option
+  training: training_section.TrainingSection | None  # the `training` section, checked
 
   def text_fields(self, t5_width: int) -> dict[str, Any]:
     """The dit family's text encoder fields: T5's output of `t5_width` (the user's T5 folder's
@@ -255,7 +259,8 @@ def parse(config: Any, source: str = "model config") -> ModelConfig:
   """The model config JSON object `config`, checked strictly."""
   try:
     top = _object(config, source, {"model_type", "sample_rate", "sample_size", "audio_channels",
-                                   "model", "lora"}, {"model_type", "sample_rate", "model"})
+                                   "model", "lora", "training"},
+                  {"model_type", "sample_rate", "model"})
     if top["model_type"] != "diffusion_cond":
       raise ModelConfigError(f"model_type {top['model_type']!r} is not supported (only "
                              "'diffusion_cond')")
@@ -274,8 +279,12 @@ def parse(config: Any, source: str = "model config") -> ModelConfig:
     pretransform = (_pretransform(model["pretransform"], fields["io_channels"])
                     if "pretransform" in model else None)
     lora = _lora(top["lora"]) if "lora" in top else None
+    try:
+      training = training_section.parse(top["training"]) if "training" in top else None
+    except training_section.TrainingSectionError as e:
+      raise ModelConfigError(str(e)) from None
     return ModelConfig(fields, _int(top["sample_rate"], "sample_rate"), lora, pretransform,
-                       t5_name, project_out)
+                       t5_name, project_out, training)
   except ModelConfigError as e:
     raise ModelConfigError(f"{source}: {e}") from None
 
