@@ -33,7 +33,8 @@ MODEL_CONFIG = {
     "model": {
         "pretransform": {"type": "autoencoder", "config": AUTOENCODER},
         "conditioning": {"configs": [
-            {"id": "prompt", "type": "t5", "config": {"t5_model_name": "t5-base", "max_length": 16}},
+            {"id": "prompt", "type": "t5",
+             "config": {"t5_model_name": "t5-base", "max_length": 16}},
             {"id": "seconds_start", "type": "number", "config": {"min_val": 0, "max_val": 16}},
             {"id": "seconds_total", "type": "number", "config": {"min_val": 0, "max_val": 16}}],
             "cond_dim": 32},

@@ -11,8 +11,9 @@ frozen), and `seconds_start`/`seconds_total` of type number with `min_val`/`max_
 encoder and decoder are the autoencoder's business, kept as given); `model.io_channels`; and
 `lora` (`component_whitelist`, `multiplier`, `rank`, `alpha`, `dropout`, `module_dropout`, `lr`,
 `weight_decompose`); `training` through `lora_jax.loraw.training_section`, which maps, names as
-inert, or refuses each of its keys. Any other key, and any value this project does not implement, is an error
-naming it: a config option silently ignored would train another model than the file describes.
+inert, or refuses each of its keys. Any other key, and any value this project does not implement,
+is an error naming it: a config option silently ignored would train another model than the file
+describes.
 
 LoRAW's whitelist selects every linear layer with a whitelisted name among its ancestors or
 itself (`scan_model`): here one regex per component over the dotted module path. Its multiplier
