@@ -1,14 +1,15 @@
 r"""Train a LoRA (or the whole model) of Stable Audio's DiT with LoRAW's command line.
 
 python launch/train_loraw.py --model-config=model_config.json --dataset-config=dataset.json \
-  --pretrained-ckpt-path=model.ckpt --use-lora --save-dir=runs/loraw
+  --pretrained-ckpt-path=model.ckpt --t5-dir=t5-base --use-lora --save-dir=runs/loraw
 
 The seed's flags (`--model-config`, `--dataset-config`, `--pretrained-ckpt-path`, `--use-lora`,
 `--lora-ckpt-path`, `--relora-every`, `--quantize`, `--save-dir`, `--batch-size`,
 `--accum-batches`, `--checkpoint-every`, `--gradient-clip-val`, `--seed`, `--name`) map onto
 configs/dit.py's fields (lora_jax/loraw/training.py says which); `--max-steps` bounds the run,
-which the original leaves open; `--config.<field>=...` sets any other. Running it again with the
-same --save-dir resumes. Bad input ends in one error line and exit status 1.
+which the original leaves open; `--t5-dir` is the user's T5 folder (without it the prompt goes
+through a small trainable byte-token embedding, not T5); `--config.<field>=...` sets any other.
+Running it again with the same --save-dir resumes. Bad input ends in one error line and exit status 1.
 """
 
 import os
