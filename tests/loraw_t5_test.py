@@ -24,7 +24,7 @@ import transformers
 import original_stable_audio
 from lora_jax import lora
 from lora_jax.data.t5 import prompts as t5_prompts
-from lora_jax.loraw import generation, model_config
+from lora_jax.loraw import base_weights, generation, model_config
 from lora_jax.models.dit import conditioned
 
 conditioners_lib = original_stable_audio.imported("stable_audio_tools.models.conditioners")
@@ -123,6 +123,7 @@ def _original(original, t5_model, dtype, t5_dtype, x, t):
 
 
 def test_t5_conditioned_dit_matches_the_original_conditioned_model(world, monkeypatch):
+  """Also: T5 stays out of the trained tree, and proj_out is read strictly."""
   tmp, original, t5_model = world
   sd = original.state_dict()
   assert "conditioner.conditioners.prompt.proj_out.weight" in sd
@@ -166,13 +167,7 @@ def test_t5_conditioned_dit_matches_the_original_conditioned_model(world, monkey
                              atol=1e-5 * np.abs(tokens64.numpy()).max())
   assert np.all(np.asarray(cross)[0, 6:MAX_LENGTH] == 0)
 
-
-def test_t5_stays_out_of_the_tree_and_a_whitelist_reaches_proj_out_only(world, monkeypatch):
-  tmp, _, _ = world
-  monkeypatch.setitem(t5_prompts.MODEL_DIMS, "t5-base", T5_SIZES["d_model"])
-  mc = model_config.parse(copy.deepcopy(MODEL_CONFIG))
-  config = mc.dit_config(FRAMES, T5_SIZES["d_model"])
-  base = generation.load_base(str(tmp / "model.ckpt"), config, seed=0)
+  # T5 is not in the tree: a whitelist naming `conditioner` reaches proj_out and the numbers.
   targets = lora.resolve(lora.LoraSpec(rank=2, alpha=2.0, include=model_config.whitelist_rules(
       ("conditioner",))), base)
   assert sorted(t.path for t in targets) == [
@@ -180,11 +175,10 @@ def test_t5_stays_out_of_the_tree_and_a_whitelist_reaches_proj_out_only(world, m
       "conditioner.conditioners.seconds_start.embedder.embedding.1",
       "conditioner.conditioners.seconds_total.embedder.embedding.1"]
   # A checkpoint without the proj_out the config's conditioner has is refused, by name.
-  state = torch.load(tmp / "model.ckpt", weights_only=True)["state_dict"]
-  torch.save({"state_dict": {k: v for k, v in state.items() if "proj_out" not in k}},
-             tmp / "no_proj.ckpt")
+  prefix = "conditioner.conditioners.prompt."
   with pytest.raises(ValueError, match="T5 conditioner keys none; .* has proj_out"):
-    generation.load_base(str(tmp / "no_proj.ckpt"), config, 0)
+    base_weights._t5_projection({k: v for k, v in sd.items() if not k.startswith(prefix)},
+                                prefix, config, {"prompt": {}}, "model.ckpt")
 
 
 def test_a_t5_folder_of_another_width_is_refused(world):
