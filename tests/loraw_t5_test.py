@@ -140,6 +140,9 @@ def test_t5_conditioned_dit_matches_the_original_conditioned_model(world, monkey
   x = rng.normal(size=(2, 4, FRAMES)).astype(np.float32)
   t = np.asarray([0.3, 0.8], np.float32)
   arrays = t5(PROMPTS)
+  prompt, prompt_mask = generation.prompt_inputs(config, PROMPTS[1], t5)  # what sampling feeds
+  np.testing.assert_array_equal(prompt, arrays["prompt"][1:])
+  np.testing.assert_array_equal(prompt_mask, arrays["prompt_mask"][1:])
   model = conditioned.ConditionedDiT(config.conditioned())
   ours = np.asarray(jax.jit(model.apply)(
       {"params": base}, x, t, arrays["prompt"], np.asarray([0.0, 3.0], np.float32),
