@@ -7,7 +7,8 @@ Renders the instrument set (`instrument_set.build`, cached), computes the featur
 it), fits on the fit pieces, calibrates on the validation pieces, and prints for the test pieces:
 accuracy (on programs seen in fitting, and on each family's held-out program), the share answered
 above the threshold and the accuracy there, calibration error before/after temperature, and the
-confusion matrix (rows: true family, columns: guessed).
+confusion matrix (rows: true family, columns: guessed); then what it names on two-family
+mixtures of the test pieces that have several parts.
 """
 import os
 
@@ -80,6 +81,17 @@ def main(argv: list[str]) -> None:
   print("confusion (rows true, columns guessed): " + " ".join(c[:5] for c in classes))
   for c, row in zip(classes, confusion):
     print(f"  {c:9s} " + " ".join(f"{n:5d}" for n in row) + f"   {row[classes.index(c)] / max(row.sum(), 1):.2f}")
+  mixtures = instrument_set.build_mixtures(_SET.value, _SOURCE.value)
+  if mixtures:
+    pm = np.array([model.probabilities(instruments.features(a.samples, a.sample_rate)[None])[0]
+                   for a in (load.load(os.path.join(_SET.value, m.wav)) for m in mixtures)])
+    named = [classes[i] for i in pm.argmax(1)]
+    upper = np.mean([n == m.upper for n, m in zip(named, mixtures)])
+    lower = np.mean([n == m.lower for n, m in zip(named, mixtures)])
+    print(f"{len(mixtures)} two-family mixtures (upper parts one family, bass another): named the "
+          f"upper family {upper:.3f}, the bass's {lower:.3f}, neither {1 - upper - lower:.3f}; "
+          f"\"unknown\" {np.mean(pm.max(1) < model.threshold):.3f}, mean confidence "
+          f"{pm.max(1).mean():.3f}")
   if _WRITE.value:
     atomic.write_text(instruments.MODEL, model.to_json())
     print(f"wrote {instruments.MODEL}")

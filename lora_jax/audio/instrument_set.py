@@ -123,6 +123,51 @@ def build(out: str, source: str, per_piece: int = 2, seconds: float = 20.0) -> l
   return renders
 
 
+@dataclasses.dataclass(frozen=True)
+class Mixture:
+  """A test piece with its upper parts played by one family and its lowest part by another."""
+  piece: str
+  upper: str  # family of the upper parts
+  lower: str  # family of the lowest part
+  wav: str
+
+
+def build_mixtures(out: str, source: str, seconds: float = 20.0) -> list[Mixture]:
+  """Two-family renders of the test pieces that have several parts (chorales, renaissance), to
+  see what a one-family model says about a mixture; cached like `build`."""
+  families = list(FAMILIES)
+  centre = {p: c for programs in FAMILIES.values() for p, c in programs}
+  mixtures = []
+  for e in eval_set.read_manifest(source):
+    pm = pretty_midi.PrettyMIDI(os.path.join(source, e.midi))
+    parts = [i for i in pm.instruments if i.notes]
+    if split_of(e.id) != "test" or len(parts) < 2:
+      continue
+    upper = families[_hash(f"upper:{e.id}") % len(families)]
+    lower = families[(families.index(upper) + 1 + _hash(f"lower:{e.id}") % 7) % len(families)]
+    p_up, p_low = FAMILIES[upper][0][0], FAMILIES[lower][0][0]
+    name = re.sub(r"[^A-Za-z0-9.-]+", "_", e.id) + f"_mix{p_up}-{p_low}.wav"
+    recipe = f"{RECIPE_VERSION}|mix|{e.id}|{p_up}|{p_low}|{seconds}"
+    recipe_file = os.path.join(out, os.path.splitext(name)[0] + ".recipe")
+    if not (os.path.isfile(os.path.join(out, name)) and os.path.isfile(recipe_file)
+            and open(recipe_file).read() == recipe):
+      lowest = min(parts, key=lambda i: np.median([n.pitch for n in i.notes]))
+      top, bottom = pretty_midi.PrettyMIDI(), pretty_midi.PrettyMIDI()
+      top.instruments = [i for i in parts if i is not lowest]
+      bottom.instruments = [lowest]
+      def kept(part_pm):  # as written: the bass stays below the tune
+        return int(np.median([n.pitch for i in part_pm.instruments for n in i.notes
+                              if n.start < seconds]))
+      played = _played(top, p_up, kept(top), seconds)
+      played.instruments += _played(bottom, p_low, kept(bottom), seconds).instruments
+      with atomic.atomic_path(os.path.join(out, name)) as tmp:
+        soundfile.write(tmp, render.render(played), render.SAMPLE_RATE, format="WAV",
+                        subtype="PCM_16")
+      atomic.write_text(recipe_file, recipe)
+    mixtures.append(Mixture(e.id, upper, lower, name))
+  return mixtures
+
+
 def read_manifest(out: str) -> list[Render]:
   with open(os.path.join(out, MANIFEST)) as f:
     return [Render(**json.loads(line)) for line in f]
