@@ -11,7 +11,7 @@ import pytest
 import soundfile
 
 from lora_jax import errors
-from lora_jax.audio import batch, clips, instruments, load
+from lora_jax.audio import batch, clips, load
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SR = load.SAMPLE_RATE
@@ -66,8 +66,6 @@ def test_cli_writes_table_and_clips_and_names_bad_files(tmp_path):
   assert list(table[0]) == list(batch.COLUMNS)
   rows = [json.loads(line) for line in open(out / "metadata.jsonl")]
   assert len(rows) == len(table) >= 3  # a: two clips or more; b: one
-  families = instruments.shipped_model().classes + ("unknown",)
-  assert all(r["Instruments"] in families and 0 < r["instruments_confidence"] <= 1 for r in rows)
   for row in rows:
     clip = soundfile.info(str(out / row["File"]))
     assert clip.duration == pytest.approx(row["end"] - row["start"], abs=0.01)

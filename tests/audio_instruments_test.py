@@ -2,12 +2,14 @@
 depend on the level, the calibrated model fits, ships as JSON and says "unknown" below its
 threshold, and the shipped model tells a rendered piano from a rendered church organ."""
 import dataclasses
+import json
 
 import numpy as np
 import pretty_midi
 import pytest
+import soundfile
 
-from lora_jax.audio import calibrated, eval_set, instrument_set, instruments, load, render
+from lora_jax.audio import batch, calibrated, eval_set, instrument_set, instruments, load, render
 
 SR = load.SAMPLE_RATE
 
@@ -64,6 +66,17 @@ def test_shipped_model_tells_piano_from_organ(piano_and_organ):
   assert (g.name == "unknown") == (g.confidence < model.threshold)
   assert instruments.guess(instruments.features(organ, SR),
                            dataclasses.replace(model, threshold=1.01)).name == "unknown"
+
+
+def test_the_table_has_the_instruments_column(piano_and_organ, tmp_path):
+  piano, _ = piano_and_organ
+  soundfile.write(str(tmp_path / "piano.wav"), piano, SR)
+  report = batch.run([str(tmp_path / "piano.wav")], str(tmp_path / "out"), split_clips=False)
+  row, = report.rows
+  assert row["Instruments"] in instruments.shipped_model().classes + ("unknown",)
+  assert 0 < row["instruments_confidence"] <= 1
+  written = json.loads((tmp_path / "out" / "report.json").read_text())
+  assert "piano, organ" in written["instruments"]
 
 
 def test_calibrated_fit_round_trips_and_refuses_other_features():

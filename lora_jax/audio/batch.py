@@ -146,10 +146,10 @@ def run(inputs: list[str], out: str, split_clips: bool, to_midi: bool = False,
   report = {"n_files": len(paths), "n_analysed": len(results), "failures": failures,
             "energy_classes": {"low_below_dbfs": classes.low_below,
                                "high_from_dbfs": classes.high_from, "basis": classes.basis},
-            "genre": "logistic regression on corpus genres "
-                     f"{', '.join(c for c, _ in results[0].genre.probabilities)}",
             "instruments": "logistic regression on rendered instrument families "
                            f"{', '.join(c for c, _ in results[0].instruments.probabilities)}",
+            "genre": "logistic regression on corpus genres "
+                     f"{', '.join(c for c, _ in results[0].genre.probabilities)}",
             "stems": stems_lib.SEPARATOR if stems else "not asked",
             "transcription": "basic-pitch 0.4.0 ONNX" if to_midi else "not asked"}
   texts = {os.path.join(out, "metadata.jsonl"): jsonl, os.path.join(out, "metadata.csv"):
