@@ -35,7 +35,8 @@ def analyze_file(path: str) -> dict:
           "bpm": round(a.tempo.bpm, 1), "tempo_confidence": a.tempo.confidence,
           "key": a.key.name, "key_confidence": a.key.confidence,
           "key_runner_up": a.key.runner_up, "mood": mood, "mood_basis": classes.basis,
-          "level_dbfs": a.energy.level_dbfs, "instruments": "unknown",
+          "level_dbfs": a.energy.level_dbfs, "instruments": a.instruments.name,
+          "instruments_confidence": a.instruments.confidence,
           "description": f"{a.tempo.bpm:.0f} BPM, {a.key.name}, {mood} energy "
                          f"({a.energy.level_dbfs:.1f} dBFS)",
           "seconds": a.seconds}
