@@ -33,6 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.dropout = 0.1  # the base model's own dropout while training
   config.model.seq_len = 256  # tokens per training window (<= max_len)
   config.model.pooled_targets = ()  # token ids scored as one class (MIDI Program tokens)
+  config.model.remat = False  # recompute blocks in the backward pass: less memory, more FLOPs
 
   config.lora = config_groups.lora()
   config.opt = config_groups.opt()

@@ -58,6 +58,7 @@ class LmConfig:
   dropout: float
   seq_len: int  # tokens per training window; <= max_len
   pooled_targets: tuple[int, ...] = ()  # ids scored as one class (see the module docstring)
+  remat: bool = False  # recompute block activations in the backward pass (memory for FLOPs)
 
   def __post_init__(self):
     object.__setattr__(self, "pooled_targets", tuple(int(i) for i in self.pooled_targets))
@@ -118,7 +119,7 @@ def make(config: LmConfig, compute_dtype: str) -> Family:
   size = TransformerConfig(
       vocab_size=config.vocab_size, d_model=config.d_model, n_heads=config.n_heads,
       n_layers=config.n_layers, d_ff=config.d_ff, max_len=config.max_len, dropout=config.dropout)
-  model = MusicTransformer(dataclasses.replace(size, dtype=compute_dtype))
+  model = MusicTransformer(dataclasses.replace(size, dtype=compute_dtype, remat=config.remat))
   return Family(
       name=NAME,
       model=model,

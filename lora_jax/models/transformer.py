@@ -31,6 +31,9 @@ class TransformerConfig:
   max_len: int = 512
   dropout: float = 0.1
   dtype: str = "float32"  # compute dtype; parameters stay float32 unless cast by the caller
+  # Recompute each block's activations in the backward pass instead of keeping them
+  # (jax.checkpoint per block): the same numbers, one block's activations alive instead of all.
+  remat: bool = False
 
   def __post_init__(self):
     if self.d_model % self.n_heads:
@@ -105,7 +108,7 @@ class Block(nn.Module):
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, x_BxTxD, *, deterministic: bool, decode: bool = False):
+  def __call__(self, x_BxTxD, deterministic: bool, decode: bool = False):
     cfg = self.config
     drop = nn.Dropout(cfg.dropout)
     h = nn.LayerNorm(epsilon=1e-5, dtype=_dtype(cfg), name="ln1")(x_BxTxD)
@@ -144,8 +147,10 @@ class MusicTransformer(nn.Module):
     x_BxTxD = embed(cfg.vocab_size, "tok_emb")(tokens_BxT)
     x_BxTxD = x_BxTxD + embed(cfg.max_len, "pos_emb")(positions_BxT)
     x_BxTxD = nn.Dropout(cfg.dropout)(x_BxTxD, deterministic=deterministic).astype(_dtype(cfg))
+    # Positional flags: remat specialises on them (argument 0 is the module itself).
+    block = nn.remat(Block, static_argnums=(2, 3)) if cfg.remat else Block
     for i in range(cfg.n_layers):
-      x_BxTxD = Block(cfg, name=f"blocks_{i}")(x_BxTxD, deterministic=deterministic, decode=decode)
+      x_BxTxD = block(cfg, name=f"blocks_{i}")(x_BxTxD, deterministic, decode)
     x_BxTxD = nn.LayerNorm(epsilon=1e-5, dtype=_dtype(cfg), name="ln_f")(x_BxTxD)
     logits_BxTxV = nn.Dense(cfg.vocab_size, dtype=_dtype(cfg), name="head")(x_BxTxD)
     return logits_BxTxV.astype(jnp.float32)
