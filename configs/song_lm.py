@@ -43,6 +43,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.code_depth = 3
   config.model.rope_theta = 100000.0
   config.model.rope_theta_sub = 500000.0
+  # Condition dropout in training, so that guidance has an unconditional model to push from: the
+  # released base's config.yaml (classifier_free_guidance.training_dropout, attribute_dropout).
+  config.model.cfg_dropout = 0.15  # a row loses every condition
+  config.model.description_dropout = 0.0  # a row loses its lyrics
+  config.model.type_info_dropout = 0.5  # a row loses its style text
+  config.model.prompt_audio_dropout = 0.0  # a row loses its reference audio
+  config.model.text_start_id = 1  # the text tokenizer's start and padding ids (a dropped text);
+  config.model.text_pad_id = 0  # the byte-level default's, train_song sets the Qwen2 file's
 
   config.lora = config_groups.lora(
       target_modules=("q_proj", "k_proj", "v_proj", "o_proj"))  # the fork's targets

@@ -139,6 +139,13 @@ CASES = [
          SONG + ("--prompt_audio={song_mid}",), "this model has no prompt_audio condition"),
     Case("song_output_under_a_file", "generate_song",
          SONG[:2] + ("--output={song_mid}/song.wav",), "is a file, not a folder"),
+    # merge_song_adapter: an adapter over another base, an output that is no model file
+    Case("merge_song_other_base", "merge_song_adapter",
+         ("--adapter={song_foreign_adapter}", "--output={out}/m/model.pt"),
+         "was trained on base 0123456789abcdef"),
+    Case("merge_song_output_wav", "merge_song_adapter",
+         ("--adapter={song_adapter}", "--output={out}/m/model.wav"),
+         "must be a .pt (the original's model.pt) or a Flax .safetensors file"),
     # humanize_midi: broken MIDI in, a model that is not one
     Case("humanize_empty_midi", "humanize_midi", HUMANIZE + ("--input={empty_mid}",),
          "empty.mid: not a readable MIDI file"),

@@ -9,7 +9,6 @@ The adapter's factorised forward and the merged model give the same logits.
 
 import dataclasses
 import os
-import shutil
 import subprocess
 import sys
 
@@ -26,6 +25,7 @@ from lora_jax.models.song import delay_pattern
 from lora_jax.models.song import lm as song_lm
 from lora_jax.song import command
 from lora_jax.song import generate
+from lora_jax.song import merge
 from lora_jax.song import model_record
 from lora_jax.song import prepare_audio
 from lora_jax.train import config as config_lib
@@ -111,18 +111,21 @@ def test_adapter_and_merged_model_generate_the_same_song(trained, tmp_path):
                                       base=str(trained / "base" / "model.pt")))
   np.testing.assert_array_equal(via_pt.codes, song.codes)
 
-  # The adapter merged into its base, written as a whole model.pt: the same codes and bytes.
-  config = record.model.lm_config("float32")
-  abstract = song_lm.abstract_params(config)
-  merged = generate.load_params(record.base, str(out / "checkpoints" / "adapter"), record, 1.0,
-                                abstract)
-  (tmp_path / "merged").mkdir()
-  song_lm_weights.save_model_pt(merged, str(tmp_path / "merged" / "model.pt"))
-  shutil.copy(out / "checkpoints" / "adapter" / model_record.NAME, tmp_path / "merged")
-  whole = generate.generate(_request(tmp_path, "d.wav", model=str(tmp_path / "merged" /
-                                                                   "model.pt")))
+  # The adapter merged into its base by merge_song_adapter, a whole model.pt with its record
+  # beside it: the same codes and bytes.
+  merged_path = merge.merge(str(out / "checkpoints" / "adapter"),
+                            str(tmp_path / "merged" / "model.pt")).path
+  assert model_record.read(str(tmp_path / "merged"), "merged").base == record.base
+  whole = generate.generate(_request(tmp_path, "d.wav", model=merged_path))
   np.testing.assert_array_equal(whole.codes, song.codes)
   assert (tmp_path / "wavs" / "d.wav").read_bytes() == (tmp_path / "wavs" / "a.wav").read_bytes()
+  config = record.model.lm_config("float32")
+  abstract = song_lm.abstract_params(config)
+  merged = song_lm_weights.load_model_pt(merged_path, abstract)
+  # A second merge beside it would leave the first without its record: refused, nothing written.
+  with pytest.raises(ValueError, match="already holds song_model.json of another model"):
+    merge.merge(str(out / "checkpoints" / "adapter"), str(tmp_path / "merged" / "other.pt"))
+  assert not (tmp_path / "merged" / "other.pt").exists()
 
   # The merge is what LoRA computes: the factorised forward over the base (never W + BA) gives
   # the merged model's logits, on the sampled song, to float32 rounding.
@@ -174,6 +177,30 @@ def test_bad_requests_write_nothing(trained, tmp_path, change, message):
   with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
     generate.generate(_request(tmp_path, "bad.wav", adapter=adapter, **change))
   assert not (tmp_path / "wavs").exists()
+
+
+def test_full_fine_tuning_exports_a_model_pt_that_generates(trained, tmp_path):
+  """training.type full: checkpoints/model.pt and its record, and a song from it."""
+  path = _train_config(tmp_path, type="full")
+  raw = yaml.safe_load(path.read_text())
+  raw["paths"].update(base_model_path=str(trained / "base"),
+                      prepared_data_dir=str(trained / "prepared"))
+  path.write_text(yaml.safe_dump(raw))
+  done = command.run(str(path), _defaults())
+  assert done.result.status == "finished" and done.result.step == 3, done  # one epoch
+  export = tmp_path / "out" / "checkpoints" / "model.pt"
+  assert done.export == str(export)
+  record = model_record.read(str(export.parent), "full")
+  assert record.training_type == "full" and record.codecs
+  abstract = song_lm.abstract_params(record.model.lm_config("float32"))
+  tuned = song_lm_weights.load_model_pt(str(export), abstract)
+  base = song_lm_weights.load_model_pt(str(trained / "base" / "model.pt"), abstract)
+  moved = [float(np.abs(np.asarray(a) - np.asarray(b)).max())
+           for a, b in zip(jax.tree.leaves(tuned), jax.tree.leaves(base))]
+  assert max(moved) > 0  # every weight trainable: the export is not the base
+  song = generate.generate(_request(tmp_path, "full.wav", run=str(tmp_path / "out")))
+  data, _ = _wav(song.path)
+  assert song.frames >= 1 and len(data) == song.frames * (song.sample_rate // 25)
 
 
 def test_a_refused_run_writes_nothing(tmp_path, monkeypatch):

@@ -14,6 +14,18 @@ paths are the original's (`transformer.model.layers.0.self_attn.q_proj`, ...), w
 LoRA targets, checkpoints and PEFT exports name. Loss: mean NLL (nats) over all kept targets of
 all streams; metrics: each stream's mean NLL.
 
+Condition dropout (`prepare`, training only): classifier-free guidance subtracts the model's
+prediction without conditions, so training must show it rows without them, as the original does
+(`ClassifierFreeGuidanceDropout` then `AttributeDropout` in codeclm's `lm_levo.py`, probabilities
+from its config.yaml: `classifier_free_guidance.training_dropout` 0.15 drops every condition of a
+row; `attribute_dropout` drops one condition, 0.0 description, 0.5 type_info, 0.0 prompt_audio in
+the released base). A dropped condition becomes exactly what generation's unconditional rows hold
+(`lora_jax/song/generate.py`): a text of its start token alone padded with `text_pad_id` (the
+tokenizer's ids, set by train_song), no section, a prompt of special tokens. The original draws
+attribute dropout once per (per-GPU) batch; here every row draws its own, so the result does not
+depend on how batches are split into micro-batches or devices. Evaluation sees every condition, as
+the original's validation (`self.training` False) does.
+
 Sharding: q/k/v, gate/up and the output heads split their output axis over 'model' and input
 over 'fsdp', o_proj and down_proj the other way round; embeddings split their width over
 'fsdp'; the fusing MLP's kernels split their input over 'fsdp'; norms and biases replicated.
@@ -23,10 +35,12 @@ import dataclasses
 import functools
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from lora_jax.data.song import text as song_text
 from lora_jax.models.song import delay_pattern
 from lora_jax.models.song import lm as song_lm
 from lora_jax.models.song import loss as song_lm_loss
@@ -44,6 +58,11 @@ PARTITION_RULES = (
     (r"\.embedding$", P(None, "fsdp")),
     (r".*", P()),  # norms and biases
 )
+
+
+# Condition -> its SongConfig dropout field; "all" is classifier-free guidance's.
+DROPOUTS = {"all": "cfg_dropout", "description": "description_dropout",
+            "type_info": "type_info_dropout", "prompt_audio": "prompt_audio_dropout"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +85,14 @@ class SongConfig:
   code_depth: int = 3
   rope_theta: float = 100000.0
   rope_theta_sub: float = 500000.0
+  # Condition dropout in training (module docstring); 0 = none. configs/song_lm.py sets the
+  # released base's values; the YAML's classifier_free_guidance and attribute_dropout sections.
+  cfg_dropout: float = 0.0  # a row loses every condition
+  description_dropout: float = 0.0  # a row loses its lyrics
+  type_info_dropout: float = 0.0  # a row loses its style text
+  prompt_audio_dropout: float = 0.0  # a row loses its reference audio
+  text_start_id: int = song_text.START  # the tokenizer's start token: a dropped text keeps it
+  text_pad_id: int = song_text.PAD  # and is padded with this
 
   def __post_init__(self):
     object.__setattr__(self, "delays", tuple(int(d) for d in self.delays))
@@ -76,6 +103,10 @@ class SongConfig:
     if ("prompt_audio" in self.prepend) != (self.prompt_len > 0):
       raise ValueError(f"model.prompt_len {self.prompt_len} must be > 0 exactly when prepend "
                        f"{self.prepend} holds prompt_audio")
+    for name in DROPOUTS.values():
+      p = getattr(self, name)
+      if not 0.0 <= p <= 1.0:
+        raise ValueError(f"model.{name} must be in [0, 1], got {p}")
 
   def lm_config(self, compute_dtype: str) -> song_lm.SongLMConfig:
     return song_lm.SongLMConfig(
@@ -105,6 +136,31 @@ class SongWindows(nn.Module):
                   "prompt_audio": prompt_BxKxL}
     logits = song_lm.forward(self, sequence, {n: conditions[n] for n in cfg.prepend})
     return {"logits": logits, "codes": codes, "mask": mask}
+
+
+def null_text(length: int, config: SongConfig) -> jnp.ndarray:
+  """A text that says nothing: the start token, then padding (int32 [length])."""
+  return jnp.full((length,), config.text_pad_id, jnp.int32).at[0].set(config.text_start_id)
+
+
+def prepare(batch, key, config: SongConfig):
+  """The batch with each row's dropped conditions replaced by the unconditional ones."""
+  rows = batch["codes"].shape[0]
+  keys = dict(zip(DROPOUTS, jax.random.split(key, len(DROPOUTS))))
+  draw = lambda name: jax.random.bernoulli(keys[name], getattr(config, DROPOUTS[name]), (rows,))
+  every = draw("all")
+  out = dict(batch)
+  if "description" in config.prepend:
+    drop = (every | draw("description"))[:, None]
+    out["lyrics"] = jnp.where(drop, null_text(config.lyrics_len, config)[None], batch["lyrics"])
+    out["sections"] = jnp.where(drop, 0, batch["sections"])
+  if "type_info" in config.prepend:
+    drop = (every | draw("type_info"))[:, None]
+    out["style"] = jnp.where(drop, null_text(config.style_len, config)[None], batch["style"])
+  if "prompt_audio" in config.prepend:
+    drop = (every | draw("prompt_audio"))[:, None, None]
+    out["prompt"] = jnp.where(drop, config.lm_config("float32").special_token, batch["prompt"])
+  return out
 
 
 def loss_fn(outputs, batch, delays: tuple[int, ...]):
@@ -171,4 +227,6 @@ def make(config: SongConfig, compute_dtype: str) -> Family:
       loss_fn=functools.partial(loss_fn, delays=config.delays),
       partition_rules=PARTITION_RULES,
       synthetic=lambda n, seed: synthetic(config, n, seed),
-      loss_weight=functools.partial(loss_weight, delays=config.delays))
+      loss_weight=functools.partial(loss_weight, delays=config.delays),
+      prepare=functools.partial(prepare, config=config),
+      prepare_in_eval=False)

@@ -18,6 +18,8 @@ from absl import logging
 import ml_collections
 
 from lora_jax import lora
+from lora_jax.data.song import qwen_text
+from lora_jax.data.song import text as song_text
 from lora_jax.families import song_lm as song_family
 from lora_jax.interop import flax_weights, peft, song_lm_weights
 from lora_jax.models.song import lm as song_lm
@@ -62,6 +64,10 @@ def run(yaml_path: str, base_config: ml_collections.ConfigDict) -> SongResult:
   """Prepare, train (or resume) and export as the YAML says."""
   song_run = yaml_config.read(yaml_path, base_config)
   config = song_run.config
+  # A dropped text (condition dropout) is the tokenizer's start token alone, padded with its pad.
+  text = (qwen_text.QwenText(song_run.text_tokenizer) if song_run.text_tokenizer
+          else song_text.ByteText())
+  config.model.text_start_id, config.model.text_pad_id = text.start, text.pad
   model = config_lib.from_mapping(song_family.SongConfig, config.model, "config.model")
   data_dir = os.path.join(song_run.output_dir, "data")
   check = config.copy_and_resolve_references()  # every setting checked before anything is written

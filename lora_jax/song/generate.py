@@ -124,21 +124,22 @@ def _source(r: Request) -> _Source:
     if os.path.isfile(os.path.join(adapter, peft.CONFIG_NAME)):
       # The run's own base, wherever the folder was moved since (the record holds the old path).
       base = os.path.join(r.run, "base.safetensors")
-      return _adapter_source(adapter, base if os.path.isfile(base) else "")
+      return adapter_source(adapter, base if os.path.isfile(base) else "")
     model = os.path.join(r.run, "checkpoints", "model.pt")
     if os.path.isfile(model):
       return _Source(model, "", model_record.read(os.path.dirname(model), model))
     raise GenerateError(f"--run {r.run} has neither checkpoints/adapter/ nor "
                         "checkpoints/model.pt: has its training finished?")
   if r.adapter:
-    return _adapter_source(r.adapter, r.base)
+    return adapter_source(r.adapter, r.base)
   if not os.path.isfile(r.model):
     raise GenerateError(f"--model {r.model} does not exist")
   return _Source(r.model, "", model_record.read(os.path.dirname(os.path.abspath(r.model)),
                                                 r.model))
 
 
-def _adapter_source(folder: str, base: str) -> _Source:
+def adapter_source(folder: str, base: str) -> _Source:
+  """A PEFT adapter folder written by train_song, over `base` or the base it records; checked."""
   if not os.path.isfile(os.path.join(folder, peft.CONFIG_NAME)):
     raise GenerateError(f"--adapter {folder} is not a PEFT adapter folder (no "
                         f"{peft.CONFIG_NAME})")

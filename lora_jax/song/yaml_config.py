@@ -15,6 +15,12 @@ byte-level tokenizer is used, which suits a base trained here, not a released ch
 `launch/prepare_song_data.py` (`read_prepare`) with `data.sample_rate` (default 24000 here) and
 `paths.audio_tokenizer_path` (our codec's .safetensors file, not the original's folder).
 
+Condition dropout (classifier-free guidance needs rows trained without conditions) is not in the
+fork's YAML: the fork takes it from the base's config.yaml, so these two sections have that
+file's names and nesting, `classifier_free_guidance: {training_dropout: 0.15}` and
+`attribute_dropout: {text: {description: 0.0, type_info: 0.5}, audio: {prompt_audio: 0.0}}`
+(the released base's values, also the defaults; `lora_jax/families/song_lm.py` applies them).
+
 `model` may also set any field of `lora_jax.families.song_lm.SongConfig` (`num_layers_sub`,
 `text_vocab_size`, `frames`, ...), which the fork takes from the base model's own config.yaml.
 `use_flash_attn_2` is accepted and has no effect: the attention implementation is chosen per
@@ -30,6 +36,10 @@ import yaml
 from lora_jax import errors
 from lora_jax.families import song_lm as song_family
 
+# SongConfig fields the YAML sets elsewhere (dropout) or train_song sets (the tokenizer's ids).
+_NOT_IN_MODEL = ("cfg_dropout", "description_dropout", "type_info_dropout",
+                 "prompt_audio_dropout", "text_start_id", "text_pad_id")
+
 SECTIONS = {
     "paths": ("base_model_path", "audio_tokenizer_path", "separate_audio_tokenizer_path",
               "raw_data_dir", "metadata_path", "prepared_data_dir", "output_dir",
@@ -40,9 +50,14 @@ SECTIONS = {
                  "weight_decay", "adam_beta1", "adam_beta2", "warmup_steps", "log_interval",
                  "save_interval", "gradient_accumulation_steps", "use_fp16", "seed"),
     "lora": ("r", "alpha", "dropout", "target_modules"),
-    "model": tuple(f.name for f in dataclasses.fields(song_family.SongConfig))
-             + ("use_flash_attn_2",),
+    "model": tuple(f.name for f in dataclasses.fields(song_family.SongConfig)
+                   if f.name not in _NOT_IN_MODEL) + ("use_flash_attn_2",),
+    "classifier_free_guidance": ("training_dropout",),
+    "attribute_dropout": ("text", "audio"),
 }
+# attribute_dropout's keys: {condition type: {condition: its SongConfig dropout field}}.
+ATTRIBUTES = {"text": {"description": "description_dropout", "type_info": "type_info_dropout"},
+              "audio": {"prompt_audio": "prompt_audio_dropout"}}
 
 
 class SongYamlError(errors.UserError):
@@ -130,6 +145,7 @@ def read(path: str, base: ml_collections.ConfigDict) -> SongRun:
     config.lora.dropout = float(lora.get("dropout", config.lora.dropout))
     if "target_modules" in lora:
       config.lora.target_modules = tuple(str(t) for t in lora["target_modules"])
+    _dropout(path, raw, config)
     for key, value in raw.get("model", {}).items():
       if key != "use_flash_attn_2":
         setattr(config.model, key, tuple(value) if isinstance(value, list) else value)
@@ -147,6 +163,27 @@ def read(path: str, base: ml_collections.ConfigDict) -> SongRun:
   return SongRun(config, paths.get("base_model_path") or "", paths["prepared_data_dir"],
                  paths["output_dir"], epochs, save_interval, val_fraction, overlap,
                  paths.get("text_tokenizer") or "", paths.get("audio_tokenizer_path") or "")
+
+
+def _dropout(path: str, raw: dict, config: ml_collections.ConfigDict) -> None:
+  """The condition dropout sections onto config.model, each probability checked."""
+  values = {}
+  if "training_dropout" in raw.get("classifier_free_guidance", {}):
+    values["cfg_dropout"] = ("classifier_free_guidance.training_dropout",
+                             raw["classifier_free_guidance"]["training_dropout"])
+  for kind, conditions in raw.get("attribute_dropout", {}).items():
+    if not isinstance(conditions, dict):
+      raise SongYamlError(f"{path}: attribute_dropout.{kind} must be a mapping of conditions to "
+                          f"probabilities, got {type(conditions).__name__}")
+    for name, p in conditions.items():
+      if name not in ATTRIBUTES[kind]:
+        raise SongYamlError(f"{path}: unknown key attribute_dropout.{kind}.{name}; "
+                            f"attribute_dropout.{kind} keys are {', '.join(ATTRIBUTES[kind])}")
+      values[ATTRIBUTES[kind][name]] = (f"attribute_dropout.{kind}.{name}", p)
+  for field, (where, p) in values.items():
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+      raise SongYamlError(f"{path}: {where} must be a probability in [0, 1], got {p!r}")
+    setattr(config.model, field, float(p))
 
 
 def steps_for(run: SongRun, n_train_windows: int) -> tuple[int, int]:

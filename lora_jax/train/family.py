@@ -16,6 +16,9 @@ The contract a family's model keeps:
     fold_in(key(EVAL_SEED), validation batch index), the same at every evaluation and in every
     run, so a validation loss is deterministic and comparable across runs. Without `prepare` the
     step draws nothing extra: families that need no randomness keep their results bit for bit.
+    With `prepare_in_eval` False the eval step feeds the data batch as it is: for randomness
+    that belongs to training alone (condition dropout for classifier-free guidance), so that the
+    validation loss is the model's on the inputs as given.
   - `loss_fn(outputs, batch)` is pure and returns a float32 scalar loss (a mean over what the
     batch holds) and a dict of float32 scalar metrics; it never hides an empty batch behind a zero
     (divide by the real count: an empty mask gives NaN, which the loop counts and skips).
@@ -79,6 +82,9 @@ class Family:
   # Optional: `prepare(batch, key)` -> the batch the model and loss read, drawn with `key` (see
   # the module docstring). None: the data batch is fed as it is.
   prepare: Callable[[Batch, jax.Array], Batch] | None = None
+  # Whether evaluation prepares too (diffusion time and noise) or reads the data batch as it is
+  # (training-only randomness such as condition dropout).
+  prepare_in_eval: bool = True
   # Optional: what a whole-model weight file of this family records about the model (its size),
   # written into the export of a full fine-tune or a ReLoRA run, so the converters that read the
   # file (lora_jax.interop.model_size) need no config, as for the base files they already read.

@@ -17,7 +17,8 @@ draws the bits of its own shard (per-device randomness) while the values stay th
 array: a run gives the same numbers on one device or on any mesh, and the seed reproduces it.
 A family's `prepare` (diffusion time and noise) draws from fold_in(micro-batch key, PREPARE),
 apart from the dropout keys (a split of the micro-batch key), so adding it shifts nothing else;
-evaluation prepares with fold_in(key(EVAL_SEED), batch index): the same draws at every evaluation.
+evaluation prepares with fold_in(key(EVAL_SEED), batch index): the same draws at every evaluation
+(or not at all, for a family whose `prepare_in_eval` is False).
 
 ReLoRA (`relora_every` > 0, see `lora_jax.train.relora`): after each reset the update is scaled by
 min(1, steps since the reset / relora_warmup), the jagged re-warm, on top of the run's schedule.
@@ -166,7 +167,8 @@ def train_step(state: Any, frozen: Any, batch_AxB: Batch, *,
 def eval_step(params: Any, frozen: Any, batch: Batch, index: jax.Array, *,
               config: StepConfig) -> dict[str, jax.Array]:
   """The family's loss and metrics on validation batch number `index`, without dropout."""
-  batch = prepare(config, batch, jax.random.fold_in(jax.random.key(EVAL_SEED), index))
+  if config.family.prepare_in_eval:
+    batch = prepare(config, batch, jax.random.fold_in(jax.random.key(EVAL_SEED), index))
   loss, metrics = config.family.loss_fn(forward(config, params, frozen, batch, None), batch)
   return {"loss": loss, **metrics}
 

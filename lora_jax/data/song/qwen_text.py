@@ -35,6 +35,7 @@ class QwenText:
                                   if self._tok.token_to_id(t) is None])
     self._tok.no_padding()
     self._tok.no_truncation()
+    self.start = ids[START]
     self.pad = ids[PAD]
     self._end = ids[END]
     self._tags = {self._tok.token_to_id(t) for t in song_sections.SECTION_TAGS}

@@ -55,6 +55,7 @@ class ByteText:
   """This module's tokenizer behind the interface of `qwen_text.QwenText`."""
 
   vocab_size = VOCAB_SIZE
+  start = START
   pad = PAD
   encode_text = staticmethod(encode_text)
   encode_lyrics = staticmethod(encode_lyrics)
