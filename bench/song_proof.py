@@ -13,8 +13,10 @@ Offline, on a CPU, every step through the project's own paths, each resumable (r
    domain only, and the new style is tokenized with it.
 3. `launch/train_song.py`'s path (`command.run`) on YAML files the fork's users would write:
    the base trained from scratch (full, no base model), then LoRA and full fine-tuning from the
-   base's exported `model.pt` on the new style, same epochs and batch. Songs, not windows, are
-   split into training and held-out (`prepare.py`, by a hash of the song id). Every run exports
+   base's exported `model.pt` on the new style, same epochs and batch: LoRA r8 on the fork's
+   targets (q/k/v/o_proj), full fine-tuning, and LoRA r8 on the MLP's projections too. Songs,
+   not windows, are split into training and held-out (`prepare.py`, by a hash of the song id),
+   and the base's own model sizes are small (CODE_SIZE, --dim, --layers). Every run exports
    its final parameters (`ckpt.export = 'final'`): the held-out songs are never used to pick one.
 4. Held-out NLL per stream in bits per token (`lora_jax/song/nll.py`, every target of every
    window), of base, LoRA and full on the new style's held-out songs and on the base domain's,
@@ -143,8 +145,12 @@ def prepare(folder: str, codec: str) -> str:
   return summary.codec_path
 
 
-def train(folder: str, name: str, kind: str, base: str, lr: float, epochs: int, seed: int
-          ) -> command.SongResult:
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")  # the fork's targets
+ALL_LINEAR = ATTENTION + ("gate_proj", "up_proj", "down_proj")
+
+
+def train(folder: str, name: str, kind: str, base: str, lr: float, epochs: int, seed: int,
+          targets: tuple[str, ...] = ATTENTION) -> command.SongResult:
   """One `launch/train_song.py` run on `folder/prepared`, into `folder/<name>`."""
   out = os.path.join(folder, name)
   yml = _yaml(os.path.join(folder, f"{name}.yaml"), {
@@ -155,8 +161,7 @@ def train(folder: str, name: str, kind: str, base: str, lr: float, epochs: int, 
                    "validation_batch_size": _BATCH.value, "learning_rate": lr,
                    "weight_decay": 0.01, "warmup_steps": _WARMUP.value, "log_interval": 10,
                    "save_interval": max(1, epochs // 2), "seed": seed},
-      "lora": {"r": 8, "alpha": 16, "dropout": 0.0,
-               "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+      "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": list(targets)},
       "model": _model()})
   result = command.run(yml, _defaults())
   if not result.export:
@@ -187,9 +192,11 @@ def main(argv):
   seconds["base"] = time.time() - t
   base_pt = os.path.dirname(base_run.export)  # checkpoints/ holding model.pt
   runs = {}
-  for name, kind, lr in (("lora", "lora", 3e-3), ("full", "full", 3e-4)):
+  for name, kind, lr, targets in (("lora", "lora", 3e-3, ATTENTION),
+                                  ("full", "full", 3e-4, ATTENTION),
+                                  ("lora_mlp", "lora", 3e-3, ALL_LINEAR)):
     t = time.time()
-    runs[name] = train(new_dir, name, kind, base_pt, lr, _FT_EPOCHS.value, 1)
+    runs[name] = train(new_dir, name, kind, base_pt, lr, _FT_EPOCHS.value, 1, targets)
     seconds[name] = time.time() - t
 
   t = time.time()
@@ -198,6 +205,7 @@ def main(argv):
   base = flax_weights.load_params(base_run.result.export_path, abstract)
   full = flax_weights.load_params(runs["full"].result.export_path, abstract)
   adapter = lora.load_adapter(runs["lora"].result.export_path, base).adapter
+  adapter_mlp = lora.load_adapter(runs["lora_mlp"].result.export_path, base).adapter
   sets = {"new style held-out": os.path.join(new_dir, "lora", "data", "val.npz"),
           "base domain held-out": os.path.join(base_dir, "train", "data", "val.npz")}
   new_train = nll.load_windows(os.path.join(new_dir, "lora", "data", "train.npz"))
@@ -205,6 +213,8 @@ def main(argv):
   for label, params, adapters, trainable in (
       ("base (no fine-tuning)", base, (), 0),
       ("base + LoRA r8 (q,k,v,o)", base, (adapter,), _count(adapter.params)),
+      ("base + LoRA r8 (q,k,v,o + gate,up,down)", base, (adapter_mlp,),
+       _count(adapter_mlp.params)),
       ("full fine-tuning", full, (), _count(full))):
     rows[label] = {"trainable_params": trainable}
     for set_name, path in sets.items():
