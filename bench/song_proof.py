@@ -149,13 +149,13 @@ ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")  # the fork's targets
 ALL_LINEAR = ATTENTION + ("gate_proj", "up_proj", "down_proj")
 
 
-def train(folder: str, name: str, kind: str, base: str, lr: float, epochs: int, seed: int,
-          targets: tuple[str, ...] = ATTENTION) -> command.SongResult:
+def train(folder: str, name: str, kind: str, base: str, codec: str, lr: float, epochs: int,
+          seed: int, targets: tuple[str, ...] = ATTENTION) -> command.SongResult:
   """One `launch/train_song.py` run on `folder/prepared`, into `folder/<name>`."""
   out = os.path.join(folder, name)
   yml = _yaml(os.path.join(folder, f"{name}.yaml"), {
       "paths": {"base_model_path": base, "prepared_data_dir": os.path.join(folder, "prepared"),
-                "output_dir": out},
+                "output_dir": out, "audio_tokenizer_path": codec},
       "data": {"val_fraction": 0.2},
       "training": {"type": kind, "epochs": epochs, "batch_size": _BATCH.value,
                    "validation_batch_size": _BATCH.value, "learning_rate": lr,
@@ -188,7 +188,7 @@ def main(argv):
   prepare(new_dir, codec)
   seconds["prepare"] = time.time() - t
   t = time.time()
-  base_run = train(base_dir, "train", "full", "", 3e-3, _BASE_EPOCHS.value, 0)
+  base_run = train(base_dir, "train", "full", "", codec, 3e-3, _BASE_EPOCHS.value, 0)
   seconds["base"] = time.time() - t
   base_pt = os.path.dirname(base_run.export)  # checkpoints/ holding model.pt
   runs = {}
@@ -196,7 +196,7 @@ def main(argv):
                                   ("full", "full", 3e-4, ATTENTION),
                                   ("lora_mlp", "lora", 3e-3, ALL_LINEAR)):
     t = time.time()
-    runs[name] = train(new_dir, name, kind, base_pt, lr, _FT_EPOCHS.value, 1, targets)
+    runs[name] = train(new_dir, name, kind, base_pt, codec, lr, _FT_EPOCHS.value, 1, targets)
     seconds[name] = time.time() - t
 
   t = time.time()
