@@ -5,7 +5,8 @@
 
 Prints tempo accuracy (within 4%, and within 4% of the truth, its double or half), key accuracy
 (exact and MIREX-weighted) for each key profile (the default one marked), and seconds of analysis
-per minute of audio (reading, tempo, key and energy; the first file's numba compilation excluded).
+per minute of audio (reading, tempo, key, energy and the instrument guess; the first file's numba
+compilation excluded).
 """
 import collections
 import os
@@ -15,7 +16,7 @@ from absl import flags
 import numpy as np
 
 from lora_jax import cli
-from lora_jax.audio import energy, eval_set, key, load, scoring, tempo
+from lora_jax.audio import energy, eval_set, instruments, key, load, scoring, tempo
 
 _SET = flags.DEFINE_string("set", ".cache/audio_eval_set", "Folder built by audio_eval_set.py.")
 _LIMIT = flags.DEFINE_integer("limit", None, "Evaluate every n-th piece to keep about this many.",
@@ -31,6 +32,7 @@ def main(argv: list[str]) -> None:
   warm = load.load(os.path.join(_SET.value, entries[0].wav))  # numba compiles on first use
   tempo.estimate(warm.samples[:load.SAMPLE_RATE * 5], warm.sample_rate)
   key.estimate(warm.samples[:load.SAMPLE_RATE * 5], warm.sample_rate)
+  instruments.features(warm.samples[:load.SAMPLE_RATE * 5], warm.sample_rate)
   rows = collections.defaultdict(lambda: collections.defaultdict(list))
   seconds_audio = seconds_spent = 0.0
   for e in entries:
@@ -39,6 +41,7 @@ def main(argv: list[str]) -> None:
     t = tempo.estimate(audio.samples, audio.sample_rate)
     profile = key.chroma_profile(audio.samples, audio.sample_rate)
     energy.measure(audio.samples, audio.sample_rate)
+    instruments.guess(instruments.features(audio.samples, audio.sample_rate))
     keys = {name: key.from_scores(key.scores(profile, name)) for name in key.PROFILES}
     seconds_spent += time.monotonic() - started
     seconds_audio += audio.seconds

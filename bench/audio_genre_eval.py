@@ -12,10 +12,9 @@ import os
 
 from absl import flags
 import numpy as np
-from sklearn import linear_model
 
 from lora_jax import atomic, cli
-from lora_jax.audio import energy, eval_set, genre, key, load, tempo
+from lora_jax.audio import calibrated, energy, eval_set, genre, key, load, tempo
 
 _SET = flags.DEFINE_string("set", ".cache/audio_genre_set", "Folder built with "
                            "--shared_instruments.")
@@ -50,17 +49,6 @@ def _features(entries) -> np.ndarray:
   return x
 
 
-def _ece(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
-  confidence, correct = p.max(1), p.argmax(1) == y
-  edges = np.linspace(0, 1, bins + 1)
-  total = 0.0
-  for lo, hi in zip(edges[:-1], edges[1:]):
-    inside = (confidence > lo) & (confidence <= hi)
-    if inside.any():
-      total += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
-  return total
-
-
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments: {argv[1:]}")
@@ -70,26 +58,9 @@ def main(argv: list[str]) -> None:
   y = np.array([classes.index(e.genre) for e in entries])
   split = np.array([_split(e.id) for e in entries])
   fit, val, test = (split == "fit"), (split == "validation"), (split == "test")
-  mean, scale = x[fit].mean(0), x[fit].std(0) + 1e-9
-  clf = linear_model.LogisticRegression(C=1.0, max_iter=2000).fit((x[fit] - mean) / scale, y[fit])
-  model = genre.Model(classes, mean, scale, clf.coef_, clf.intercept_, 1.0, 0.0)
-  temps = np.exp(np.linspace(np.log(0.25), np.log(4), 41))
-
-  def nll(t):
-    p = genre.Model(classes, mean, scale, clf.coef_, clf.intercept_, t, 0.0).probabilities(x[val])
-    return -np.mean(np.log(p[np.arange(val.sum()), y[val]] + 1e-12))
-
-  temperature = float(min(temps, key=nll))
-  calibrated = genre.Model(classes, mean, scale, clf.coef_, clf.intercept_, temperature, 0.0)
-  # threshold: the lowest confidence at which validation guesses are right at least 80% of the time
-  pv = calibrated.probabilities(x[val])
-  threshold = 0.0
-  for t in np.linspace(0, 0.95, 20):
-    answered = pv.max(1) >= t
-    if answered.any() and (pv.argmax(1) == y[val])[answered].mean() >= 0.8:
-      threshold = float(t)
-      break
-  final = genre.Model(classes, mean, scale, clf.coef_, clf.intercept_, temperature, threshold)
+  model, final = calibrated.fit(genre.FEATURES, classes, x[fit], y[fit], x[val], y[val], c=1.0,
+                                target_accuracy=0.8)
+  threshold, temperature = final.threshold, final.temperature
   pt, praw = final.probabilities(x[test]), model.probabilities(x[test])
   right = pt.argmax(1) == y[test]
   answered = pt.max(1) >= threshold
@@ -97,8 +68,9 @@ def main(argv: list[str]) -> None:
   print(f"test accuracy {right.mean():.3f} (chance {np.bincount(y[test]).max() / test.sum():.3f})")
   print(f"threshold {threshold:.2f}: answered {answered.mean():.3f} of test pieces, "
         f"accuracy on those {right[answered].mean():.3f}")
-  print(f"ECE before/after temperature {temperature:.2f}: {_ece(praw, y[test]):.3f} / "
-        f"{_ece(pt, y[test]):.3f}")
+  ece = calibrated.expected_calibration_error
+  print(f"ECE before/after temperature {temperature:.2f}: {ece(praw, y[test]):.3f} / "
+        f"{ece(pt, y[test]):.3f}")
   for i, c in enumerate(classes):
     mask = y[test] == i
     print(f"  {c}: {right[mask].mean():.3f} of {mask.sum()}")

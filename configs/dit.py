@@ -39,7 +39,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.project_global_cond = True
   config.model.cond_dim = 768  # every conditioner's output width
   config.model.text_len = 128  # prompt tokens (the T5 conditioner's max_length)
-  config.model.text_encoder = "embedding"  # trainable byte-token embedding (no T5 yet)
+  # 'embedding': a trainable byte-token embedding (no T5 files); 't5': data.path holds the frozen
+  # T5's output per clip (`prompt` [text_len, t5_width], `prompt_mask`), as train_loraw.py
+  # writes it with --t5-dir.
+  config.model.text_encoder = "embedding"
+  config.model.t5_width = 0  # the T5 encoder's d_model ('t5' only; t5-base: 768)
+  config.model.t5_project_out = False  # the T5 conditioner's project_out option
   config.model.seconds_start_range = (0.0, 512.0)  # number conditioner min_val, max_val
   config.model.seconds_total_range = (0.0, 512.0)
   config.model.cross_attention_cond_ids = ("prompt", "seconds_start", "seconds_total")

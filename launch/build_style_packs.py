@@ -14,6 +14,7 @@ from absl import flags
 from absl import logging
 
 from lora_jax import cli
+from lora_jax.audio import service as audio_service
 from lora_jax.data import midi_file
 from lora_jax.data.style_packs import corpus as style_corpus
 from lora_jax.data.style_packs import folder as folder_packs
@@ -36,6 +37,10 @@ _MAX_PIECES = flags.DEFINE_integer("max_pieces", None, "Corpus: cap on pieces pe
                                    lower_bound=1)
 _STYLES = flags.DEFINE_list("styles", list(style_corpus.GENRES),
                             f"Corpus: genres to build, from {sorted(style_corpus.GENRES)}.")
+_TRANSCRIBE = flags.DEFINE_bool("transcribe_audio", False, "With --from_dir: pack each style's "
+                                 "audio (refs_audio/, or .wav/.mp3/... files) as MIDI transcribed "
+                                 "by basic-pitch (note F about 0.42 on rendered pieces: rough; "
+                                 "cached by content in <out>/<style>/_transcribed/).")
 _WORKERS = flags.DEFINE_integer("workers", 2, "Corpus: conversion processes.", lower_bound=1)
 
 
@@ -50,7 +55,10 @@ def main(argv: list[str]) -> None:
     split = folder_packs.SplitSettings(_VAL_FRACTION.value, _TEST_FRACTION.value, _MIN_VAL.value,
                                        _MIN_TEST.value)
     limits = midi_file.Limits(_MAX_NOTES.value, _MAX_DURATION.value)
-    report = (folder_packs.build_from_dir(_FROM_DIR.value, _OUT.value, split, limits)
+    if _TRANSCRIBE.value and _FROM_DIR.value is None:
+      raise ValueError("--transcribe_audio goes with --from_dir")
+    transcriber = audio_service.transcribe_cached if _TRANSCRIBE.value else None
+    report = (folder_packs.build_from_dir(_FROM_DIR.value, _OUT.value, split, limits, transcriber)
               if _FROM_DIR.value is not None else
               folder_packs.build_from_files(_FROM_FILES.value, _STYLE.value, _OUT.value, split,
                                             limits))

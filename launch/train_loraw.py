@@ -1,14 +1,15 @@
 r"""Train a LoRA (or the whole model) of Stable Audio's DiT with LoRAW's command line.
 
 python launch/train_loraw.py --model-config=model_config.json --dataset-config=dataset.json \
-  --pretrained-ckpt-path=model.ckpt --use-lora --save-dir=runs/loraw
+  --pretrained-ckpt-path=model.ckpt --t5-dir=t5-base --use-lora --save-dir=runs/loraw
 
 The seed's flags (`--model-config`, `--dataset-config`, `--pretrained-ckpt-path`, `--use-lora`,
 `--lora-ckpt-path`, `--relora-every`, `--quantize`, `--save-dir`, `--batch-size`,
 `--accum-batches`, `--checkpoint-every`, `--gradient-clip-val`, `--seed`, `--name`) map onto
 configs/dit.py's fields (lora_jax/loraw/training.py says which); `--max-steps` bounds the run,
-which the original leaves open; `--config.<field>=...` sets any other. Running it again with the
-same --save-dir resumes. Bad input ends in one error line and exit status 1.
+which the original leaves open; `--t5-dir` is the user's T5 folder (without it the prompt goes
+through a small trainable byte-token embedding, not T5); `--config.<field>=...` sets any other.
+Running it again with the same --save-dir resumes. Bad input ends in one error line and exit status 1.
 """
 
 import os
@@ -30,6 +31,9 @@ _PRETRAINED = flags.DEFINE_string("pretrained_ckpt_path", "",
                                   "Base: an original checkpoint or this project's Flax file.")
 _USE_LORA = flags.DEFINE_bool("use_lora", False, "Train a LoRA (else the whole model).")
 _LORA_CKPT = flags.DEFINE_string("lora_ckpt_path", "", "LoRA (LoRAW file or .lora) to continue.")
+_T5 = flags.DEFINE_string("t5_dir", "", "The user's T5 folder (config.json, tokenizer.json, "
+                          "model.safetensors) for a model config with a t5 prompt conditioner; "
+                          "'' trains a small byte-token embedding instead (not T5).")
 _RELORA = flags.DEFINE_integer("relora_every", None, "ReLoRA: fold into the base every N steps.")
 _QUANTIZE = flags.DEFINE_string("quantize", "false",
                                 "QLoRA: 'true' (4-bit nf4, the seed's), a kind "
@@ -53,6 +57,7 @@ def main(argv):
                             model_config=_MODEL_CONFIG.value, dataset_config=_DATASET_CONFIG.value,
                             save_dir=_SAVE_DIR.value, pretrained_ckpt_path=_PRETRAINED.value,
                             use_lora=_USE_LORA.value, lora_ckpt_path=_LORA_CKPT.value,
+                            t5_dir=_T5.value,
                             relora_every=_RELORA.value, quantize=quantize,
                             batch_size=_BATCH.value, accum_batches=_ACCUM.value,
                             checkpoint_every=_CKPT_EVERY.value,

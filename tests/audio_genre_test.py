@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from lora_jax.audio import energy, genre, key, tempo
+from lora_jax.audio import calibrated, energy, genre, key, tempo
 
 
 def _inputs(shift: int):
@@ -24,7 +24,7 @@ def test_features_are_the_same_in_every_key():
 def test_shipped_model_guesses_a_fitted_genre_or_unknown():
   model = genre.shipped_model()
   assert model.classes == ("baroque_chorale", "celtic_fiddle", "essen_folk", "renaissance")
-  again = genre.Model.from_json(model.to_json())
+  again = calibrated.Model.from_json(model.to_json(), genre.FEATURES)
   np.testing.assert_array_equal(again.weights, model.weights)
   g = genre.guess(genre.features(*_inputs(3)))
   assert g.name in model.classes + ("unknown",)
@@ -37,4 +37,4 @@ def test_shipped_model_guesses_a_fitted_genre_or_unknown():
 def test_model_of_other_features_is_refused():
   text = genre.shipped_model().to_json().replace('"chroma_0"', '"tempo_0"')
   with pytest.raises(ValueError, match="features"):
-    genre.Model.from_json(text)
+    calibrated.Model.from_json(text, genre.FEATURES)

@@ -43,6 +43,8 @@ DUV = ("--config={repo}/configs/duv/base.py:tiny", "--workdir={out}/w",
 DUV_DATA = DUV + ("--config.duv.manifest={manifest}",)
 TRAIN = ("--config={repo}/configs/music_lm.py:tiny", "--workdir={out}/w")
 EXPORT = ("--input={base}", "--output={out}/e/merged.pt")
+SONG = ("--adapter={song_adapter}", "--lyrics=[verse] la la", "--output={out}/g/song.wav",
+        "--seconds=0.2")
 PARENT = ("--parent=celtic_fiddle", "--pack={out}/no_pack", "--base-model={base}",
           "--output-dir={out}/a")
 
@@ -119,6 +121,24 @@ CASES = [
          "cannot read primer"),
     Case("generate_primer_tempo_0", "generate", GENERATE + ("--primer={tempo0_mid}",),
          "tempo0.mid"),
+    # generate_song: settings, lyrics, the model's record, its base and its codec, the output
+    Case("song_seconds_nan", "generate_song", SONG + ("--seconds=nan",),
+         "--seconds nan is not a finite number"),
+    Case("song_top_k_0", "generate_song", SONG + ("--top_k=0",), "--top_k 0 must be an integer"),
+    Case("song_unknown_section_tag", "generate_song", SONG + ("--lyrics=[rap] yo",),
+         "unknown section tag '[rap]'"),
+    Case("song_lyrics_file_missing", "generate_song", SONG + ("--lyrics=@{out}/none.txt",),
+         "none.txt does not exist"),
+    Case("song_adapter_other_base", "generate_song",
+         ("--adapter={song_foreign_adapter}",) + SONG[1:], "was trained on base 0123456789abcdef"),
+    Case("song_other_codec", "generate_song", SONG + ("--codec={song_other_codec}",),
+         "is not the one the training songs were tokenized with"),
+    Case("song_model_without_record", "generate_song",
+         ("--model={song_bare_model}",) + SONG[1:], "has no song_model.json beside it"),
+    Case("song_prompt_without_condition", "generate_song",
+         SONG + ("--prompt_audio={song_mid}",), "this model has no prompt_audio condition"),
+    Case("song_output_under_a_file", "generate_song",
+         SONG[:2] + ("--output={song_mid}/song.wav",), "is a file, not a folder"),
     # humanize_midi: broken MIDI in, a model that is not one
     Case("humanize_empty_midi", "humanize_midi", HUMANIZE + ("--input={empty_mid}",),
          "empty.mid: not a readable MIDI file"),

@@ -178,11 +178,53 @@ def duv_files(root: str) -> dict[str, str]:
   return files
 
 
+def song_files(root: str) -> dict[str, str]:
+  """A tiny song LM as launch/train_song.py leaves it (a base, its PEFT adapter and the record
+  beside it, the codec of its songs), and what generate_song must refuse: an adapter recorded
+  over another base, another codec, a model.pt with no record."""
+  from lora_jax.families import song_lm as song_family  # pylint: disable=g-import-not-at-top
+  from lora_jax.interop import flax_weights, peft, song_lm_weights
+  from lora_jax.models.song import lm as song_lm
+  from lora_jax.song import codec as codec_lib
+  from lora_jax.song import model_record
+  folder = os.path.join(root, "song")
+  model = song_family.SongConfig(
+      code_size=64, dim=32, intermediate_size=64, num_heads=4, num_layers=1, num_layers_sub=1,
+      text_vocab_size=272, frames=8, lyrics_len=40, style_len=16, delays=(0, 2, 2))
+  abstract = song_lm.abstract_params(model.lm_config("float32"))
+  rng = np.random.default_rng(0)
+  base = jax.tree.map(lambda a: (0.2 * rng.standard_normal(a.shape)).astype(np.float32), abstract)
+  os.makedirs(folder)
+  base_path = os.path.join(folder, "base.safetensors")
+  flax_weights.save_params(base, base_path)
+  codecs = []
+  for seed in (0, 1):
+    features = {s: [rng.standard_normal((200, 16)).astype(np.float32)] for s in codec_lib.STREAMS}
+    codecs.append(os.path.join(folder, f"codec{seed}.safetensors"))
+    codec_lib.fit(features, sample_rate=8000, n_mels=16, separator="hpss", code_size=64,
+                  seed=seed).save(codecs[-1])
+  spec = lora.LoraSpec(rank=2, alpha=4.0, target_modules=("q_proj", "v_proj"))
+  targets = lora.resolve(spec, abstract)
+  adapter = lora.init_adapter(targets, spec, jax.random.key(0))
+  record = lora.AdapterRecord(adapter, spec, lora.fingerprint(base), song_family.NAME, "song")
+  files = {"song_base": base_path, "song_codec": codecs[0], "song_other_codec": codecs[1]}
+  for name, fingerprint in (("song_adapter", record.base_fingerprint),
+                            ("song_foreign_adapter", "0123456789abcdef")):
+    files[name] = os.path.join(folder, name)
+    peft.export_peft(record, files[name])
+    model_record.write(files[name], model_record.SongModelRecord(
+        model, "lora", (codec_lib.file_id(codecs[0]),), codecs[0], "", "", base_path,
+        fingerprint))
+  files["song_bare_model"] = os.path.join(folder, "bare", "model.pt")
+  song_lm_weights.save_model_pt(base, files["song_bare_model"])
+  return files
+
+
 def build(root: str, repo: str) -> dict[str, str]:
   """Every file, by name."""
   os.makedirs(root, exist_ok=True)
   files = {}
-  for make in (midi_files, hierarchy_files, duv_files):
+  for make in (midi_files, hierarchy_files, duv_files, song_files):
     files.update(make(root))
   files.update(torch_files(root, repo))
   files["repo"] = repo

@@ -41,7 +41,7 @@ def test_folder_becomes_packs_with_one_report(music, tmp_path):
   assert report.skipped_audio == ("folk/refs_audio/session.wav",) and report.ignored == (
       "folk/notes.txt",)
   text = "\n".join(report.lines())
-  assert text.count("broken.mid") == 1 and "session.wav" in text and "no audio-to-MIDI" in text
+  assert text.count("broken.mid") == 1 and "session.wav" in text and "--transcribe_audio" in text
   for style in styles:
     pack = sp.load_style_pack(str(out / style))
     assert len(pack.split("validation")) >= 1 and len(pack.split("test")) >= 1
@@ -209,3 +209,45 @@ def test_launcher_prints_the_report_and_refuses_bad_input(music, tmp_path):
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("build_style_packs: error: ")
     assert message in done.stderr, done.stderr[-500:]
+
+
+def _melody_wav(path, pitches, sr=22050):
+  """A plain melody of sine tones, a note a quarter second: audio basic-pitch can transcribe."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import soundfile  # pylint: disable=g-import-not-at-top
+  t = np.arange(int(0.25 * sr)) / sr
+  fade = np.minimum(1.0, np.minimum(t, t[::-1]) * 40)
+  notes = [0.4 * fade * np.sin(2 * np.pi * 440 * 2 ** ((p - 69) / 12) * t) for p in pitches]
+  soundfile.write(path, np.concatenate(notes).astype(np.float32), sr)
+
+
+def test_audio_in_a_style_packs_as_transcribed_midi(tmp_path):
+  from lora_jax.audio import service  # pylint: disable=g-import-not-at-top; basic-pitch is heavy
+  audio = tmp_path / "mine" / "hum" / "refs_audio"
+  audio.mkdir(parents=True)
+  for i in range(3):
+    _melody_wav(str(audio / f"tune{i}.wav"), [60 + i, 64, 67, 72, 67, 64, 62 + i, 60])
+  (audio / "broken.wav").write_bytes(b"RIFF not really")
+  calls = []
+
+  def counted(path, cache):
+    calls.append(path)
+    return service.transcribe_cached(path, cache)
+
+  out = str(tmp_path / "packs")
+  skipped = fp.build_from_dir(str(tmp_path / "mine"), out)
+  assert not skipped.packs and len(skipped.skipped_audio) == 4
+  report = fp.build_from_dir(str(tmp_path / "mine"), out, audio_to_midi=counted)
+  assert report.packs and not report.skipped_audio and len(calls) == 4
+  assert list(dict(report.failures)) == ["hum/refs_audio/broken.wav"]
+  assert dict(report.failures)["hum/refs_audio/broken.wav"].startswith("not transcribed: ")
+  pieces = manifest(os.path.join(out, "hum"))["pieces"]
+  assert sorted(p["path"] for p in pieces) == [f"refs_midi/tune{i}.mid" for i in range(3)]
+  assert all(p["n_notes"] >= 4 for p in pieces)
+  # Rebuilt: the transcriptions are reused by content, not redone.
+  cache = os.path.join(out, "hum", fp.TRANSCRIBED)
+  inodes = lambda: {n: os.stat(os.path.join(cache, n)).st_ino for n in os.listdir(cache)}
+  before = inodes()
+  assert len(before) == 3
+  fp.build_from_dir(str(tmp_path / "mine"), out, audio_to_midi=service.transcribe_cached)
+  assert inodes() == before

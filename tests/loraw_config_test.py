@@ -13,8 +13,7 @@ from lora_jax.data.dit import pre_encoded
 from lora_jax.families import dit as dit_family
 from lora_jax.loraw import model_config
 
-# Stable Audio Open's model config as LoRAW's example gives it (its `training` section, which
-# this project does not read, left out).
+# Stable Audio Open's model config as LoRAW's example gives it (its demo prompts shortened).
 SAO = {
     "model_type": "diffusion_cond", "sample_size": 2097152, "sample_rate": 44100,
     "audio_channels": 2,
@@ -37,6 +36,16 @@ SAO = {
                                  "project_cond_tokens": False,
                                  "transformer_type": "continuous_transformer"}},
         "io_channels": 64},
+    "training": {
+        "use_ema": True, "log_loss_info": False,
+        "optimizer_configs": {"diffusion": {
+            "optimizer": {"type": "AdamW", "config": {"lr": 5e-5, "betas": [0.9, 0.999],
+                                                      "weight_decay": 1e-3}},
+            "scheduler": {"type": "InverseLR", "config": {"inv_gamma": 1000000, "power": 0.5,
+                                                          "warmup": 0.99}}}},
+        "demo": {"demo_every": 2000, "demo_steps": 250, "num_demos": 1,
+                 "demo_cond": [{"prompt": "Amen break 174 BPM", "seconds_start": 0,
+                                "seconds_total": 12}], "demo_cfg_scales": [3, 6, 9]}},
     "lora": {"component_whitelist": ["transformer"], "multiplier": 1.0, "rank": 16, "alpha": 16,
              "dropout": 0, "module_dropout": 0, "lr": 1e-4}}
 
@@ -63,7 +72,15 @@ def test_multiplier_scales_alpha_once():
 
 
 @pytest.mark.parametrize("edit, named", [
-    (lambda c: c.update(training={}), "training"),
+    (lambda c: c["training"].update(arc={}), "training.arc is not supported"),
+    (lambda c: c["training"].update(timestep_sampler="logit_normal"), "logit_normal"),
+    (lambda c: c["training"].update(mask_padding=False), "training.mask_padding False"),
+    (lambda c: c["training"]["optimizer_configs"]["diffusion"]["optimizer"].update(type="SGD"),
+     "type 'SGD'"),
+    (lambda c: c["model"]["conditioning"]["configs"][0]["config"].update(enable_grad=True),
+     "enable_grad"),
+    (lambda c: c["model"]["conditioning"]["configs"][0]["config"].update(t5_model_name="t5-x"),
+     "'t5-x'"),
     (lambda c: c["lora"].update(bogus=1), "lora.bogus"),
     (lambda c: c["model"]["diffusion"]["config"].update(qk_norm="ln"), "qk_norm"),
     (lambda c: c["model"]["diffusion"].update(type="unet"), "'unet'"),
@@ -79,6 +96,33 @@ def test_unsupported_options_are_refused_by_name(edit, named):
   with pytest.raises(model_config.ModelConfigError, match=named) as e:
     model_config.parse(config)
   assert "\n" not in str(e.value)
+
+
+def test_training_section_as_loraw_reads_it_with_lora_and_as_the_original_without():
+  from lora_jax.loraw import training_section
+  mc = model_config.parse(copy.deepcopy(SAO))
+  mapped, notes = training_section.overrides(mc.training, use_lora=True, lora_lr=1e-4)
+  assert mapped == {}  # lora.lr is the rate; LoRAW's Adam replaces the optimizer configs
+  assert [n.split(" ")[0] for n in notes] == [
+      "training.demo", "training.log_loss_info", "training.optimizer_configs", "training.use_ema"]
+  mapped, _ = training_section.overrides(
+      training_section.parse({"learning_rate": 3e-4}), use_lora=True, lora_lr=None)
+  assert mapped == {"opt.learning_rate": 3e-4}
+  # Full fine-tuning: the EMA and the InverseLR schedule are not this loop's, each one line.
+  with pytest.raises(training_section.TrainingSectionError, match="use_ema true"):
+    training_section.overrides(mc.training, use_lora=False, lora_lr=None)
+  no_ema = dict(SAO["training"], use_ema=False, cfg_dropout_prob=0.2)
+  with pytest.raises(training_section.TrainingSectionError, match="scheduler"):
+    training_section.overrides(training_section.parse(no_ema), use_lora=False, lora_lr=None)
+  no_ema["optimizer_configs"] = {"diffusion": {"optimizer": no_ema["optimizer_configs"][
+      "diffusion"]["optimizer"]}}
+  mapped, _ = training_section.overrides(training_section.parse(no_ema), False, None)
+  assert mapped == {"model.cfg_dropout": 0.2, "opt.learning_rate": 5e-5, "opt.b1": 0.9,
+                    "opt.b2": 0.999, "opt.eps": 1e-8, "opt.weight_decay": 1e-3}
+  adam = {"optimizer_configs": {"diffusion": {"optimizer": {"type": "Adam", "config": {
+      "lr": 1e-4, "weight_decay": 0.1}}}}}
+  with pytest.raises(training_section.TrainingSectionError, match="use AdamW"):
+    training_section.parse(adam)
 
 
 def _clip(folder, name, latents, **meta):

@@ -4,12 +4,16 @@ with SIGKILL (the resumed adapter is byte-identical to an uninterrupted one), do
 and read it back; and the security cases. One root is shared: each test opens a new app on it, so
 every test also restarts the studio on the state the last one left."""
 
+import io
 import os
+import shutil
 import signal
 import time
 
 import httpx
+import numpy as np
 import pytest
+import soundfile
 from fastapi.testclient import TestClient
 
 from lora_jax import lora
@@ -87,6 +91,34 @@ def test_dataset_job_and_adapter_survive_a_restart(trained):
     record = lora.load_adapter(str(path))
     assert record.name == "celtic" and record.extra["level"] == "parent"
     assert record.spec.rank == 2 and record.base_fingerprint == adapters[0]["base"]
+
+
+def test_listen_renders_adapter_and_base_from_one_seed(trained, monkeypatch, tmp_path):
+  """Tab 4's listen: a sample with the adapter and one from the base (same seed), rendered by
+  fluidsynth, served as WAV, kept per (adapter, seed); without fluidsynth, 503 and what to do."""
+  if shutil.which("fluidsynth") is None:
+    pytest.skip("no fluidsynth (scripts/setup.sh installs it)")
+  adapter_id = trained["job"]["adapter_id"]
+  url = f"{API}/lora-adapters/{adapter_id}/listen"
+  with make_client(trained["root"]) as client:
+    assert client.get(f"{url}/adapter.wav", params={"seed": 3}).status_code == 404
+    made = client.post(url, json={"seed": 3})
+    assert made.status_code == 200, made.text
+    wavs = {}
+    for which in ("adapter", "base"):
+      got = client.get(made.json()[f"{which}_url"])
+      assert got.status_code == 200 and got.headers["content-type"] == "audio/wav"
+      samples, rate = soundfile.read(io.BytesIO(got.content))
+      assert len(samples) > rate and np.abs(samples).max() > 0.01  # over a second, audible
+      wavs[which] = got.content
+    assert wavs["adapter"] != wavs["base"]
+    kept = trained["root"] / "listen" / adapter_id / "3" / "adapter.wav"
+    before = kept.stat().st_mtime_ns
+    monkeypatch.setenv("PATH", str(tmp_path))  # fluidsynth gone: a kept pair is still served
+    assert client.post(url, json={"seed": 3}).status_code == 200
+    assert kept.stat().st_mtime_ns == before
+    refused = client.post(url, json={"seed": 4})
+    assert refused.status_code == 503 and "fluidsynth" in refused.json()["error"]
 
 
 def test_child_adapter_over_the_parent_across_a_server_restart(trained):

@@ -6,8 +6,9 @@ Energy classes come from the levels of the files analysed together (`energy.clas
 table says which thresholds those were. The table has the seed's columns (File, Genre, BPM, Key,
 Mood, Instruments, Description) plus what a training set needs to trace a row back (source file,
 clip start and end, confidences). Genre is the genre guess (one of the corpus genres it was fitted
-on, or "unknown" below its calibrated threshold, with its confidence beside it); instruments are
-not recognised and read "unknown". Mood is the energy class.
+on, or "unknown" below its calibrated threshold, with its confidence beside it); Instruments is
+the instrument family guess (`instruments`: one of eight families, or "unknown" below its
+threshold, with its confidence). Mood is the energy class.
 With `stems` each row gets harmonic and percussive stems under `stems/` (`stems.SEPARATOR` says
 which separator ran; there is no vocal separation offline).
 With `to_midi` each song is transcribed (`transcribe`, basic-pitch) and each row gets the MIDI of
@@ -106,7 +107,8 @@ def run(inputs: list[str], out: str, split_clips: bool, to_midi: bool = False,
   rows, wav_files, midi_files, used = [], {}, {}, set()
   for a, mood in zip(results, classes.labels):
     base = {"Genre": a.genre.name, "BPM": round(a.tempo.bpm, 1), "Key": a.key.name, "Mood": mood,
-            "Instruments": "unknown", "genre_confidence": a.genre.confidence,
+            "Instruments": a.instruments.name, "genre_confidence": a.genre.confidence,
+            "instruments_confidence": a.instruments.confidence,
             "Description": f"{a.tempo.bpm:.0f} BPM, {a.key.name}, {mood} energy "
                            f"({a.energy.level_dbfs:.1f} dBFS)",
             "source": os.path.abspath(a.path), "tempo_confidence": a.tempo.confidence,
@@ -144,6 +146,8 @@ def run(inputs: list[str], out: str, split_clips: bool, to_midi: bool = False,
   report = {"n_files": len(paths), "n_analysed": len(results), "failures": failures,
             "energy_classes": {"low_below_dbfs": classes.low_below,
                                "high_from_dbfs": classes.high_from, "basis": classes.basis},
+            "instruments": "logistic regression on rendered instrument families "
+                           f"{', '.join(c for c, _ in results[0].instruments.probabilities)}",
             "genre": "logistic regression on corpus genres "
                      f"{', '.join(c for c, _ in results[0].genre.probabilities)}",
             "stems": stems_lib.SEPARATOR if stems else "not asked",

@@ -2,20 +2,20 @@
 
 Fitted by bench/audio_genre_eval.py on the genre set (music21 corpus genres, every genre played by
 the same six instruments so that timbre cannot give the genre away), on a split by a hash of the
-piece id; the model ships as JSON (`genre_model.json`: weights, feature means and scales,
-temperature), never a pickle. Its probabilities are temperature-scaled on the validation pieces;
-below `threshold` (set on validation, in the file) the guess is "unknown". It knows only the genres
-it was fitted on (`classes`): a pop song is outside them and should come out "unknown", but
-nothing guarantees that, which is why the confidence is in the output.
+piece id; the model ships as JSON (`genre_model.json`, a `calibrated.Model`: weights, feature
+means and scales, temperature), never a pickle. Its probabilities are temperature-scaled on the
+validation pieces; below `threshold` (set on validation, in the file) the guess is "unknown". It
+knows only the genres it was fitted on (`classes`): a pop song is outside them and should come out
+"unknown", but nothing guarantees that, which is why the confidence is in the output.
 """
 
 import dataclasses
 import functools
-import json
 import os
 
 import numpy as np
 
+from lora_jax.audio import calibrated
 from lora_jax.audio import energy as energy_lib
 from lora_jax.audio import key as key_lib
 from lora_jax.audio import tempo as tempo_lib
@@ -44,50 +44,12 @@ def features(profile: np.ndarray, key: key_lib.Key, tempo: tempo_lib.Tempo,
       tempo.confidence, tempo.half_score, tempo.double_score, energy.range_db, entropy]])
 
 
-@dataclasses.dataclass(frozen=True)
-class Model:
-  classes: tuple[str, ...]
-  mean: np.ndarray
-  scale: np.ndarray
-  weights: np.ndarray  # classes x features
-  bias: np.ndarray
-  temperature: float
-  threshold: float
-
-  def probabilities(self, x: np.ndarray) -> np.ndarray:
-    logits = ((x - self.mean) / self.scale) @ self.weights.T + self.bias
-    logits = logits / self.temperature
-    logits = logits - logits.max(axis=-1, keepdims=True)
-    p = np.exp(logits)
-    return p / p.sum(axis=-1, keepdims=True)
-
-  def to_json(self) -> str:
-    return json.dumps({"features": list(FEATURES), "classes": list(self.classes),
-                       "mean": self.mean.tolist(), "scale": self.scale.tolist(),
-                       "weights": self.weights.tolist(), "bias": self.bias.tolist(),
-                       "temperature": self.temperature, "threshold": self.threshold}, indent=1)
-
-  @classmethod
-  def from_json(cls, text: str) -> "Model":
-    d = json.loads(text)
-    if tuple(d["features"]) != FEATURES:
-      raise ValueError(f"genre model features {d['features']} are not this code's {FEATURES}")
-    return cls(tuple(d["classes"]), np.array(d["mean"]), np.array(d["scale"]),
-               np.array(d["weights"]), np.array(d["bias"]), float(d["temperature"]),
-               float(d["threshold"]))
-
-
 @functools.cache
-def shipped_model() -> Model:
+def shipped_model() -> calibrated.Model:
   with open(MODEL) as f:
-    return Model.from_json(f.read())
+    return calibrated.Model.from_json(f.read(), FEATURES)
 
 
-def guess(x: np.ndarray, model: Model | None = None) -> Genre:
+def guess(x: np.ndarray, model: calibrated.Model | None = None) -> Genre:
   """The genre of a feature vector, "unknown" below the model's threshold."""
-  model = model or shipped_model()
-  p = model.probabilities(x[None])[0]
-  best = int(np.argmax(p))
-  name = model.classes[best] if p[best] >= model.threshold else "unknown"
-  return Genre(name, round(float(p[best]), 3),
-               tuple((c, round(float(q), 3)) for c, q in zip(model.classes, p)))
+  return Genre(*(model or shipped_model()).guess(x))

@@ -1,7 +1,8 @@
-"""The three calls the studio's audio endpoints make (`lora_jax/studio/audio_bridge.py`), each on
-one uploaded file: analysis as JSON-ready data, clips cut at beats, and stems. Outputs are WAV at
-`load.SAMPLE_RATE`, written together or not at all."""
+"""The calls the studio's audio endpoints make (`lora_jax/studio/audio_bridge.py`), each on one
+uploaded file: analysis as JSON-ready data, clips cut at beats, stems, and its notes as MIDI.
+Audio outputs are WAV at `load.SAMPLE_RATE`, written together or not at all."""
 
+import hashlib
 import os
 import time
 
@@ -14,6 +15,7 @@ from lora_jax.audio import clips as clips_lib
 from lora_jax.audio import energy as energy_lib
 from lora_jax.audio import load as load_lib
 from lora_jax.audio import stems as stems_lib
+from lora_jax.audio import transcribe as transcribe_lib
 
 
 def _write(files: dict[str, np.ndarray]) -> None:
@@ -33,7 +35,8 @@ def analyze_file(path: str) -> dict:
           "bpm": round(a.tempo.bpm, 1), "tempo_confidence": a.tempo.confidence,
           "key": a.key.name, "key_confidence": a.key.confidence,
           "key_runner_up": a.key.runner_up, "mood": mood, "mood_basis": classes.basis,
-          "level_dbfs": a.energy.level_dbfs, "instruments": "unknown",
+          "level_dbfs": a.energy.level_dbfs, "instruments": a.instruments.name,
+          "instruments_confidence": a.instruments.confidence,
           "description": f"{a.tempo.bpm:.0f} BPM, {a.key.name}, {mood} energy "
                          f"({a.energy.level_dbfs:.1f} dBFS)",
           "seconds": a.seconds}
@@ -62,3 +65,30 @@ def separate_stems(path: str, out_dir: str) -> dict[str, str]:
            for name in ("harmonic", "percussive")}
   _write(files)
   return {name: p for name, p in zip(("harmonic", "percussive"), files)}
+
+
+def transcribe_file(path: str, out_dir: str) -> str:
+  """The file's notes as MIDI (basic-pitch: note F about 0.42 on GM renders, far better on plucked
+  and bowed solo lines than on organ or choir), written to `<out_dir>/<stem>.mid`; its path."""
+  load_lib.load(path)  # decoded and checked first: a bad file is one BadAudio line
+  pm = transcribe_lib.transcribe(path)
+  if not any(i.notes for i in pm.instruments):
+    raise load_lib.BadAudio(f"{path}: basic-pitch found no notes in it")
+  os.makedirs(out_dir, exist_ok=True)
+  out = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0] + ".mid")
+  with atomic.atomic_path(out) as tmp:
+    pm.write(tmp)
+  return out
+
+
+def transcribe_cached(path: str, cache_dir: str) -> str:
+  """`transcribe_file` once per content: `<cache_dir>/<sha256 of the file, 16 hex>.mid`, reused
+  while the audio is unchanged (a folder rebuilt after adding one song transcribes one song)."""
+  with open(path, "rb") as f:
+    digest = hashlib.sha256(f.read()).hexdigest()[:16]
+  out = os.path.join(cache_dir, digest + ".mid")
+  if os.path.isfile(out):
+    return out
+  written = transcribe_file(path, cache_dir)
+  os.replace(written, out)
+  return out

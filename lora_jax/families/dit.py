@@ -2,8 +2,11 @@
 latents (`lora_jax.models.dit`).
 
 Batch (per example): `latents` float32 [C, T], a clip's autoencoder latents; `padding_mask`
-float32 [T], 1 on real latent frames; `prompt` int32 [L], the text's token ids
-(`lora_jax.data.song.text.encode_text`); `seconds_start` and `seconds_total` float32 [].
+float32 [T], 1 on real latent frames; `seconds_start` and `seconds_total` float32 []; and the
+prompt, by `text_encoder`: 'embedding', `prompt` int32 [L], the text's byte token ids
+(`lora_jax.data.song.text.encode_text`); 't5', `prompt` float32 [L, t5_width], the frozen T5
+encoder's output for the text, and `prompt_mask` float32 [L], 1 on real tokens
+(`lora_jax.data.t5.prompts`: T5 runs once per distinct prompt, before training, not in the step).
 
 `prepare` draws, from the step's key, the time t ~ U(0, 1), the noise, and which rows drop their
 conditioning (classifier-free guidance, `cfg_dropout`); it returns x_t and the v target
@@ -54,7 +57,9 @@ class DitConfig:
   project_global_cond: bool
   cond_dim: int  # the conditioners' output width
   text_len: int  # prompt tokens L
-  text_encoder: str  # 'embedding' (lora_jax.models.dit.conditioned.TextEmbedding)
+  text_encoder: str  # 'embedding' (a trainable byte-token embedding) or 't5' (frozen T5 output)
+  t5_width: int  # the T5 encoder's d_model ('t5'), else 0
+  t5_project_out: bool  # the T5 conditioner's project_out (proj_out even at equal widths)
   seconds_start_range: tuple[float, float]  # the number conditioner's (min_val, max_val)
   seconds_total_range: tuple[float, float]
   cross_attention_cond_ids: tuple[str, ...]
@@ -65,9 +70,12 @@ class DitConfig:
   def __post_init__(self):
     object.__setattr__(self, "cross_attention_cond_ids", tuple(self.cross_attention_cond_ids))
     object.__setattr__(self, "global_cond_ids", tuple(self.global_cond_ids))
-    if self.text_encoder != "embedding":
-      raise ValueError(f"model.text_encoder {self.text_encoder!r}: only 'embedding' (a trainable "
-                       "embedding over the project's byte tokenizer) is built; T5 is not yet")
+    if self.text_encoder not in ("embedding", "t5"):
+      raise ValueError(f"model.text_encoder {self.text_encoder!r}: 'embedding' (a trainable "
+                       "embedding over the project's byte tokenizer) or 't5'")
+    if (self.text_encoder == "t5") != (self.t5_width > 0):
+      raise ValueError(f"model.t5_width {self.t5_width} must be > 0 exactly when "
+                       f"model.text_encoder is 't5' (it is {self.text_encoder!r})")
     if not 0.0 <= self.cfg_dropout < 1.0:
       raise ValueError(f"model.cfg_dropout must be in [0, 1), got {self.cfg_dropout}")
     if self.latent_length < 1 or self.text_len < 1:
@@ -85,7 +93,8 @@ class DitConfig:
         cond_dim=self.cond_dim, text_len=self.text_len,
         number_ranges=(tuple(self.seconds_start_range), tuple(self.seconds_total_range)),
         cross_attention_cond_ids=self.cross_attention_cond_ids,
-        global_cond_ids=self.global_cond_ids)
+        global_cond_ids=self.global_cond_ids, text_encoder=self.text_encoder,
+        t5_width=self.t5_width, t5_project_out=self.t5_project_out)
 
 
 def prepare(batch, key, cfg_dropout: float):
@@ -107,6 +116,18 @@ def loss_fn(v_pred, batch):
   return loss, {"v_mse": loss}
 
 
+def _synthetic_prompts(config: DitConfig, freq: np.ndarray) -> dict[str, np.ndarray]:
+  if config.text_encoder == "embedding":
+    return {"prompt": np.stack([text_tokens.encode_text(f"tone {f}", config.text_len)
+                                for f in freq]).astype(np.int32)}
+  # Stand-ins for T5 outputs (no T5 runs here): a fixed random sequence per frequency, the
+  # first 3 tokens real.
+  table = np.random.default_rng(1234).normal(size=(4, config.text_len, config.t5_width))
+  mask = np.zeros((len(freq), config.text_len), np.float32)
+  mask[:, :3] = 1
+  return {"prompt": table[freq].astype(np.float32) * mask[..., None], "prompt_mask": mask}
+
+
 def synthetic(config: DitConfig, n: int, seed: int) -> dict[str, np.ndarray]:
   """Learnable latents: per example a few sinusoids whose frequency the prompt names."""
   rng = np.random.default_rng(seed)
@@ -115,19 +136,26 @@ def synthetic(config: DitConfig, n: int, seed: int) -> dict[str, np.ndarray]:
   phase = rng.uniform(0, 2 * np.pi, (n, c, 1))
   frames = np.arange(t)[None, None, :]
   latents = np.sin(2 * np.pi * freq[:, None, None] * frames / t + phase).astype(np.float32)
-  prompts = np.stack([text_tokens.encode_text(f"tone {f}", config.text_len) for f in freq])
   lo, hi = config.seconds_total_range
   total = rng.uniform(lo, hi, n).astype(np.float32)
   return {"latents": latents, "padding_mask": np.ones((n, t), np.float32),
-          "prompt": prompts.astype(np.int32), "seconds_start": np.zeros(n, np.float32),
+          **_synthetic_prompts(config, freq), "seconds_start": np.zeros(n, np.float32),
           "seconds_total": total}
+
+
+def prompt_spec(config: DitConfig) -> dict[str, Example]:
+  """The prompt's batch arrays: byte token ids, or the frozen T5 output and its mask."""
+  if config.text_encoder == "t5":
+    return {"prompt": Example((config.text_len, config.t5_width), "float32"),
+            "prompt_mask": Example((config.text_len,), "float32")}
+  return {"prompt": Example((config.text_len,), "int32", bounds=(0, text_tokens.VOCAB_SIZE),
+                            bounds_reason=f"the byte tokenizer's {text_tokens.VOCAB_SIZE} ids")}
 
 
 def batch_spec(config: DitConfig) -> dict[str, Example]:
   return {"latents": Example((config.io_channels, config.latent_length), "float32"),
           "padding_mask": Example((config.latent_length,), "float32"),
-          "prompt": Example((config.text_len,), "int32", bounds=(0, text_tokens.VOCAB_SIZE),
-                            bounds_reason=f"the byte tokenizer's {text_tokens.VOCAB_SIZE} ids"),
+          **prompt_spec(config),
           "seconds_start": Example((), "float32"),
           "seconds_total": Example((), "float32")}
 
@@ -138,7 +166,8 @@ def make(config: DitConfig, compute_dtype: str) -> Family:
       name=NAME,
       model=conditioned.ConditionedDiT(config.conditioned(compute_dtype)),
       batch_spec=batch_spec(config),
-      inputs=("x_t", "t", "prompt", "seconds_start", "seconds_total", "cond_drop"),
+      inputs=("x_t", "t", "prompt", "seconds_start", "seconds_total", "cond_drop")
+      + (("prompt_mask",) if config.text_encoder == "t5" else ()),
       loss_fn=loss_fn,
       partition_rules=PARTITION_RULES,
       synthetic=lambda n, seed: synthetic(config, n, seed),

@@ -6,8 +6,10 @@ original's checkpoint of the whole conditioned model (`.ckpt` with `state_dict`,
 `.pt`), whose keys sit under `model.model.` (the DiT) and `conditioner.conditioners.` (the
 number conditioners), or one level deeper under `diffusion.` in a training wrapper's checkpoint.
 The autoencoder's keys (`pretransform.`) are the autoencoder's, not read here. The original's T5
-weights are never in its checkpoints (it loads them from the Hugging Face hub); the prompt
-embedding that stands in for T5 here starts from the seed and the run says so.
+weights are never in its checkpoints (it loads them from the Hugging Face hub), but its T5
+conditioner's `proj_out` is, under `conditioner.conditioners.prompt.proj_out.`: read when the
+model runs on T5 (the user's T5 folder given), where its presence must match the config's. Without
+T5 the prompt embedding that stands in for it starts from the seed, and the run says so.
 """
 
 import os
@@ -47,13 +49,44 @@ def from_original(path: str, config: dit_family.DitConfig, seed: int) -> dict:
       jax.random.key(seed), *dit_family_init_args(config))["params"])
   params["model"]["model"] = dit_convert.state_dict_to_params(
       sd, config.conditioned().dit, prefix=outer + _DIT, source=source)
+  conditioners = params["conditioner"]["conditioners"]
   for name in conditioned.NUMBER_IDS:
-    params["conditioner"]["conditioners"][name] = dit_convert.number_conditioner_to_params(
+    conditioners[name] = dit_convert.number_conditioner_to_params(
         sd, f"{outer}{_NUMBERS}{name}.", source=source)
+  prompt_keys = sorted(k for k in sd if k.startswith(f"{outer}{_NUMBERS}{conditioned.PROMPT_ID}."))
+  if config.text_encoder == "t5":
+    _t5_projection(sd, f"{outer}{_NUMBERS}{conditioned.PROMPT_ID}.", config, conditioners, source)
+    logging.info("%s: DiT and conditioners converted (%s); T5 comes from the user's folder",
+                 source, "with proj_out" if prompt_keys else "T5 output used as it is")
+    return params
   logging.info("%s: DiT and number conditioners converted; the prompt embedding (standing in "
-               "for the original's T5, whose weights no checkpoint holds) starts from seed %d",
-               source, seed)
+               "for the original's T5, whose weights no checkpoint holds) starts from seed %d%s",
+               source, seed, f", {len(prompt_keys)} T5 conditioner keys left unused (no T5 "
+               "folder given)" if prompt_keys else "")
   return params
+
+
+def _t5_projection(sd: dict, prefix: str, config: dit_family.DitConfig, conditioners: dict,
+                   source: str) -> None:
+  """The T5 conditioner's `proj_out` into `conditioners`, strictly: present in the file exactly
+  when the config's conditioner has one (the init made it), of the config's shape."""
+  keys = sorted(k for k in sd if k.startswith(prefix))
+  want = conditioned.PROMPT_ID in conditioners
+  if keys != ([prefix + "proj_out.bias", prefix + "proj_out.weight"] if want else []):
+    raise flax_weights.WeightFileError(
+        f"{source}: T5 conditioner keys {keys or 'none'}; the model config's T5 conditioner "
+        f"{'has' if want else 'has no'} proj_out (widths {config.t5_width} -> {config.cond_dim}, "
+        f"project_out {config.t5_project_out})")
+  if not want:
+    return
+  weight = torch_convert.tensor_to_numpy(sd[prefix + "proj_out.weight"])
+  bias = torch_convert.tensor_to_numpy(sd[prefix + "proj_out.bias"])
+  if weight.shape != (config.cond_dim, config.t5_width) or bias.shape != (config.cond_dim,):
+    raise flax_weights.WeightFileError(
+        f"{source}: {prefix}proj_out is {list(weight.shape)} + {list(bias.shape)}, the model "
+        f"needs [{config.cond_dim}, {config.t5_width}] (cond_dim, the T5 folder's d_model)")
+  conditioners[conditioned.PROMPT_ID] = {"proj_out": {"kernel": np.ascontiguousarray(weight.T),
+                                                      "bias": bias}}
 
 
 def dit_family_init_args(config: dit_family.DitConfig) -> tuple:

@@ -4,13 +4,16 @@ family's config fields.
 What is read: `model_type` 'diffusion_cond'; `sample_rate`, `sample_size`, `audio_channels`;
 `model.diffusion` (`type` 'dit', its `config` through `lora_jax.models.dit.model`'s own check,
 `cross_attention_cond_ids`, `global_cond_ids`, `diffusion_objective` 'v'); `model.conditioning`
-(`cond_dim` and the conditioners `prompt` of type t5, whose `max_length` becomes the prompt
-length, and `seconds_start`/`seconds_total` of type number with `min_val`/`max_val`);
+(`cond_dim` and the conditioners `prompt` of type t5, with `t5_model_name` (one the original
+accepts), `max_length` (the prompt length), `project_out`, and `enable_grad` false only (T5 stays
+frozen), and `seconds_start`/`seconds_total` of type number with `min_val`/`max_val`);
 `model.pretransform` (type 'autoencoder': its `latent_dim` must be the DiT's io_channels; its
 encoder and decoder are the autoencoder's business, kept as given); `model.io_channels`; and
 `lora` (`component_whitelist`, `multiplier`, `rank`, `alpha`, `dropout`, `module_dropout`, `lr`,
-`weight_decompose`). Any other key, and any value this project does not implement, is an error
-naming it: a config option silently ignored would train another model than the file describes.
+`weight_decompose`); `training` through `lora_jax.loraw.training_section`, which maps, names as
+inert, or refuses each of its keys. Any other key, and any value this project does not implement,
+is an error naming it: a config option silently ignored would train another model than the file
+describes.
 
 LoRAW's whitelist selects every linear layer with a whitelisted name among its ancestors or
 itself (`scan_model`): here one regex per component over the dotted module path. Its multiplier
@@ -25,7 +28,9 @@ import re
 from typing import Any
 
 from lora_jax import errors
+from lora_jax.data.t5 import prompts as t5_prompts
 from lora_jax.families import dit as dit_family
+from lora_jax.loraw import training_section
 from lora_jax.models.dit import model as dit
 
 
@@ -56,10 +61,22 @@ class ModelConfig:
   lora: LorawSection | None
   pretransform: dict | None  # the original's pretransform object, for the autoencoder
   text_encoder_name: str  # the T5 model the original names ('' without a prompt conditioner)
+  t5_project_out: bool  # the T5 conditioner's project_out option
+  training: training_section.TrainingSection | None  # the `training` section, checked
 
-  def dit_config(self, latent_length: int):
+  def text_fields(self, t5_width: int) -> dict[str, Any]:
+    """The dit family's text encoder fields: T5's output of `t5_width` (the user's T5 folder's
+    d_model) when given and the config names a T5 conditioner, else the byte-token embedding."""
+    if t5_width and not self.text_encoder_name:
+      raise ModelConfigError("T5 files are given but the model config has no 'prompt' "
+                             "conditioner of type t5")
+    if t5_width:
+      return {"text_encoder": "t5", "t5_width": t5_width, "t5_project_out": self.t5_project_out}
+    return {"text_encoder": "embedding", "t5_width": 0, "t5_project_out": False}
+
+  def dit_config(self, latent_length: int, t5_width: int = 0):
     """The dit family's model config for inference (no conditioning dropout)."""
-    return dit_family.DitConfig(**self.model_fields, text_encoder="embedding",
+    return dit_family.DitConfig(**self.model_fields, **self.text_fields(t5_width),
                                 latent_length=latent_length, cfg_dropout=0.0)
 
   def latent_frames(self, seconds: float) -> int | None:
@@ -149,13 +166,13 @@ def _lora(section: Any) -> LorawSection:
                       None if lr is None else _num(lr, "lora.lr", 0.0, low_open=True), decompose)
 
 
-def _conditioning(section: Any) -> tuple[dict, str]:
+def _conditioning(section: Any) -> tuple[dict, str, bool]:
   c = _object(section, "model.conditioning", {"configs", "cond_dim"}, {"configs", "cond_dim"})
   # Without a prompt conditioner the prompt is one padding token, which no id uses.
   fields = {"cond_dim": _int(c["cond_dim"], "model.conditioning.cond_dim"), "text_len": 1}
   if not isinstance(c["configs"], list):
     raise ModelConfigError("model.conditioning.configs must be a list")
-  t5_name = ""
+  t5_name, project_out = "", False
   seen = set()
   for i, entry in enumerate(c["configs"]):
     where = f"model.conditioning.configs[{i}]"
@@ -165,8 +182,19 @@ def _conditioning(section: Any) -> tuple[dict, str]:
       raise ModelConfigError(f"{where}: conditioner id {cid!r} appears twice")
     seen.add(cid)
     if cid == "prompt" and kind == "t5":
-      cfg = _object(cfg, f"{where}.config", {"t5_model_name", "max_length"})
+      cfg = _object(cfg, f"{where}.config", {"t5_model_name", "max_length", "project_out",
+                                              "enable_grad"})
       t5_name = cfg.get("t5_model_name", "t5-base")
+      if t5_name not in t5_prompts.MODEL_DIMS:
+        raise ModelConfigError(f"{where}.config.t5_model_name {t5_name!r} is not one the "
+                               f"original accepts ({', '.join(t5_prompts.MODEL_DIMS)})")
+      project_out = cfg.get("project_out", False)
+      if not isinstance(project_out, bool):
+        raise ModelConfigError(f"{where}.config.project_out must be true or false, got "
+                               f"{project_out!r}")
+      if cfg.get("enable_grad", False) is not False:
+        raise ModelConfigError(f"{where}.config.enable_grad {cfg['enable_grad']!r} is not "
+                               "supported: T5 stays frozen here (the original's default)")
       fields["text_len"] = _int(cfg.get("max_length", 128), f"{where}.config.max_length")
     elif cid in ("seconds_start", "seconds_total") and kind == "number":
       cfg = _object(cfg, f"{where}.config", {"min_val", "max_val"})
@@ -182,7 +210,7 @@ def _conditioning(section: Any) -> tuple[dict, str]:
     if cid not in seen:
       raise ModelConfigError(f"model.conditioning.configs has no {cid!r} number conditioner; "
                              "the dit family always conditions on both")
-  return fields, t5_name
+  return fields, t5_name, project_out
 
 
 def _diffusion(section: Any) -> dict:
@@ -232,7 +260,8 @@ def parse(config: Any, source: str = "model config") -> ModelConfig:
   """The model config JSON object `config`, checked strictly."""
   try:
     top = _object(config, source, {"model_type", "sample_rate", "sample_size", "audio_channels",
-                                   "model", "lora"}, {"model_type", "sample_rate", "model"})
+                                   "model", "lora", "training"},
+                  {"model_type", "sample_rate", "model"})
     if top["model_type"] != "diffusion_cond":
       raise ModelConfigError(f"model_type {top['model_type']!r} is not supported (only "
                              "'diffusion_cond')")
@@ -242,7 +271,7 @@ def parse(config: Any, source: str = "model config") -> ModelConfig:
     model = _object(top["model"], "model", {"pretransform", "conditioning", "diffusion",
                                             "io_channels"}, {"conditioning", "diffusion"})
     fields = _diffusion(model["diffusion"])
-    cond_fields, t5_name = _conditioning(model["conditioning"])
+    cond_fields, t5_name, project_out = _conditioning(model["conditioning"])
     fields.update(cond_fields)
     if "io_channels" in model and _int(model["io_channels"], "model.io_channels") != \
         fields["io_channels"]:
@@ -251,8 +280,12 @@ def parse(config: Any, source: str = "model config") -> ModelConfig:
     pretransform = (_pretransform(model["pretransform"], fields["io_channels"])
                     if "pretransform" in model else None)
     lora = _lora(top["lora"]) if "lora" in top else None
+    try:
+      training = training_section.parse(top["training"]) if "training" in top else None
+    except training_section.TrainingSectionError as e:
+      raise ModelConfigError(str(e)) from None
     return ModelConfig(fields, _int(top["sample_rate"], "sample_rate"), lora, pretransform,
-                       t5_name)
+                       t5_name, project_out, training)
   except ModelConfigError as e:
     raise ModelConfigError(f"{source}: {e}") from None
 

@@ -24,7 +24,8 @@ from lora_jax.data.dit import pre_encoded
 from lora_jax.families import dit as dit_family
 from lora_jax.interop import flax_weights
 from lora_jax.interop import loraw as loraw_file
-from lora_jax.loraw import base_weights, model_config as model_config_lib, weights
+from lora_jax.loraw import base_weights, model_config as model_config_lib, text_encoder
+from lora_jax.loraw import training_section, weights
 from lora_jax.train import config as config_lib
 from lora_jax.train import loop
 
@@ -44,6 +45,7 @@ class Flags:
   pretrained_ckpt_path: str
   use_lora: bool
   lora_ckpt_path: str
+  t5_dir: str  # the user's T5 folder ('' none: the byte-token embedding)
   relora_every: int | None
   quantize: str  # '' or a lora_jax.quant kind
   batch_size: int | None
@@ -86,9 +88,15 @@ def apply_overrides(config: Any, user_overrides: dict[str, Any], overrides: dict
     _set(config, key, value)
 
 
-def _flag_overrides(flags: Flags, section: model_config_lib.LorawSection | None
-                    ) -> dict[str, Any]:
+def _flag_overrides(flags: Flags, mc: model_config_lib.ModelConfig) -> dict[str, Any]:
+  section = mc.lora
   out: dict[str, Any] = {"training.type": "lora" if flags.use_lora else "full"}
+  if mc.training is not None:
+    mapped, notes = training_section.overrides(mc.training, flags.use_lora,
+                                               section.lr if section else None)
+    out.update(mapped)
+    for note in notes:
+      logging.info("%s", note)
   if flags.use_lora:
     if section is None:
       raise model_config_lib.ModelConfigError(
@@ -122,9 +130,12 @@ def run(config_dict: Any, user_overrides: dict[str, Any], flags: Flags) -> loop.
       raise FileNotFoundError(f"{what} {path}: no such file")
   if flags.lora_ckpt_path and not flags.use_lora:
     raise ValueError("--lora-ckpt-path continues a LoRA: it needs --use-lora")
+  prompts = text_encoder.load(mc, flags.t5_dir)
   latents_path = os.path.join(flags.save_dir, LATENTS)
   overrides = {f"model.{k}": v for k, v in mc.model_fields.items()}
-  overrides.update(_flag_overrides(flags, mc.lora))
+  overrides.update({f"model.{k}": v for k, v in
+                    mc.text_fields(prompts.width if prompts else 0).items()})
+  overrides.update(_flag_overrides(flags, mc))
   overrides.update({"data.path": latents_path, "data.synthetic_examples": 0})
   base_path = ""
   if flags.pretrained_ckpt_path:
@@ -141,7 +152,7 @@ def run(config_dict: Any, user_overrides: dict[str, Any], flags: Flags) -> loop.
 
   # Read and check everything; nothing is written before this block ends.
   arrays = pre_encoded.load_arrays(dataset, model.io_channels, model.latent_length,
-                                   model.text_len)
+                                   model.text_len, prompts)
   dit_family.make(model, "float32").check_arrays(arrays, flags.dataset_config)
   base = None
   if flags.pretrained_ckpt_path and base_path != flags.pretrained_ckpt_path:

@@ -8,7 +8,9 @@ what the fork trains with: no reference audio, `model.prompt_len` frames of the 
 Songs, not windows, are split into training and
 validation, by a hash of their idx, so a song never validates what it trained. Every bad row (a
 missing or unreadable token file, codes out of range, an unknown section tag, a lyric too long, a
-duplicate idx) is reported by name and the rest prepares; nothing is written if no song is left.
+duplicate idx) is reported by name and the rest prepares. `collect` builds the windows in memory
+and `write` writes them, so that a caller checks them (against the batch sizes) before anything is
+on disk; `prepare` does both.
 """
 
 import dataclasses
@@ -64,7 +66,8 @@ def _rows(manifest: str) -> list[tuple[int, dict | None, str]]:
   return out
 
 
-def _song(path: str, model: song_family.SongConfig, overlap: int, text) -> dict[str, np.ndarray]:
+def _song(path: str, model: song_family.SongConfig, overlap: int, text
+          ) -> tuple[dict[str, np.ndarray], str]:
   song = token_file.read(path, code_depth=model.code_depth, code_size=model.code_size)
   try:
     lyrics, sections = text.encode_lyrics(song.lyrics, model.lyrics_len)
@@ -81,12 +84,23 @@ def _song(path: str, model: song_family.SongConfig, overlap: int, text) -> dict[
   if model.prompt_len:  # as the fork trains: no reference audio, a prompt of special tokens
     special = model.lm_config("float32").special_token
     out["prompt"] = np.full((n, model.code_depth, model.prompt_len), special, np.int32)
-  return out
+  return out, song.codec
 
 
-def prepare(prepared_dir: str, model: song_family.SongConfig, out_dir: str, *,
-            val_fraction: float, overlap: int, text_tokenizer: str = "") -> Prepared:
-  """Write `out_dir/train.npz` and `out_dir/val.npz` (together, atomically) from the folder.
+@dataclasses.dataclass(frozen=True)
+class Collected:
+  """The windows of a prepared folder, in memory: nothing written yet."""
+
+  train: dict  # array name -> [windows, ...]
+  val: dict
+  songs: int
+  problems: tuple[str, ...]  # one line per dropped row
+  codecs: tuple[str, ...]  # the distinct codec ids the token files name ('' = unrecorded)
+
+
+def collect(prepared_dir: str, model: song_family.SongConfig, *, val_fraction: float,
+            overlap: int, text_tokenizer: str = "") -> Collected:
+  """The training and validation windows of the folder, in memory.
 
   Lyrics and descriptions are tokenized by `text_tokenizer` (a Qwen2 tokenizer.json, as the
   original's) or, when it is '', by the offline byte-level default.
@@ -101,7 +115,7 @@ def prepare(prepared_dir: str, model: song_family.SongConfig, out_dir: str, *,
     raise SongDataError(f"{manifest} does not exist: the prepared folder holds the fork's "
                         "manifest.jsonl and {idx}.pt token files")
   parts = {"train": [], "val": []}
-  problems, seen = [], set()
+  problems, seen, codecs = [], set(), set()
   for line, row, problem in _rows(manifest):
     where = f"{manifest}:{line}"
     if row is None:
@@ -116,23 +130,36 @@ def prepare(prepared_dir: str, model: song_family.SongConfig, out_dir: str, *,
     if not os.path.isabs(path) and not os.path.exists(path):
       path = os.path.join(prepared_dir, os.path.basename(path))
     try:
-      song = _song(path, model, overlap, text)
+      song, codec = _song(path, model, overlap, text)
     except (OSError, ValueError, WeightFileError) as e:
       problems.append(f"{where} (idx {idx}): {e}")
       continue
+    codecs.add(codec)
     parts["val" if _is_validation(idx, val_fraction) else "train"].append(song)
   if not parts["train"] or not parts["val"]:
     raise SongDataError(f"{prepared_dir}: {len(parts['train'])} training and "
                         f"{len(parts['val'])} validation songs after dropping "
                         f"{len(problems)} rows; both need at least one"
                         + (f" (first problem: {problems[0]})" if problems else ""))
+  arrays = {split: {k: np.concatenate([s[k] for s in songs]) for k in songs[0]}
+            for split, songs in parts.items()}
+  return Collected(arrays["train"], arrays["val"], len(parts["train"]) + len(parts["val"]),
+                   tuple(problems), tuple(sorted(codecs)))
+
+
+def write(collected: Collected, out_dir: str) -> Prepared:
+  """`out_dir/train.npz` and `out_dir/val.npz`, together, atomically."""
   paths = [os.path.join(out_dir, f"{s}.npz") for s in ("train", "val")]
-  counts = {}
   with atomic.atomic_paths(*paths) as tmp:
-    for (split, songs), path in zip(parts.items(), tmp):
-      arrays = {k: np.concatenate([s[k] for s in songs]) for k in songs[0]}
-      counts[split] = len(arrays["length"])
+    for arrays, path in zip((collected.train, collected.val), tmp):
       with open(path, "wb") as f:
         np.savez(f, **arrays)
-  return Prepared(*paths, counts["train"], counts["val"],
-                  len(parts["train"]) + len(parts["val"]), tuple(problems))
+  return Prepared(*paths, len(collected.train["length"]), len(collected.val["length"]),
+                  collected.songs, collected.problems)
+
+
+def prepare(prepared_dir: str, model: song_family.SongConfig, out_dir: str, *,
+            val_fraction: float, overlap: int, text_tokenizer: str = "") -> Prepared:
+  """`collect`, then `write` into `out_dir`."""
+  return write(collect(prepared_dir, model, val_fraction=val_fraction, overlap=overlap,
+                       text_tokenizer=text_tokenizer), out_dir)

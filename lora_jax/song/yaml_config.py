@@ -62,6 +62,7 @@ class SongRun:
   val_fraction: float
   window_overlap: int  # frames shared by consecutive windows of a song
   text_tokenizer: str  # a Qwen2 tokenizer.json; '' = the byte-level default
+  codec_path: str  # paths.audio_tokenizer_path (our codec file); '' = the prepared folder's
 
 
 def _load(path: str) -> dict:
@@ -145,7 +146,7 @@ def read(path: str, base: ml_collections.ConfigDict) -> SongRun:
     raise SongYamlError(f"{path}: data.val_fraction must be in (0, 1), got {val_fraction}")
   return SongRun(config, paths.get("base_model_path") or "", paths["prepared_data_dir"],
                  paths["output_dir"], epochs, save_interval, val_fraction, overlap,
-                 paths.get("text_tokenizer") or "")
+                 paths.get("text_tokenizer") or "", paths.get("audio_tokenizer_path") or "")
 
 
 def steps_for(run: SongRun, n_train_windows: int) -> tuple[int, int]:

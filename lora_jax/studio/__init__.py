@@ -8,11 +8,15 @@
   db.py           the SQLite state (datasets, files, jobs, adapters), its schema version and
                   migrations
   storage.py      files under the root by content hash, written atomically before their row
-  datasets.py     uploads (MIDI files or a zip) checked by decoding, then packed as a style pack
+  datasets.py     uploads (MIDI files, a zip, audio transcribed to MIDI) checked by decoding,
+                  packed as a style pack, kept by content hash (clips and stems too)
+  sources.py      datasets built offline in the background: corpus genres, the bundled
+                  performances, a folder on the server (checked: no links leading out)
   jobs.py         a training job: the real launcher's command line and what its run wrote
   worker.py       runs queued jobs one at a time in a subprocess; stop, resume, restart recovery
   security.py     where the server may listen, the token, upload caps, safe file names
   audio_bridge.py the audio endpoints' link to lora_jax.audio.service, looked up per request
+  listen.py       an adapter's sample against the base's (same seed), rendered by fluidsynth, kept
 
 Order of writes, everywhere: a file is written atomically first, then the row that names it, so
 after a crash the database never names a file that is not whole (a file no row names is only

@@ -29,6 +29,26 @@ class TrainRequest(_Strict):
                                     "seq_len", "log_every"})
 
 
+class BuildRequest(_Strict):
+  """Build a dataset offline (sources.py): a corpus genre, bundled performances, or a folder."""
+  name: str = pydantic.Field(min_length=1, max_length=80, description="the dataset's label")
+  source: Literal["corpus", "performances", "folder"]
+  style: str = pydantic.Field(pattern=r"^[A-Za-z0-9_]+(/[A-Za-z0-9_]+)?$", max_length=80,
+                              description="corpus: a genre or genre/sub_style of the corpus; "
+                              "otherwise the style the files are packed as")
+  collection: Literal["maestro", "pop909"] | None = pydantic.Field(
+      None, description="performances: which collection")
+  path: str | None = pydantic.Field(None, min_length=1, max_length=4096,
+                                    description="folder: an absolute path on the server")
+  max_pieces: int | None = pydantic.Field(None, ge=1, le=100000,
+                                          description="corpus: at most this many pieces a style")
+
+
+class ListenRequest(_Strict):
+  """Render a short sample with an adapter and with the base alone, from the same seed."""
+  seed: int = pydantic.Field(0, ge=0, le=2**31 - 1)
+
+
 class JobRef(_Strict):
   """Names a job."""
   job_id: str = pydantic.Field(pattern=r"^[0-9a-f]{16}$")

@@ -2,7 +2,8 @@
 
 Every error is one JSON object `{"error": "<one line>"}` with a fitting status: 400 bad input,
 401 no or wrong token, 404 unknown id, 409 in use, 411/413 missing or too large a body, 422 a body
-that does not fit its model, 501 an audio function this checkout lacks, 500 a bug (its traceback
+that does not fit its model, 501 an audio function this checkout lacks, 503 a render this machine
+cannot make (no fluidsynth or soundfont), 500 a bug (its traceback
 goes to the server log, never to the client). Nothing here serves files from the internet: the
 GUI is plain HTML/JS in static/, and /docs uses the Swagger UI files of the swagger-ui-bundle
 package.
@@ -21,7 +22,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from starlette.exceptions import HTTPException
 from absl import logging
 
-from lora_jax.studio import api_models, audio_bridge, jobs, security, worker
+from lora_jax.studio import api_models, audio_bridge, jobs, listen, security, sources, worker
 from lora_jax.studio import db as db_lib
 from lora_jax.studio import storage as storage_lib
 
@@ -32,7 +33,8 @@ _ERRORS = {404: {"model": api_models.Error, "description": "unknown id"},
            401: {"model": api_models.Error, "description": "token required"},
            413: {"model": api_models.Error, "description": "body too large"},
            411: {"model": api_models.Error, "description": "body without a Content-Length"},
-           409: {"model": api_models.Error, "description": "in use"}}
+           409: {"model": api_models.Error, "description": "in use"},
+           503: {"model": api_models.Error, "description": "no fluidsynth or soundfont here"}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +46,7 @@ class Settings:
   limits: security.Limits = security.Limits()
   auto_resume: bool = True  # queue jobs a restart interrupted again
   worker_env: tuple[tuple[str, str], ...] = ()  # set in the training processes' environment
+  performances_dir: str = str(jobs.REPO / ".cache" / "performances")  # scripts/setup.sh fills it
 
 
 class Studio:
@@ -58,6 +61,9 @@ class Studio:
     self.db = db_lib.Database(os.path.join(self.store.root, DB_FILE))
     env = dict(os.environ, **dict(settings.worker_env))
     self.worker = worker.Worker(self.db, self.store, env, settings.auto_resume)
+    self.builder = sources.Builder(self.db, self.store, settings.limits,
+                                   settings.performances_dir)
+    self.listener = listen.Listener(self.store.root, settings.base_model)
 
   def sweep(self) -> int:
     """Remove blobs and dataset folders no row names (after a delete, or what a crash between
@@ -117,6 +123,10 @@ def _install_errors(app: fastapi.FastAPI) -> None:
   async def audio_missing(request, e):
     return _error(501, str(e))
 
+  @app.exception_handler(listen.Unavailable)
+  async def no_renderer(request, e):
+    return _error(503, str(e))
+
   @app.exception_handler(ValueError)  # DatasetError, JobError, a state that forbids the action
   async def bad_input(request, e: ValueError):
     return _error(409 if isinstance(e, db_lib.InUse) else 400, str(e))
@@ -156,9 +166,10 @@ def create_app(settings: Settings) -> fastapi.FastAPI:
   @contextlib.asynccontextmanager
   async def lifespan(app):
     for name in os.listdir(studio.store.root):  # scratch folders of requests a crash cut short
-      if name.startswith((".upload.", ".audio.")):
+      if name.startswith((".upload.", ".audio.", ".listen.")):
         shutil.rmtree(os.path.join(studio.store.root, name), ignore_errors=True)
     studio.sweep()
+    studio.builder.start()
     studio.worker.start()
     yield
     studio.worker.close()

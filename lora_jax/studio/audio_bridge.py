@@ -1,5 +1,5 @@
-"""The audio endpoints' link to `lora_jax.audio.service` (analysis, clips, stems), looked up per
-request.
+"""The audio endpoints' link to `lora_jax.audio.service` (analysis, clips, stems, audio to MIDI),
+looked up per request.
 
 The studio does not import the audio package when it starts: a checkout without it (or without
 its own requirements) still serves everything symbolic, and each audio endpoint answers 501 with
@@ -8,6 +8,7 @@ change here. What they call (the contract; each takes a WAV path and an output f
   analyze_file(path: str) -> dict            tempo, key, genre, energy... (JSON-ready)
   split_file(path: str, out_dir: str) -> list[str]     clip paths
   separate_stems(path: str, out_dir: str) -> dict[str, str]   stem name -> path
+  transcribe_file(path: str, out_dir: str) -> str     the MIDI file of its notes (basic-pitch)
 """
 
 import importlib

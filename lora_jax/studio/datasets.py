@@ -1,11 +1,14 @@
-"""A dataset: the user's MIDI files (uploaded one by one or in a zip), checked, kept and packed.
+"""A dataset: files checked, kept by content hash and packed as a style pack.
 
-Every file is decoded by the project's MIDI reader (`midi_file.read_midi`) before anything is
-stored: one file that cannot be read refuses the whole upload with one message naming it, so a
-dataset never holds a file training would fail on. Then the files become the style pack of the
-dataset's style ('genre' or 'genre/sub_style') through `style_packs.folder.build_from_files`
-(splits by content hash, a report), under `<root>/datasets/<id>/packs/`, and only then are the
-blobs and rows written.
+Here the user's uploads (MIDI files one by one or in a zip, or audio); `sources.py` builds the
+others (the corpus, the bundled performances, a local folder) and ends in the same `pack` and
+`commit`. Every file is decoded before anything is stored: MIDI by the project's reader
+(`midi_file.read_midi`), audio by the audio package, which transcribes it to MIDI (basic-pitch,
+`lora_jax.audio.service.transcribe_file`). One file that cannot be read refuses the whole upload
+with one message naming it, so a dataset never holds a file training would fail on. The MIDI
+becomes the style pack of the dataset's style ('genre' or 'genre/sub_style') through
+`style_packs.folder.build_from_files` (splits by content hash, a report), moved to
+`<root>/datasets/<id>/`, and only then are the blobs and rows written (`commit`).
 """
 
 import dataclasses
@@ -19,12 +22,24 @@ import zipfile
 
 from lora_jax.data import midi_file
 from lora_jax.data.style_packs import folder
+from lora_jax.studio import audio_bridge
 from lora_jax.studio import db as db_lib
 from lora_jax.studio import security, storage as storage_lib
 
 
 class DatasetError(ValueError):
   """An upload that cannot become a dataset; the message says which file and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Kept:
+  """A file a dataset keeps (a blob and a `files` row): where it is now, its kind (db.py)."""
+  name: str
+  path: str
+  kind: str = "midi"
+  state: str = "packed"  # 'packed', 'left out', or 'kept' (audio, clips, stems: not packed)
+  reason: str = ""
+  meta: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +90,8 @@ def _unzip(upload: Upload, limits: security.Limits) -> tuple[list[Upload], list[
 def expand(uploads: list[Upload], limits: security.Limits) -> tuple[list[Upload], list[str]]:
   """The MIDI files of an upload (zips opened), with unique safe names; and names left out."""
   if not uploads:
-    raise DatasetError("no files uploaded: send MIDI files (.mid, .midi) or a .zip of them")
+    raise DatasetError("no files uploaded: send MIDI files (.mid, .midi), audio files or a .zip "
+                       "of MIDI files")
   files, other = [], []
   for up in uploads:
     name = security.safe_name(up.name)
@@ -87,69 +103,167 @@ def expand(uploads: list[Upload], limits: security.Limits) -> tuple[list[Upload]
       found, left = _unzip(Upload(name, up.data), limits)
       files += found
       other += left
-    elif midi_file.is_midi_name(name):
+    elif midi_file.is_midi_name(name) or is_audio_name(name):
       files.append(Upload(name, up.data))
     else:
-      raise DatasetError(f"{name}: not a MIDI file (.mid, .midi, .smf, .kar) or a .zip of them")
+      raise DatasetError(f"{name}: not a MIDI file (.mid, .midi, .smf, .kar), an audio file "
+                         f"({', '.join(folder.AUDIO_SUFFIXES)}) or a .zip of MIDI files")
   if not files:
     raise DatasetError(f"no MIDI files in the upload ({len(other)} other files: "
                        f"{', '.join(other[:5])})")
   if len(files) > limits.max_files:
     raise DatasetError(f"{len(files)} MIDI files, more than the limit of {limits.max_files}")
-  seen: dict[str, int] = {}
-  unique = []
-  for f in files:
-    stem, dot, suffix = f.name.rpartition(".")
-    n = seen.get(f.name.lower(), 0)
-    seen[f.name.lower()] = n + 1
-    unique.append(f if n == 0 else Upload(f"{stem}_{n + 1}.{suffix}", f.data))
-  return unique, other
+  names = unique_names([f.name for f in files])
+  return [Upload(n, f.data) for n, f in zip(names, files)], other
+
+
+def unique_names(names: list[str], taken: set[str] = frozenset()) -> list[str]:
+  """`names` with a repeat (case-insensitive, or one in `taken`) numbered: a.mid, a_2.mid."""
+  seen = {t.lower() for t in taken}
+  out = []
+  for name in names:
+    stem, dot, suffix = name.rpartition(".")
+    candidate, n = name, 1
+    while candidate.lower() in seen:
+      n += 1
+      candidate = f"{stem}_{n}.{suffix}" if dot else f"{name}_{n}"
+    seen.add(candidate.lower())
+    out.append(candidate)
+  return out
+
+
+def is_audio_name(name: str) -> bool:
+  return name.lower().endswith(folder.AUDIO_SUFFIXES)
+
+
+def transcribe(audio: list[tuple[str, str]], scratch: str, meta: dict[str, dict],
+               taken: set[str]) -> list[Kept]:
+  """Each (shown name, path) of audio kept as itself and as its MIDI transcription, which is what
+  the pack reads. A file that cannot be decoded refuses them all, named."""
+  if not audio:
+    return []
+  fn = audio_bridge.function("transcribe_file")  # 501 when the audio package is missing
+  names = unique_names([os.path.splitext(shown)[0] + ".mid" for shown, _ in audio], taken)
+  kept = []
+  for i, ((shown, path), name) in enumerate(zip(audio, names)):
+    try:
+      midi = fn(path, os.path.join(scratch, "transcribed", str(i)))
+    except ValueError as e:  # BadAudio, or basic-pitch missing: one line naming the file
+      raise DatasetError(str(e).replace(path, shown)) from e
+    kept.append(Kept(shown, path, "audio", "kept", "", meta.get(shown, {})))
+    kept.append(Kept(name, midi, "transcription", "packed", "", {"from": shown}))
+  return kept
+
+
+def pack(kept: list[Kept], style: str, scratch: str,
+         split: folder.SplitSettings = folder.SplitSettings()) -> tuple[dict, list[Kept]]:
+  """Pack the MIDI of `kept` (unique names) as `style` into `<scratch>/packs`; (the report's
+  summary, `kept` with each MIDI file's state)."""
+  midi = {k.name: k for k in kept if k.kind in ("midi", "transcription")}
+  if not midi:
+    raise DatasetError("no MIDI files to pack")
+  paths = []
+  for name, k in midi.items():  # the pack names a file by its base name: its kept name
+    path = os.path.join(scratch, "named", name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    shutil.copyfile(k.path, path)
+    paths.append(path)
+  try:
+    report = folder.build_from_files(paths, style, os.path.join(scratch, "packs"), split)
+  except folder.FolderPackError as e:
+    raise DatasetError(str(e)) from e
+  packed = {s.style: s for s in report.styles}
+  if not packed[style].packed:
+    raise DatasetError(f"style {style}: {packed[style].why_not}")
+  left_out = {os.path.basename(piece): reason for piece, reason in report.failures}
+  kept = [dataclasses.replace(k, state="left out", reason=left_out[k.name])
+          if k.kind in ("midi", "transcription") and k.name in left_out else k for k in kept]
+  return {"lines": report.lines(), "splits": {s.style: s.splits for s in report.styles}}, kept
+
+
+_FILE_COLUMNS = "id, dataset_id, name, sha256, size, state, reason, kind, meta"
+
+
+def _keep(store: storage_lib.Storage, dataset_id: str, kept: list[Kept]) -> list[tuple]:
+  """Each file as a blob (under store.lock); its `files` row."""
+  rows = []
+  for k in kept:
+    sha, size = store.put_file(k.path)
+    rows.append((db_lib.new_id(), dataset_id, k.name, sha, size, k.state, k.reason, k.kind,
+                 json.dumps(k.meta)))
+  return rows
+
+
+def commit(database: db_lib.Database, store: storage_lib.Storage, dataset_id: str,
+           scratch: str, kept: list[Kept], summary: dict, new_row: dict | None = None) -> None:
+  """Move `<scratch>/packs` into place and keep the files as blobs, then write the rows: a new
+  dataset's (`new_row`: name, style, source) or a preparing one's, now ready."""
+  final = store.folder("datasets", dataset_id)
+  with store.lock:  # the pack and blobs are whole before any row names them
+    rows = _keep(store, dataset_id, kept)  # before the move: a kept file may be in the pack
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    shutil.rmtree(final, ignore_errors=True)  # what an interrupted earlier build left
+    os.rename(os.path.join(scratch, "packs"), final)
+    with database.transaction() as c:
+      if new_row is not None:
+        c.execute("INSERT INTO datasets (id, name, style, pack_dir, report, created, source, "
+                  "state, message) VALUES (?, ?, ?, ?, ?, ?, ?, 'ready', '')",
+                  (dataset_id, new_row["name"], new_row["style"],
+                   os.path.relpath(final, store.root), json.dumps(summary), db_lib.now(),
+                   json.dumps(new_row["source"])))
+      else:
+        c.execute("UPDATE datasets SET pack_dir = ?, report = ?, state = 'ready', message = '' "
+                  "WHERE id = ?", (os.path.relpath(final, store.root), json.dumps(summary),
+                                   dataset_id))
+      c.executemany(f"INSERT INTO files ({_FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows)
+
+
+def add_files(database: db_lib.Database, store: storage_lib.Storage, dataset_id: str,
+              kept: list[Kept]) -> list[dict]:
+  """Keep more files (clips, stems) in a dataset: blobs first, then rows; the new rows."""
+  with store.lock:
+    rows = _keep(store, dataset_id, kept)
+    with database.transaction() as c:
+      if c.execute("SELECT id FROM datasets WHERE id = ?", (dataset_id,)).fetchone() is None:
+        raise db_lib.NotFound(f"no dataset {dataset_id}")
+      c.executemany(f"INSERT INTO files ({_FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows)
+  return [dict(zip(_FILE_COLUMNS.split(", "), r), meta=k.meta) for r, k in zip(rows, kept)]
 
 
 def prepare(database: db_lib.Database, store: storage_lib.Storage, name: str, style: str,
             uploads: list[Upload], limits: security.Limits,
-            split: folder.SplitSettings = folder.SplitSettings()) -> dict:
-  """Check, pack and keep an upload as a new dataset; its row (see `get`)."""
+            split: folder.SplitSettings = folder.SplitSettings(),
+            meta: dict[str, dict] | None = None) -> dict:
+  """Check, pack and keep an upload (MIDI, audio) as a new dataset; its row (see `get`).
+  `meta` holds the user's metadata of audio files by name (tab 2's table)."""
   check_style(style)
   if not 0 < len(name.strip()) <= 80:
     raise DatasetError(f"dataset name {name!r} must be 1 to 80 characters")
   files, other = expand(uploads, limits)
   dataset_id = db_lib.new_id()
   scratch = tempfile.mkdtemp(prefix=".upload.", dir=store.root)
-  final = store.folder("datasets", dataset_id)
   try:
-    paths = []
-    for f in files:
-      path = os.path.join(scratch, f.name)
+    kept, audio = [], []
+    for i, f in enumerate(files):
+      path = os.path.join(scratch, "in", str(i), f.name)
+      os.makedirs(os.path.dirname(path))
       with open(path, "wb") as out:
         out.write(f.data)
+      if is_audio_name(f.name):
+        audio.append((f.name, path))
+        continue
       try:
         midi_file.read_midi(path)
       except midi_file.MidiReadError as e:
         raise DatasetError(str(e).replace(path, f.name)) from e
-      paths.append(path)
-    packs = os.path.join(scratch, "packs")
-    try:
-      report = folder.build_from_files(paths, style, packs, split)
-    except folder.FolderPackError as e:
-      raise DatasetError(str(e)) from e
-    packed = {s.style: s for s in report.styles}
-    if not packed[style].packed:
-      raise DatasetError(f"style {style}: {packed[style].why_not}")
-    left_out = {os.path.basename(p): reason for p, reason in report.failures}
-    summary = {"lines": report.lines(), "ignored": other,
-               "splits": {s.style: s.splits for s in report.styles}}
-    with store.lock:  # the pack and blobs are whole before any row names them
-      os.makedirs(os.path.dirname(final), exist_ok=True)
-      os.rename(packs, final)
-      rows = [(db_lib.new_id(), dataset_id, f.name, store.put_bytes(f.data), len(f.data),
-               "left out" if f.name in left_out else "packed", left_out.get(f.name, ""))
-              for f in files]
-      with database.transaction() as c:
-        c.execute("INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?)",
-                  (dataset_id, name.strip(), style, os.path.relpath(final, store.root),
-                   json.dumps(summary), db_lib.now()))
-        c.executemany("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+      kept.append(Kept(f.name, path))
+    kept += transcribe(audio, scratch, meta or {}, {k.name for k in kept})
+    summary, kept = pack(kept, style, scratch, split)
+    summary["ignored"] = other
+    commit(database, store, dataset_id, scratch, kept, summary,
+           {"name": name.strip(), "style": style, "source": {"kind": "upload"}})
   finally:
     shutil.rmtree(scratch, ignore_errors=True)
   return get(database, dataset_id)
@@ -165,13 +279,17 @@ def get(database: db_lib.Database, dataset_id: str) -> dict | None:
   if row is None:
     return None
   row["report"] = json.loads(row["report"])
-  row["files"] = database.all("SELECT id, name, sha256, size, state, reason FROM files "
-                              "WHERE dataset_id = ? ORDER BY name", (dataset_id,))
+  row["source"] = json.loads(row["source"])
+  row["files"] = database.all("SELECT id, name, sha256, size, state, reason, kind, meta FROM "
+                              "files WHERE dataset_id = ? ORDER BY kind, name", (dataset_id,))
+  for f in row["files"]:
+    f["meta"] = json.loads(f["meta"])
   return row
 
 
 def listing(database: db_lib.Database) -> list[dict]:
-  rows = database.all("SELECT d.id, d.name, d.style, d.created, COUNT(f.id) AS n_files "
+  rows = database.all("SELECT d.id, d.name, d.style, d.created, d.state, d.message, "
+                      "COUNT(f.id) AS n_files "
                       "FROM datasets d LEFT JOIN files f ON f.dataset_id = d.id "
                       "GROUP BY d.id ORDER BY d.created")
   return rows

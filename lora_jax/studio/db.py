@@ -66,7 +66,21 @@ MIGRATIONS = (
       created REAL NOT NULL
     );
     """,
+    # 1 -> 2: datasets built in the background from the project's own sources or a local folder
+    # (their state while they build), and files of other kinds than MIDI (audio, transcriptions,
+    # clips, stems) with the user's metadata.
+    """
+    ALTER TABLE datasets ADD COLUMN source TEXT NOT NULL DEFAULT '{"kind": "upload"}';
+    ALTER TABLE datasets ADD COLUMN state TEXT NOT NULL DEFAULT 'ready';
+    ALTER TABLE datasets ADD COLUMN message TEXT NOT NULL DEFAULT '';
+    ALTER TABLE files ADD COLUMN kind TEXT NOT NULL DEFAULT 'midi';
+    ALTER TABLE files ADD COLUMN meta TEXT NOT NULL DEFAULT '{}'
+    """,
 )
+# datasets.source: JSON, how it was made ({"kind": "upload"}, or a sources.BuildRequest).
+# datasets.state: 'preparing' (its pack is being built: no pack_dir yet), 'ready' or 'failed'.
+# files.kind: 'midi', 'audio' (an uploaded recording), 'transcription' (its MIDI), 'clip', 'stem'.
+# files.meta: JSON, the user's metadata of an audio file, or which file a clip or stem came from.
 VERSION = len(MIGRATIONS)
 
 

@@ -137,6 +137,10 @@ def create(database: db_lib.Database, store, base_model: str, name: str, level: 
   dataset = datasets.get(database, dataset_id)
   if dataset is None:
     raise db_lib.NotFound(f"no dataset {dataset_id}")
+  if dataset["state"] != "ready":
+    raise JobError(f"dataset {dataset_id} is {dataset['state']}"
+                   f"{': ' + dataset['message'] if dataset['message'] else ''}; a job needs a "
+                   f"ready dataset")
   style = dataset["style"]
   parent_lora = ""
   if level == "parent":

@@ -4,14 +4,15 @@ Paths name rows by id, never by a file name. Long work (a training run) is a job
 a request only queues it, stops it or reads what its run wrote.
 """
 
+import json
 import os
 import tempfile
-from typing import Annotated
+from typing import Annotated, Literal
 
 import fastapi
 from fastapi import responses
 
-from lora_jax.studio import api_models, audio_bridge, datasets, jobs, security
+from lora_jax.studio import api_models, audio_bridge, datasets, jobs, listen, security, sources
 from lora_jax.studio import db as db_lib
 
 Id = Annotated[str, fastapi.Path(pattern=r"^[0-9a-f]{16}$", description="an id the studio gave")]
@@ -27,6 +28,22 @@ def _read_uploads(files: list[fastapi.UploadFile], limit: int) -> list[datasets.
   return out
 
 
+def _metadata(text: str | None) -> dict[str, dict]:
+  """Tab 2's table as {file name: {column: text}}; a ValueError (400) naming what is wrong."""
+  if not text:
+    return {}
+  try:
+    table = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"metadata is not JSON: {e}") from e
+  if not isinstance(table, dict) or not all(
+      isinstance(row, dict) and all(isinstance(v, (str, int, float)) for v in row.values())
+      for row in table.values()):
+    raise ValueError("metadata must be {file name: {column: text or number}}")
+  return {security.safe_name(name): {str(k)[:40]: str(v)[:400] for k, v in row.items()}
+          for name, row in table.items()}
+
+
 def router(studio, error_responses: dict) -> fastapi.APIRouter:
   """The routes, bound to one `app.Studio`."""
   r = fastapi.APIRouter(responses={k: v for k, v in error_responses.items()
@@ -36,13 +53,28 @@ def router(studio, error_responses: dict) -> fastapi.APIRouter:
   in_use = {404: error_responses[404], 409: error_responses[409]}
 
   # Datasets.
-  @r.post("/prepare-dataset", summary="Upload MIDI files or a zip of them as a new dataset")
+  @r.post("/prepare-dataset", summary="Upload MIDI files, a zip of them, or audio files "
+          "(transcribed to MIDI by basic-pitch) as a new dataset",
+          responses={501: {"model": api_models.Error, "description": "no lora_jax.audio"}})
   def prepare_dataset(files: list[fastapi.UploadFile] = fastapi.File(...),
                       name: str = fastapi.Form(..., max_length=80),
                       style: str = fastapi.Form(..., max_length=80, description=(
-                          "'genre' or 'genre/sub_style': the style pack and adapter name"))):
+                          "'genre' or 'genre/sub_style': the style pack and adapter name")),
+                      metadata: str | None = fastapi.Form(None, max_length=200_000, description=(
+                          "JSON {file name: {Genre, BPM, Key, ...}}: kept with audio files"))):
     uploads = _read_uploads(files, limits.max_request_bytes)
-    return datasets.prepare(db, store, name, style, uploads, limits)
+    return datasets.prepare(db, store, name, style, uploads, limits, meta=_metadata(metadata))
+
+  @r.get("/dataset-sources", summary="What build-dataset can build here: corpus genres, bundled "
+         "performances")
+  def dataset_sources():
+    return sources.catalog(studio.settings.performances_dir)
+
+  @r.post("/build-dataset", summary="Build a dataset in the background from the music21 corpus, "
+          "the bundled performances or a folder on the server (state 'preparing', then 'ready' "
+          "or 'failed')")
+  def build_dataset(request: api_models.BuildRequest):
+    return datasets.get(db, studio.builder.submit(request))
 
   @r.get("/datasets", summary="List datasets")
   def list_datasets():
@@ -58,8 +90,12 @@ def router(studio, error_responses: dict) -> fastapi.APIRouter:
 
   @r.delete("/datasets/{dataset_id}", summary="Delete a dataset no job needs", responses=in_use)
   def delete_dataset(dataset_id: Id):
-    if datasets.get(db, dataset_id) is None:
+    row = datasets.get(db, dataset_id)
+    if row is None:
       raise db_lib.NotFound(f"no dataset {dataset_id}")
+    if row["state"] == "preparing":
+      raise db_lib.InUse(f"dataset {dataset_id} is still preparing: delete it once it is ready "
+                         f"or failed")
     busy = db.all("SELECT id, state FROM jobs WHERE dataset_id = ? AND state IN "
                   "('queued', 'running', 'stopping', 'stopped', 'interrupted')", (dataset_id,))
     if busy:
@@ -153,14 +189,41 @@ def router(studio, error_responses: dict) -> fastapi.APIRouter:
       raise db_lib.InUse(f"adapter {adapter_id} is the parent of job {job['id']} "
                          f"({job['state']})")
     db.execute("DELETE FROM adapters WHERE id = ?", (adapter_id,))
+    studio.listener.forget(adapter_id)
     studio.sweep()
     return {"deleted": adapter_id}
+
+  @r.post("/lora-adapters/{adapter_id}/listen", summary="Render a short sample with the adapter "
+          "and one from the base with the same seed (WAV, kept per adapter and seed)",
+          responses={**not_found, 503: error_responses[503]})
+  def listen_adapter(adapter_id: Id, request: api_models.ListenRequest):
+    row = _adapter(adapter_id)
+    files = [store.blob_path(row["sha256"])]
+    if row["parent_adapter_id"]:  # a child plays over its parent
+      files.insert(0, store.blob_path(_adapter(row["parent_adapter_id"])["sha256"]))
+    studio.listener.render(adapter_id, files, request.seed)
+    url = f"/api/training/lora-adapters/{adapter_id}/listen"
+    return {"adapter_id": adapter_id, "seed": request.seed,
+            **{f"{which}_url": f"{url}/{which}.wav?seed={request.seed}" for which in listen.WHICH}}
+
+  @r.get("/lora-adapters/{adapter_id}/listen/{which}.wav", summary="A rendered sample (POST "
+         "listen first)", responses=not_found, response_class=responses.FileResponse)
+  def listened(adapter_id: Id, which: Literal["adapter", "base"],
+               seed: int = fastapi.Query(0, ge=0, le=2**31 - 1)):
+    _adapter(adapter_id)
+    path = studio.listener.paths(adapter_id, seed)[which]
+    if not os.path.isfile(path):
+      raise db_lib.NotFound(f"adapter {adapter_id} has no sample for seed {seed} yet: POST "
+                            f"listen first")
+    return responses.FileResponse(path, media_type="audio/wav")
 
   # Audio: lora_jax.audio, looked up per request (audio_bridge).
   audio_errors = {501: {"model": api_models.Error, "description": "lora_jax.audio.service missing"}}
 
-  def _with_audio(files, fn_name: str, outputs: bool):
+  def _with_audio(files, fn_name: str, outputs: bool, dataset_id: str | None = None):
     fn = audio_bridge.function(fn_name)  # 501 before anything is read
+    if dataset_id is not None and datasets.get(db, dataset_id) is None:
+      raise db_lib.NotFound(f"no dataset {dataset_id}")
     uploads = _read_uploads(files, limits.max_request_bytes)
     results = []
     with tempfile.TemporaryDirectory(dir=store.root, prefix=".audio.") as scratch:
@@ -173,11 +236,18 @@ def router(studio, error_responses: dict) -> fastapi.APIRouter:
           continue
         out = os.path.join(scratch, f"{i}_out")
         made = fn(path, out)
-        paths = made.values() if isinstance(made, dict) else made
-        # Listed, not kept: keeping clips and stems as a dataset's files is the next step.
-        results.append({"file": security.safe_name(up.name), "outputs": [
-            {"name": security.safe_name(os.path.basename(p)), "size": os.path.getsize(p)}
-            for p in paths]})
+        paths = list(made.values() if isinstance(made, dict) else made)
+        shown = security.safe_name(up.name)
+        if dataset_id is None:  # listed only
+          results.append({"file": shown, "outputs": [
+              {"name": security.safe_name(os.path.basename(p)), "size": os.path.getsize(p)}
+              for p in paths]})
+          continue
+        kind = "stem" if isinstance(made, dict) else "clip"
+        kept = [datasets.Kept(security.safe_name(os.path.basename(p)), p, kind, "kept", "",
+                              {"from": shown}) for p in paths]
+        results.append({"file": shown, "outputs": datasets.add_files(db, store, dataset_id,
+                                                                     kept)})
     return results
 
   @r.post("/analyze-audio", summary="Tempo, key, genre, energy of WAV files (lora_jax.audio)",
@@ -185,14 +255,19 @@ def router(studio, error_responses: dict) -> fastapi.APIRouter:
   def analyze_audio(files: list[fastapi.UploadFile] = fastapi.File(...)):
     return _with_audio(files, "analyze_file", outputs=False)
 
+  keep_in = fastapi.Form(None, pattern=r"^[0-9a-f]{16}$", description=(
+      "a dataset to keep the outputs in, as its files; without it they are only listed"))
+
   @r.post("/split-audio", summary="Split WAV files into clips (lora_jax.audio)",
-          responses=audio_errors)
-  def split_audio(files: list[fastapi.UploadFile] = fastapi.File(...)):
-    return _with_audio(files, "split_file", outputs=True)
+          responses={**audio_errors, **not_found})
+  def split_audio(files: list[fastapi.UploadFile] = fastapi.File(...),
+                  dataset_id: str | None = keep_in):
+    return _with_audio(files, "split_file", outputs=True, dataset_id=dataset_id)
 
   @r.post("/separate-stems", summary="Separate WAV files into stems (lora_jax.audio)",
-          responses=audio_errors)
-  def separate_stems(files: list[fastapi.UploadFile] = fastapi.File(...)):
-    return _with_audio(files, "separate_stems", outputs=True)
+          responses={**audio_errors, **not_found})
+  def separate_stems(files: list[fastapi.UploadFile] = fastapi.File(...),
+                     dataset_id: str | None = keep_in):
+    return _with_audio(files, "separate_stems", outputs=True, dataset_id=dataset_id)
 
   return r

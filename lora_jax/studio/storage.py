@@ -1,10 +1,12 @@
 """Files under the studio root, named by the SHA-256 of their bytes.
 
   <root>/studio.sqlite           the state (db.py)
-  <root>/blobs/<2 hex>/<64 hex>   every uploaded file and every finished adapter, once per content
+  <root>/blobs/<2 hex>/<64 hex>   every dataset file (MIDI, audio, transcriptions, clips, stems)
+                                  and every finished adapter, once per content
   <root>/datasets/<id>/           a dataset's style pack (built from its blobs)
   <root>/jobs/<id>/               a job's output folder: the launcher's run/ and its .lora
   <root>/windows/                 token windows cached by content, shared by jobs
+  <root>/listen/<id>/<seed>/      an adapter's listen WAVs (listen.py), removed with the adapter
 
 A blob is written atomically before any row names it; `sweep` removes blobs no row names (what a
 crash between the two writes leaves, or what deletes free).

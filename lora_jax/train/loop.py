@@ -210,17 +210,33 @@ class _Prepared:
   setup: state_lib.Setup
 
 
+def _family_and_mesh(config: TrainConfig, devices):
+  pol = precision.policy(config.training.precision, config.training.base_dtype)
+  family = families.lookup(config.family).make(config.model, pol.compute_dtype)
+  mesh = mesh_lib.make_mesh(config.mesh, devices)
+  _check_batches(config, mesh)
+  return family, mesh
+
+
+def check_data(config: TrainConfig, train_arrays: dict, val_arrays: dict,
+               devices: Sequence[jax.Device] | None = None) -> None:
+  """The checks `train` makes of the data, on arrays still in memory (batch sizes on the mesh,
+  the arrays against the family, a full batch of each split): for a command that writes the data
+  files `config.data` names only once the run would accept them."""
+  family, _ = _family_and_mesh(config, devices)
+  family.check_arrays(train_arrays, "the training windows")
+  family.check_arrays(val_arrays, "the validation windows")
+  batches.check_fills(train_arrays, config.data.batch_size)
+  batches.eval_batches(val_arrays, config.data.eval_batch_size)
+
+
 def _prepare(config: TrainConfig, devices) -> _Prepared:
   """Every check of the settings against the model and the data (ranks, batch sizes, token ids,
   a parent adapter), and the run's initial arrays; writes nothing."""
-  tc = config.training
-  pol = precision.policy(tc.precision, tc.base_dtype)
-  family = families.lookup(config.family).make(config.model, pol.compute_dtype)
-  mesh = mesh_lib.make_mesh(config.mesh, devices)
+  family, mesh = _family_and_mesh(config, devices)
   logging.info("mesh %s over %d %s devices", dict(mesh.shape), mesh.size,
                mesh.devices.flat[0].platform)
-  _check_batches(config, mesh)
-  train_arrays, val_arrays = batches.load(config.data, family, tc.seed)
+  train_arrays, val_arrays = batches.load(config.data, family, config.training.seed)
   batches.check_fills(train_arrays, config.data.batch_size)
   val_batches = batches.eval_batches(val_arrays, config.data.eval_batch_size)
   return _Prepared(family, mesh, train_arrays, val_batches, state_lib.setup(config, family, mesh))

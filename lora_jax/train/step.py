@@ -36,6 +36,7 @@ import optax
 from jax.sharding import Mesh
 
 from lora_jax import lora
+from lora_jax.train import activation_sharding
 from lora_jax.train import mesh as mesh_lib
 from lora_jax.train import precision
 from lora_jax.train.family import Batch, Family
@@ -57,6 +58,8 @@ class StepConfig:
   lora_module_dropout: float
   relora_every: int = 0  # ReLoRA reset period in train steps; 0 is plain LoRA
   relora_warmup: int = 0  # steps of linear re-warm after each reset
+  # Set by jit_train_step / jit_eval_step: layer activations are pinned to its batch split.
+  mesh: Mesh | None = None
 
 
 def prepare(config: StepConfig, batch: Batch, key: jax.Array) -> Batch:
@@ -86,11 +89,13 @@ def forward(config: StepConfig, params: Any, frozen: Any, batch: Batch,
     actives.append(lora.Active(lora.Adapter(params, frozen.scales), 1.0, config.lora_dropout,
                                config.lora_module_dropout))
   args = config.family.model_args(batch)
-  if key is None:
-    return lora.apply(config.family.model, base, actives, *args, deterministic=True)
-  dropout_key, lora_key = jax.random.split(key)
-  return lora.apply(config.family.model, base, actives, *args, rng=lora_key,
-                    deterministic=False, rngs={"dropout": dropout_key})
+  rows = jax.tree.leaves(batch)[0].shape[0]
+  with activation_sharding.batch_split(config.mesh, rows):
+    if key is None:
+      return lora.apply(config.family.model, base, actives, *args, deterministic=True)
+    dropout_key, lora_key = jax.random.split(key)
+    return lora.apply(config.family.model, base, actives, *args, rng=lora_key,
+                      deterministic=False, rngs={"dropout": dropout_key})
 
 
 def train_step(state: Any, frozen: Any, batch_AxB: Batch, *,
@@ -168,6 +173,7 @@ def eval_step(params: Any, frozen: Any, batch: Batch, index: jax.Array, *,
 
 def jit_train_step(config: StepConfig, mesh: Mesh, state_shardings: Any, frozen_shardings: Any):
   """`train_step` jitted once: explicit shardings, the train state donated, the frozen not."""
+  config = dataclasses.replace(config, mesh=mesh)
   return jax.jit(functools.partial(train_step, config=config),
                  in_shardings=(state_shardings, frozen_shardings,
                                mesh_lib.batch_sharding(mesh, leading=1)),
@@ -179,6 +185,7 @@ def jit_eval_step(config: StepConfig, mesh: Mesh, param_shardings: Any, frozen_s
   """`eval_step` jitted once with explicit shardings, nothing donated, called as
   `fn(params, frozen, batch, index=0)` (`index` is data: a new one does not recompile)."""
   rep = mesh_lib.replicated(mesh)
+  config = dataclasses.replace(config, mesh=mesh)
   jitted = jax.jit(functools.partial(eval_step, config=config),
                    in_shardings=(param_shardings, frozen_shardings, mesh_lib.batch_sharding(mesh),
                                  rep),

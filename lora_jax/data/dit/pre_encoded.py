@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import os
+from typing import Callable
 
 import numpy as np
 
@@ -98,7 +99,7 @@ def _number(meta: dict, key: str, where: str) -> float:
   return float(value)
 
 
-def _clip(npy: str, channels: int, length: int, text_len: int) -> dict[str, np.ndarray]:
+def _clip(npy: str, channels: int, length: int, text_len: int | None) -> dict[str, np.ndarray]:
   meta_path = npy[:-len(".npy")] + ".json"
   try:
     latents = np.load(npy, allow_pickle=False)
@@ -128,10 +129,12 @@ def _clip(npy: str, channels: int, length: int, text_len: int) -> dict[str, np.n
                        "latent frame)")
   if not isinstance(meta["prompt"], str):
     raise DatasetError(f"{meta_path}: prompt must be a string, got {meta['prompt']!r:.40}")
-  try:
-    prompt = text_tokens.encode_text(meta["prompt"], text_len)
-  except ValueError as e:
-    raise DatasetError(f"{meta_path}: prompt {e} (model text_len)") from None
+  prompt = meta["prompt"]  # the text, for a prompt encoder that takes all clips at once
+  if text_len is not None:
+    try:
+      prompt = text_tokens.encode_text(prompt, text_len)
+    except ValueError as e:
+      raise DatasetError(f"{meta_path}: prompt {e} (model text_len)") from None
   out_latents = np.zeros((channels, length), np.float32)
   out_mask = np.zeros((length,), np.float32)
   n = min(frames, length)
@@ -144,9 +147,12 @@ def _clip(npy: str, channels: int, length: int, text_len: int) -> dict[str, np.n
           "seconds_total": np.float32(_number(meta, "seconds_total", meta_path))}
 
 
-def load_arrays(spec: DatasetSpec, channels: int, length: int, text_len: int
+def load_arrays(spec: DatasetSpec, channels: int, length: int, text_len: int,
+                prompts: Callable[[list[str]], dict[str, np.ndarray]] | None = None
                 ) -> dict[str, np.ndarray]:
-  """Every clip of the data set as the dit family's arrays."""
+  """Every clip of the data set as the dit family's arrays. The prompt is byte token ids of
+  `text_len`, or, with `prompts` (texts -> arrays, e.g. `lora_jax.data.t5.prompts.T5Prompts`),
+  what that returns for the clips' texts."""
   if spec.latent_crop_length is not None and spec.latent_crop_length != length:
     raise DatasetError(f"latent_crop_length {spec.latent_crop_length} differs from the model's "
                        f"latent_length {length}")
@@ -156,8 +162,12 @@ def load_arrays(spec: DatasetSpec, channels: int, length: int, text_len: int
                    for f in files if f.endswith(".npy"))
     if not found:
       raise DatasetError(f"dataset folder {folder} holds no .npy latent clips")
-    clips += [_clip(p, channels, length, text_len) for p in found]
-  return {k: np.stack([c[k] for c in clips]) for k in clips[0]}
+    clips += [_clip(p, channels, length, None if prompts else text_len) for p in found]
+  texts = [c.pop("prompt") for c in clips] if prompts else None
+  arrays = {k: np.stack([c[k] for c in clips]) for k in clips[0]}
+  if prompts:
+    arrays.update(prompts(texts))
+  return arrays
 
 
 def write_npz(arrays: dict[str, np.ndarray], path: str) -> None:

@@ -1,7 +1,8 @@
 """Token files written by the SongGeneration fork's `prepare_data.py`, read without unpickling.
 
 Each `{idx}.pt` holds {'tokens': int tensor [3, T] (mixed, vocal, accompaniment codes at 25 Hz),
-'lyrics': str, 'descriptions': str}; `manifest.jsonl` names them. They load with
+'lyrics': str, 'descriptions': str} (those of `launch/prepare_song_data.py` also 'codec', the
+hash of the codec file that made them); `manifest.jsonl` names them. They load with
 `torch.load(weights_only=True)`, so tokens made with the original tokenizers elsewhere train
 here; a file that needs pickle, lacks a field, or holds codes outside 0..code_size-1 is refused
 with the reason.
@@ -21,6 +22,7 @@ class SongTokens:
   codes: np.ndarray  # int32 [K, T]
   lyrics: str
   descriptions: str
+  codec: str = ""  # `lora_jax.song.codec.file_id` of the codec that made the codes; '' = unrecorded
 
 
 def read(path: str, *, code_depth: int = 3, code_size: int = 16384) -> SongTokens:
@@ -46,4 +48,7 @@ def read(path: str, *, code_depth: int = 3, code_size: int = 16384) -> SongToken
   for k in ("lyrics", "descriptions"):
     if not isinstance(data[k], str):
       raise WeightFileError(f"{path}: {k} is a {type(data[k]).__name__}, expected text")
-  return SongTokens(codes.astype(np.int32), data["lyrics"], data["descriptions"])
+  codec = data.get("codec", "")
+  if not isinstance(codec, str):
+    raise WeightFileError(f"{path}: codec is a {type(codec).__name__}, expected text")
+  return SongTokens(codes.astype(np.int32), data["lyrics"], data["descriptions"], codec)

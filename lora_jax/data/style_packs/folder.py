@@ -4,8 +4,9 @@ The folder (`build_from_dir(root, out)`):
   root/<genre>/                the genre (parent pack): its own pieces are the MIDI files directly
                                in it and anywhere under its refs_midi/
   root/<genre>/<sub_style>/    a sub-style (child pack): every MIDI file under it, at any depth
-  any refs_audio/              audio: listed in the report and skipped (there is no audio-to-MIDI
-                               transcription in this project yet)
+  any refs_audio/              audio: listed in the report and skipped, unless the build is given
+                               a transcriber (`build_style_packs.py --transcribe_audio`: basic-pitch
+                               through `lora_jax.audio`), whose MIDI then packs as the style's
 Folders starting with '.' or '_' are skipped; genre and sub-style names must be plain identifiers
 (they become adapter and config names). Other files are listed as ignored.
 
@@ -34,7 +35,7 @@ import json
 import os
 import re
 import shutil
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from lora_jax import atomic, progress
 from lora_jax.data import midi_file, midi_tokenizer
@@ -116,8 +117,8 @@ class BuildReport:
       out.append(f"{len(self.failures)} files left out:")
       out += [f"  {path}: {reason}" for path, reason in self.failures]
     if self.skipped_audio:
-      out.append(f"{len(self.skipped_audio)} audio files skipped (no audio-to-MIDI transcription "
-                 f"in this project yet; convert them to MIDI to use them):")
+      out.append(f"{len(self.skipped_audio)} audio files skipped (give --transcribe_audio to "
+                 f"pack their notes as transcribed by basic-pitch, or convert them to MIDI):")
       out += [f"  {p}" for p in self.skipped_audio]
     if self.ignored:
       out.append(f"{len(self.ignored)} other files ignored (not MIDI): "
@@ -146,7 +147,10 @@ def _check_style_name(name: str, where: str) -> None:
 
 
 def discover(root: str) -> tuple[list[Found], list[str], list[str], dict[str, list[str]]]:
-  """(MIDI files, audio files, other files, genre -> its sub-styles) of a folder of genres."""
+  """(MIDI files, audio files, other files, genre -> its sub-styles) of a folder of genres.
+
+  An audio file is a `Found` of its style too, its `name_in_style` with the audio suffix.
+  """
   root = os.path.abspath(root)
   if not os.path.isdir(root):
     raise FolderPackError(f"{root}: folder does not exist")
@@ -155,10 +159,10 @@ def discover(root: str) -> tuple[list[Found], list[str], list[str], dict[str, li
   def take(path: str, style: str, style_dir: str) -> None:
     rel = os.path.relpath(path, root)
     parts = os.path.relpath(path, style_dir).split(os.sep)
+    name = "/".join(parts[1:] if parts[0] in (style_pack.REFS_MIDI, AUDIO_DIR) else parts)
     if AUDIO_DIR in parts[:-1] or path.lower().endswith(AUDIO_SUFFIXES):
-      audio.append(rel)
+      audio.append(Found(rel, path, style, name))
     elif midi_file.is_midi_name(path):
-      name = "/".join(parts[1:] if parts[0] == style_pack.REFS_MIDI else parts)
       found.append(Found(rel, path, style, name))
     else:
       other.append(rel)
@@ -430,16 +434,40 @@ def _write_pack(s: _Style, parent: str | None, children: list[str], entries: lis
                     json.dumps(manifest, indent=1, sort_keys=True))
 
 
+TRANSCRIBED = "_transcribed"  # per style folder under `out`: MIDI made from its audio, by content
+
+
 def build_from_dir(root: str, out: str, settings: SplitSettings = SplitSettings(),
-                   limits: midi_file.Limits = midi_file.Limits()) -> BuildReport:
-  """Packs of every genre and sub-style folder under `root`, written under `out`."""
+                   limits: midi_file.Limits = midi_file.Limits(),
+                   audio_to_midi: Callable[[str, str], str] | None = None) -> BuildReport:
+  """Packs of every genre and sub-style folder under `root`, written under `out`.
+
+  `audio_to_midi(audio_path, cache_dir)` -> a MIDI path, when given, turns each audio file into
+  a piece of its style (cached in `<out>/<style>/_transcribed/`, which discovery skips); a file
+  it cannot transcribe is listed with its reason like an unreadable MIDI file.
+  """
   root_real, out_real = os.path.realpath(root), os.path.realpath(out)
   if out_real != root_real and out_real.startswith(root_real + os.sep):
     raise FolderPackError(f"--out {out} is inside --from_dir {root}: it would be read as a genre; "
                           f"use another folder, or {root} itself to write manifests in place")
   found, audio, other, genres = discover(root)
-  return build(found, out, settings, limits, genres, root if out_real == root_real else "",
-               audio, other)
+  transcription_failures = []
+  if audio_to_midi is not None:
+    bar = progress.Progress(len(audio), "transcribing audio")
+    for a in audio:
+      cache = os.path.join(out, *a.style.split("/"), TRANSCRIBED)
+      try:
+        midi = audio_to_midi(a.path, cache)
+      except (ValueError, OSError) as e:  # the transcriber's one-line reasons
+        transcription_failures.append((a.id, f"not transcribed: {e}"))
+      else:
+        found.append(Found(a.id, midi, a.style, os.path.splitext(a.name_in_style)[0] + ".mid"))
+      bar.step(a.id)
+    bar.close()
+    audio = []
+  report = build(found, out, settings, limits, genres, root if out_real == root_real else "",
+                 [a.id for a in audio], other)
+  return dataclasses.replace(report, failures=tuple(transcription_failures) + report.failures)
 
 
 def build_from_files(files: Sequence[str], style: str, out: str,

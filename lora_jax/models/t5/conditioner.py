@@ -15,6 +15,17 @@ import flax.linen as nn
 from lora_jax.models.t5.encoder import T5Config, T5Encoder
 
 
+def project_and_mask(hidden_BxSxD, attention_mask_BxS, output_dim: int, project_out: bool):
+  """The original conditioner's tail after its T5: `proj_out` (a Linear with bias) when the
+  encoder's width is not `output_dim` or `project_out` is set, then zeros at padding.
+
+  Call it inside a compact module: `proj_out` becomes that module's child, the original's path.
+  """
+  if project_out or output_dim != hidden_BxSxD.shape[-1]:
+    hidden_BxSxD = nn.Dense(output_dim, name="proj_out")(hidden_BxSxD)
+  return hidden_BxSxD * attention_mask_BxS[..., None].astype(hidden_BxSxD.dtype)
+
+
 class T5Conditioner(nn.Module):
   """Token ids and mask to (conditioning tokens [B, S, output_dim], mask), as the original."""
 
@@ -25,6 +36,5 @@ class T5Conditioner(nn.Module):
   @nn.compact
   def __call__(self, input_ids_BxS, attention_mask_BxS):
     h = T5Encoder(self.config, name="model")(input_ids_BxS, attention_mask_BxS)
-    if self.project_out or self.output_dim != self.config.d_model:
-      h = nn.Dense(self.output_dim, name="proj_out")(h)
-    return h * attention_mask_BxS[..., None].astype(h.dtype), attention_mask_BxS
+    return (project_and_mask(h, attention_mask_BxS, self.output_dim, self.project_out),
+            attention_mask_BxS)

@@ -69,19 +69,52 @@ async function refreshDatasets() {
   select.replaceChildren();
   for (const d of rows) {
     const tr = document.createElement("tr");
-    cell(tr, d.name); cell(tr, d.style); cell(tr, d.n_files); cell(tr, when(d.created));
-    cell(tr, d.id);
+    cell(tr, d.name); cell(tr, d.style);
+    cell(tr, d.state + (d.message ? `: ${d.message}` : "")).className = `state-${d.state}`;
+    cell(tr, d.n_files); cell(tr, when(d.created)); cell(tr, d.id);
     button(tr, "Delete", async () => {
       try { await api(`/datasets/${d.id}`, { method: "DELETE" }); notice(`deleted ${d.name}`); }
       catch (e) { notice(e.message, true); }
       refreshDatasets();
     });
     body.appendChild(tr);
-    const option = new Option(`${d.name} (${d.style})`, d.id);
-    select.appendChild(option);
+    if (d.state === "ready") select.appendChild(new Option(`${d.name} (${d.style})`, d.id));
   }
   if (chosen) select.value = chosen;
+  return rows;
 }
+
+async function loadSources() {
+  const sources = await api("/dataset-sources");
+  const styles = document.getElementById("corpus-styles");
+  for (const g of sources.corpus) {
+    styles.appendChild(new Option(g.genre));
+    for (const sub of g.sub_styles) styles.appendChild(new Option(`${g.genre}/${sub}`));
+  }
+  const collections = document.querySelector("#build-form [name=collection]");
+  for (const c of sources.performances) {
+    collections.appendChild(new Option(`${c.collection}: ${c.n_files} files, ${c.description}`,
+                                       c.collection));
+  }
+}
+
+document.getElementById("build-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const form = event.target.elements;
+  const request = { name: form.name.value, source: form.source.value, style: form.style.value };
+  if (request.source === "corpus" && form.max_pieces.value) {
+    request.max_pieces = Number(form.max_pieces.value);
+  }
+  if (request.source === "performances") request.collection = form.collection.value;
+  if (request.source === "folder") request.path = form.path.value;
+  try {
+    const d = await api("/build-dataset", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(request) });
+    notice(`building ${d.name} from ${request.source}: see its state below`);
+  } catch (e) { notice(e.message, true); }
+  refreshDatasets();
+});
 
 document.getElementById("dataset-form").addEventListener("submit", async (event) => {
   event.preventDefault();
@@ -126,17 +159,47 @@ document.getElementById("audio-form").addEventListener("submit", async (event) =
         if (value !== undefined) tr.children[i + 1].textContent = String(value);
       });
     }
-    const done = [`analysed ${results.length} files`];
-    if (event.target.elements.split.checked) {
-      const clips = await send("/split-audio");
-      done.push(`${clips.reduce((n, r) => n + r.outputs.length, 0)} clips`);
+    notice(`analysed ${results.length} files`);
+  } catch (e) { notice(e.message, true); }
+});
+
+function audioTable() {
+  const table = {};
+  for (const tr of document.querySelectorAll("#audio-table tbody tr")) {
+    const row = {};
+    AUDIO_COLUMNS.forEach((key, i) => { row[key] = tr.children[i + 1].textContent; });
+    table[tr.children[0].textContent] = row;
+  }
+  return table;
+}
+
+document.getElementById("audio-dataset-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const files = document.querySelector("#audio-form [name=files]").files;
+  if (!files.length) { notice("choose audio files above first", true); return; }
+  const form = event.target.elements;
+  const upload = (path, extra) => {
+    const body = new FormData();
+    for (const f of files) body.append("files", f);
+    for (const [k, v] of Object.entries(extra)) body.append(k, v);
+    return api(path, { method: "POST", body });
+  };
+  notice("transcribing and packing…");
+  try {
+    const d = await upload("/prepare-dataset", {
+      name: form.name.value, style: form.style.value, metadata: JSON.stringify(audioTable()) });
+    const done = [`dataset ${d.name} ready: ${d.files.length} files`];
+    if (form.split.checked) {
+      const clips = await upload("/split-audio", { dataset_id: d.id });
+      done.push(`${clips.reduce((n, r) => n + r.outputs.length, 0)} clips kept`);
     }
-    if (event.target.elements.stems.checked) {
-      const stems = await send("/separate-stems");
-      done.push(`${stems.reduce((n, r) => n + r.outputs.length, 0)} stems`);
+    if (form.stems.checked) {
+      const stems = await upload("/separate-stems", { dataset_id: d.id });
+      done.push(`${stems.reduce((n, r) => n + r.outputs.length, 0)} stems kept`);
     }
     notice(done.join(", "));
   } catch (e) { notice(e.message, true); }
+  refreshDatasets();
 });
 
 // 3 Train.
@@ -257,6 +320,7 @@ async function refreshAdapters() {
     link.textContent = "Download";
     td.appendChild(link);
     tr.appendChild(td);
+    button(tr, "Listen", () => listen(a));
     button(tr, "Delete", async () => {
       try { await api(`/lora-adapters/${a.id}`, { method: "DELETE" }); notice(`deleted ${a.name}`); }
       catch (e) { notice(e.message, true); }
@@ -264,6 +328,22 @@ async function refreshAdapters() {
     });
     body.appendChild(tr);
   }
+}
+
+async function listen(adapter) {
+  const seed = Number(document.getElementById("listen-seed").value || 0);
+  notice(`sampling and rendering ${adapter.name} and the base, seed ${seed}…`);
+  try {
+    const made = await api(`/lora-adapters/${adapter.id}/listen`, {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ seed }) });
+    const withToken2 = (url) => (TOKEN ? `${url}&token=${encodeURIComponent(TOKEN)}` : url);
+    document.getElementById("listen-label").textContent = `${adapter.name}, seed ${seed}`;
+    document.getElementById("listen-adapter").src = withToken2(made.adapter_url);
+    document.getElementById("listen-base").src = withToken2(made.base_url);
+    notice(`${adapter.name} and the base, seed ${seed}: rendered`);
+    document.getElementById("listen-adapter").play().catch(() => {});  // may need a click
+  } catch (e) { notice(e.message, true); }
 }
 
 async function refreshAll() {
@@ -275,9 +355,11 @@ async function refreshAll() {
   } catch (e) { notice(e.message, true); }
 }
 
+loadSources().catch((e) => notice(e.message, true));
 refreshAll();
 setInterval(() => {
   const tab = document.querySelector("#tabs button.active").dataset.tab;
-  const work = tab === "train" ? refreshJobs() : tab === "adapters" ? refreshAdapters() : null;
+  const poll = { train: refreshJobs, adapters: refreshAdapters, datasets: refreshDatasets }[tab];
+  const work = poll ? poll() : null;
   if (work) work.catch((e) => notice(e.message, true));
 }, 1000);
