@@ -5,7 +5,7 @@ the project renders itself (`lora_jax/audio/separator/stem_set.py`), written to
 assets/separator/separator.safetensors (what the stems path and the song data preparation load).
 
 Variants (`--config=configs/separator.py:<variant>`):
-  (none)  the shipped model: 240 pieces, 1 000 steps (about 10 minutes on a quiet 2-core CPU,
+  (none)  the shipped model: 170 pieces, 1 000 steps (about 10 minutes on a quiet 2-core CPU,
           the rendering of the stems about 8 more the first time).
   tiny    a 16-wide model on the family's synthetic tones and noise: seconds (tests).
 """
@@ -35,7 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.stems = ml_collections.ConfigDict()
   config.stems.dir = ".cache/separator_stems"  # rendered stems, cached per piece
-  config.stems.n_pieces = 240  # chorales and Renaissance pieces, split by piece
+  config.stems.n_pieces = 170  # chorales and Renaissance pieces, split by piece
   config.stems.segments_per_piece = 12  # random 1.5 s windows per train/val piece
   config.stems.out = "assets/separator/separator.safetensors"
 

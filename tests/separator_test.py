@@ -3,7 +3,6 @@ quality on a held-out render, and the wiring that picks it."""
 
 import os
 
-import jax
 import librosa
 import music21
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 
 from configs import separator as separator_config
 from lora_jax.audio import stems
-from lora_jax.audio.separator import mask_model, spectrum, stem_set
+from lora_jax.audio.separator import demucs_model, mask_model, spectrum, stem_set
 from lora_jax.data.style_packs import corpus
 from lora_jax.interop import flax_weights
 from lora_jax.song import separate
@@ -67,7 +66,7 @@ def test_shipped_model_beats_hpss_on_a_held_out_mix(held_out_mix):
                  stems.si_sdr(hpss["percussive"], accompaniment)]
   mix_scores = [stems.si_sdr(mix, vocal), stems.si_sdr(mix, accompaniment)]
   for m, h, x in zip(model_scores, hpss_scores, mix_scores):
-    assert m > h + 3 and m > x + 3, (model_scores, hpss_scores, mix_scores)
+    assert m > h + 6 and m > x + 6, (model_scores, hpss_scores, mix_scores)
 
 
 @pytest.mark.skipif(not mask_model.WEIGHTS.is_file(), reason="no shipped separator weights")
@@ -78,7 +77,8 @@ def test_the_stems_path_and_song_preparation_pick_the_model(monkeypatch):
   assert separate.default_name() == "mask"
   vocal, accompaniment = separate.get("mask")(tone, 24000)  # resampled to 22050 Hz and back
   assert len(vocal) == len(accompaniment) == len(tone)
-  np.testing.assert_allclose(vocal + accompaniment, tone, atol=2e-3)
+  # The stems add up to the mix, away from the resampler's edges.
+  np.testing.assert_allclose((vocal + accompaniment)[1024:-1024], tone[1024:-1024], atol=2e-3)
   # Without the weights: HPSS, said so.
   monkeypatch.setattr(mask_model, "WEIGHTS", mask_model.WEIGHTS.with_name("absent.safetensors"))
   mask_model.shipped.cache_clear()
@@ -97,3 +97,46 @@ def test_other_weights_are_refused_by_name(tmp_path):
   flax_weights.save_params({"w": np.zeros(3, np.float32)}, path, {"model_family": "duv"})
   with pytest.raises(mask_model.SeparatorWeightsError, match="model family 'duv'"):
     mask_model.load(path)
+
+
+def _tiny_demucs_file(path: str) -> None:
+  """A small random HTDemucs saved as demucs' own model files are (states.serialize_model's
+  keys), so the hook is tested on the real package without weights anyone would download."""
+  import fractions
+  import torch
+  from demucs import htdemucs, states
+  torch.manual_seed(0)
+  model = htdemucs.HTDemucs(sources=["drums", "bass", "other", "vocals"], channels=16, depth=2,
+                            t_layers=1, t_heads=2, dconv_comp=4, dconv_depth=1, nfft=512,
+                            segment=fractions.Fraction(2, 1))
+  args, kwargs = model._init_args_kwargs
+  torch.save({"klass": htdemucs.HTDemucs, "args": args, "kwargs": kwargs,
+              "state": states.get_state(model, None, True), "training_args": {}}, path)
+
+
+@pytest.mark.skipif(not demucs_model.installed(), reason="the demucs package is not installed")
+def test_a_users_demucs_model_makes_the_stems(tmp_path):
+  path = str(tmp_path / "tiny.th")
+  _tiny_demucs_file(path)
+  tone = np.sin(2 * np.pi * 330 * np.arange(22050) / 22050).astype(np.float32) * 0.3
+  model = demucs_model.load(path)
+  got = stems.separate(tone, 22050, model)
+  assert set(got.parts) == {"vocal", "accompaniment"} and got.separator.startswith(f"Demucs ({path})")
+  assert all(len(p) == len(tone) and np.isfinite(p).all() for p in got.parts.values())
+  vocal, _ = separate.get(f"demucs:{path}")(tone, 24000)  # the song preparation's name for it
+  assert len(vocal) == len(tone)
+  # A pickle carrying anything but the Demucs classes is refused, not run.
+  import torch
+  torch.save({"klass": pytest.raises}, str(tmp_path / "evil.th"))
+  with pytest.raises(demucs_model.DemucsError, match="not a Demucs model file that loads weights-only"):
+    demucs_model.load(str(tmp_path / "evil.th"))
+
+
+def test_demucs_without_the_package_is_one_clear_error(tmp_path, monkeypatch):
+  monkeypatch.setattr(demucs_model, "installed", lambda: False)
+  with pytest.raises(demucs_model.DemucsError, match="demucs package is not installed"):
+    stems_out = tmp_path / "out"
+    from lora_jax.audio import batch
+    batch.run([str(tmp_path)], str(stems_out), split_clips=False, stems=True,
+              demucs_weights=str(tmp_path / "model.th"))
+  assert not (tmp_path / "out").exists()
