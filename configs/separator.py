@@ -56,6 +56,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.stems.segments_per_piece = 4
     config.data.batch_size = 8  # the tests' 8 fake devices
     config.data.eval_batch_size = 8
+    config.opt.learning_rate = 1e-2
+    config.opt.warmup_steps = 1
     config.training.steps = 4
     config.training.eval_every = 2
   return config
