@@ -4,7 +4,8 @@ python launch/train_separator.py --config=configs/separator.py --workdir=runs/se
 
 Renders the stems the first time (cached under config.stems.dir), trains on the shared loop in
 <workdir>/run and copies the weights to config.stems.out. Running it again with the same workdir
-resumes; SIGTERM or Ctrl-C checkpoints and exits with status 75. Bad input: one error line, status 1.
+resumes; SIGTERM or Ctrl-C checkpoints and exits with status 75. Bad input: one error line and
+status 1.
 """
 
 import os

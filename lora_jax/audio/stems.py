@@ -34,9 +34,8 @@ def hpss(samples: np.ndarray) -> Stems:
   spectrum = librosa.stft(samples, n_fft=2048, hop_length=512)
   harmonic, percussive = librosa.decompose.hpss(spectrum, margin=1.0)
   n = len(samples)
-  return Stems({"harmonic": librosa.istft(harmonic, hop_length=512, length=n).astype(np.float32),
-                "percussive": librosa.istft(percussive, hop_length=512, length=n).astype(np.float32)},
-               HPSS)
+  inverse = lambda s: librosa.istft(s, hop_length=512, length=n).astype(np.float32)
+  return Stems({"harmonic": inverse(harmonic), "percussive": inverse(percussive)}, HPSS)
 
 
 def demucs_description(model: demucs_model.DemucsModel) -> str:

@@ -81,7 +81,8 @@ def synthetic(config: SeparatorConfig, n: int, seed: int) -> dict[str, np.ndarra
   rng = np.random.default_rng(seed)
   t = np.arange(config.segment_samples) / SAMPLE_RATE
   f0 = rng.uniform(200, 800, (n, 1, 1))
-  vocal = (np.sin(2 * np.pi * f0 * np.arange(1, 9)[None, :, None] * t) / np.arange(1, 9)[:, None]).sum(1)
+  partials = np.arange(1, 9)
+  vocal = (np.sin(2 * np.pi * f0 * partials[None, :, None] * t) / partials[:, None]).sum(1)
   bursts = (np.sin(2 * np.pi * rng.uniform(2, 6, (n, 1)) * t) > 0).astype(np.float32)
   accompaniment = rng.normal(size=(n, config.segment_samples)) * bursts
   scale = 0.3 / np.abs(vocal).max(axis=1, keepdims=True)

@@ -130,14 +130,16 @@ def _stems_midi(piece: corpus.CorpusPiece, root: str, split: str, max_seconds: f
 def _balanced(vocal: np.ndarray, accompaniment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Both stems as long as the longer, the vocal at the accompaniment's RMS (0 dB), peak 0.9."""
   n = max(len(vocal), len(accompaniment))
-  vocal, accompaniment = np.pad(vocal, (0, n - len(vocal))), np.pad(accompaniment, (0, n - len(accompaniment)))
+  vocal = np.pad(vocal, (0, n - len(vocal)))
+  accompaniment = np.pad(accompaniment, (0, n - len(accompaniment)))
   vocal = vocal * np.sqrt(np.mean(accompaniment ** 2) / np.mean(vocal ** 2))
   peak = max(np.abs(vocal + accompaniment).max(), np.abs(vocal).max(), np.abs(accompaniment).max())
   return (vocal * 0.9 / peak).astype(np.float32), (accompaniment * 0.9 / peak).astype(np.float32)
 
 
-def _render_piece(piece: corpus.CorpusPiece, root: str, split: str, out: str,
-                  max_seconds: float) -> Render:
+def render_piece(piece: corpus.CorpusPiece, root: str, split: str, out: str,
+                 max_seconds: float) -> Render:
+  """One piece's two stems under `out/split/` (or their cached render), as played for `split`."""
   name = re.sub(r"[^A-Za-z0-9.-]+", "_", piece.id)
   folder = os.path.join(out, split)
   os.makedirs(folder, exist_ok=True)
@@ -180,9 +182,9 @@ def build(out: str, n_pieces: int = 240, n_renaissance: int = 40,
       break
     split = piece_split(piece.id)
     try:
-      renders.append(_render_piece(piece, root, split, out, max_seconds))
+      renders.append(render_piece(piece, root, split, out, max_seconds))
       if split == "test":
-        renders.append(_render_piece(piece, root, "test_unseen", out, max_seconds))
+        renders.append(render_piece(piece, root, "test_unseen", out, max_seconds))
     except Exception as e:  # music21 raises many types; every skip is listed with its reason
       skipped.append({"id": piece.id, "reason": f"{type(e).__name__}: {e}"[:300]})
       continue

@@ -52,13 +52,13 @@ def train(config_dict: Mapping[str, Any], workdir: str) -> str:
     raise config_lib.ConfigError("a separator training config needs a stems group (see "
                                  "configs/separator.py)")
   stems = config_lib.from_mapping(StemsConfig, mapping.pop("stems"), "config.stems")
-  if mapping.get("family") != family_lib.NAME or mapping["training"]["type"] != "full":
-    raise config_lib.ConfigError(f"this program trains family {family_lib.NAME!r} in full; the "
-                                 f"config has family {mapping.get('family')!r}, training.type "
-                                 f"{mapping['training']['type']!r}")
   paths = {s: os.path.join(workdir, f"separator_{s}.npz") for s in ("train", "val")}
   mapping["data"].update(path=paths["train"], val_path=paths["val"])
   config = config_lib.from_config_dict(mapping)  # every check before anything is written
+  if config.family != family_lib.NAME or config.training.type != "full":
+    raise config_lib.ConfigError(f"this program trains family {family_lib.NAME!r} in full; the "
+                                 f"config has family {config.family!r}, training.type "
+                                 f"{config.training.type!r}")
   os.makedirs(workdir, exist_ok=True)
   renders = stem_set.build(stems.dir, stems.n_pieces)
   for i, split in enumerate(("train", "val")):
