@@ -5,8 +5,10 @@
 
 Writes <out>/metadata.jsonl and metadata.csv (File, Genre, BPM, Key, Mood, Instruments,
 Description), report.json, with --split_clips the clips under <out>/clips/ (10-30 s, cut at
-beats), with --to_midi each row's MIDI under <out>/midi/ (basic-pitch), with --stems its
-harmonic and percussive stems under <out>/stems/ (HPSS). A file that cannot be analysed is named in one line; the rest are still processed.
+beats), with --to_midi each row's MIDI under <out>/midi/ (basic-pitch), with --stems its vocal
+and accompaniment stems under <out>/stems/ (the project's mask model; HPSS's harmonic and
+percussive stems where its weights are absent). A file that cannot be analysed is named in one
+line; the rest are still processed.
 """
 from absl import flags
 
@@ -21,8 +23,12 @@ _MAX = flags.DEFINE_float("clip_max_seconds", 30.0, "Longest clip.")
 _TARGET = flags.DEFINE_float("clip_target_seconds", 20.0, "Preferred clip length.")
 _TO_MIDI = flags.DEFINE_bool("to_midi", False, "Transcribe each song (clip) to MIDI under "
                               "<out>/midi/ with basic-pitch.")
-_STEMS = flags.DEFINE_bool("stems", False, "Write harmonic and percussive stems (HPSS) of each row "
-                            "under <out>/stems/; no vocal separation offline.")
+_STEMS = flags.DEFINE_bool("stems", False, "Write vocal and accompaniment stems of each row under "
+                            "<out>/stems/ (HPSS's harmonic/percussive without the separator's "
+                            "weights); report.json names the separator.")
+_DEMUCS = flags.DEFINE_string("demucs_weights", "", "With --stems: a Demucs model file (.th) of "
+                              "yours to separate with instead; needs the demucs package. Read "
+                              "weights-only, never downloaded.")
 
 
 def main(argv: list[str]) -> None:
@@ -32,7 +38,7 @@ def main(argv: list[str]) -> None:
     raise errors.UserError("--input and --out are required")
   settings = clips.ClipSettings(_MIN.value, _MAX.value, _TARGET.value)
   report = batch.run(_INPUT.value, _OUT.value, _SPLIT.value, _TO_MIDI.value, _STEMS.value,
-                     settings)
+                     settings, demucs_weights=_DEMUCS.value)
   for line in report.failures:
     print(f"skipped: {line}")
   print(f"wrote {len(report.rows)} rows to {_OUT.value}/metadata.jsonl "

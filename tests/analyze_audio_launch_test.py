@@ -11,7 +11,8 @@ import pytest
 import soundfile
 
 from lora_jax import errors
-from lora_jax.audio import batch, clips, load
+from lora_jax.audio import batch, clips, load, stems
+from lora_jax.audio.separator import mask_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SR = load.SAMPLE_RATE
@@ -66,17 +67,19 @@ def test_cli_writes_table_and_clips_and_names_bad_files(tmp_path):
   assert list(table[0]) == list(batch.COLUMNS)
   rows = [json.loads(line) for line in open(out / "metadata.jsonl")]
   assert len(rows) == len(table) >= 3  # a: two clips or more; b: one
+  report = json.loads((out / "report.json").read_text())
+  assert report["stems"] == stems.separator()  # the trained separator where its weights are
+  pair = (("vocal", "accompaniment") if report["stems"] == mask_model.DESCRIPTION
+          else ("harmonic", "percussive"))
   for row in rows:
     clip = soundfile.info(str(out / row["File"]))
     assert clip.duration == pytest.approx(row["end"] - row["start"], abs=0.01)
     assert row["Mood"] in ("low", "medium", "high") and 0 < row["genre_confidence"] <= 1
-    harmonic, _ = soundfile.read(str(out / row["stem_harmonic"]))
-    percussive, _ = soundfile.read(str(out / row["stem_percussive"]))
+    first, _ = soundfile.read(str(out / row[f"stem_{pair[0]}"]))
+    second, _ = soundfile.read(str(out / row[f"stem_{pair[1]}"]))
     whole, _ = soundfile.read(str(out / row["File"]))
-    np.testing.assert_allclose(harmonic + percussive, whole, atol=2e-3)  # soft masks: they sum
-  report = json.loads((out / "report.json").read_text())
+    np.testing.assert_allclose(first + second, whole, atol=2e-3)  # soft masks: they sum
   assert report["n_analysed"] == 2 and len(report["failures"]) == 2
-  assert report["stems"].startswith("harmonic/percussive HPSS")
 
 
 def test_nothing_is_written_when_no_file_can_be_analysed(tmp_path):

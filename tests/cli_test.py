@@ -104,6 +104,7 @@ CONFIG_SCRIPTS = {
     "train_parent_adapter.py": [],
     "train_child_adapter.py": [],
     "demo.py": [],
+    "train_separator.py": [],
     # --config is the fork's YAML; the config file it is read over is --defaults.
     "train_song.py": ["--config=unused.yaml"],
     "prepare_song_data.py": ["--config=unused.yaml"],

@@ -121,7 +121,7 @@ def _edited(tmp_path, edit):
 
 
 @pytest.mark.parametrize("edit, message", [
-    ({"data": {"separator": "demucs"}}, "unknown separator 'demucs'; known: hpss"),
+    ({"data": {"separator": "demucs"}}, "unknown separator 'demucs'; known: hpss, mask"),
     ({"data": {"sample_rate": 22050}}, "sample rate 22050 must be a positive multiple of 100"),
     ({"data": {"n_fft": 512}}, "unknown key data.n_fft"),
     ({"model": {"code_size": 2}}, "code_size 2 leaves no room"),

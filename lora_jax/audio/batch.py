@@ -9,8 +9,9 @@ clip start and end, confidences). Genre is the genre guess (one of the corpus ge
 on, or "unknown" below its calibrated threshold, with its confidence beside it); Instruments is
 the instrument family guess (`instruments`: one of eight families, or "unknown" below its
 threshold, with its confidence). Mood is the energy class.
-With `stems` each row gets harmonic and percussive stems under `stems/` (`stems.SEPARATOR` says
-which separator ran; there is no vocal separation offline).
+With `stems` each row gets vocal and accompaniment stems under `stems/` from the project's trained
+mask model, or harmonic and percussive ones (HPSS) where its weights are absent; report.json says
+which separator ran (`stems.separator()`).
 With `to_midi` each song is transcribed (`transcribe`, basic-pitch) and each row gets the MIDI of
 its own span under `midi/` (a clip's notes start at its start), so the folder can become a style
 pack (`launch/build_style_packs.py --from_files=<out>/midi/*.mid --style=...`).
@@ -34,6 +35,7 @@ from lora_jax.audio import energy as energy_lib
 from lora_jax.audio import load as load_lib
 from lora_jax.audio import stems as stems_lib
 from lora_jax.audio import transcribe as transcribe_lib
+from lora_jax.audio.separator import demucs_model
 
 SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff")
 COLUMNS = ("File", "Genre", "BPM", "Key", "Mood", "Instruments", "Description")
@@ -77,8 +79,12 @@ def _clip_name(path: str, index: int, used: set[str]) -> str:
 
 def run(inputs: list[str], out: str, split_clips: bool, to_midi: bool = False,
         stems: bool = False, settings: clips_lib.ClipSettings = clips_lib.ClipSettings(),
-        limits: load_lib.Limits = load_lib.Limits()) -> Report:
-  """Analyses every file; writes the table (and clips) under `out`; returns what it did."""
+        limits: load_lib.Limits = load_lib.Limits(), demucs_weights: str = "") -> Report:
+  """Analyses every file; writes the table (and clips) under `out`; returns what it did.
+  `demucs_weights`: a Demucs model file of the user's, which then makes the stems."""
+  if demucs_weights and not stems:
+    raise errors.UserError(f"Demucs weights {demucs_weights} given without stems asked")
+  demucs = demucs_model.load(demucs_weights) if demucs_weights else None
   paths = collect(inputs)
   results, failures, cuts, midis, separated = [], [], {}, {}, {}
   bar = progress.Progress(len(paths), "analysing")
@@ -92,7 +98,7 @@ def run(inputs: list[str], out: str, split_clips: bool, to_midi: bool = False,
                   if split_clips else [clips_lib.Clip(0.0, a.seconds, True)])
         cuts[path] = (audio, pieces)
       if stems:
-        separated[path] = stems_lib.separate(cuts[path][0].samples)
+        separated[path] = stems_lib.separate(cuts[path][0].samples, audio.sample_rate, demucs)
       if to_midi:
         midis[path] = transcribe_lib.transcribe(path)
       results.append(a)
@@ -128,9 +134,9 @@ def run(inputs: list[str], out: str, split_clips: bool, to_midi: bool = False,
         row.update(File=os.path.join("clips", name), cut_at_beat=clip.at_beat)
       if stems:
         span = slice(int(clip.start * audio.sample_rate), int(clip.end * audio.sample_rate))
-        for part in ("harmonic", "percussive"):
+        for part, samples in separated[a.path].parts.items():
           stem_name = os.path.join("stems", f"{os.path.splitext(name)[0]}_{part}.wav")
-          wav_files[os.path.join(out, stem_name)] = getattr(separated[a.path], part)[span]
+          wav_files[os.path.join(out, stem_name)] = samples[span]
           row[f"stem_{part}"] = stem_name
       if to_midi:
         midi_name = os.path.join("midi", os.path.splitext(name)[0] + ".mid")
@@ -150,7 +156,7 @@ def run(inputs: list[str], out: str, split_clips: bool, to_midi: bool = False,
                            f"{', '.join(c for c, _ in results[0].instruments.probabilities)}",
             "genre": "logistic regression on corpus genres "
                      f"{', '.join(c for c, _ in results[0].genre.probabilities)}",
-            "stems": stems_lib.SEPARATOR if stems else "not asked",
+            "stems": stems_lib.separator(demucs) if stems else "not asked",
             "transcription": "basic-pitch 0.4.0 ONNX" if to_midi else "not asked"}
   texts = {os.path.join(out, "metadata.jsonl"): jsonl, os.path.join(out, "metadata.csv"):
            table.getvalue(), os.path.join(out, "report.json"): json.dumps(report, indent=1)}

@@ -57,14 +57,14 @@ def split_file(path: str, out_dir: str) -> list[str]:
 
 
 def separate_stems(path: str, out_dir: str) -> dict[str, str]:
-  """Harmonic and percussive stems (`stems.SEPARATOR` says what ran: not a vocal separator)."""
+  """Vocal and accompaniment stems by the trained separator, or harmonic and percussive ones by
+  HPSS where its weights are absent (`stems.separator()` says which runs)."""
   audio = load_lib.load(path)
-  parts = stems_lib.separate(audio.samples)
+  parts = stems_lib.separate(audio.samples, audio.sample_rate).parts
   stem = os.path.splitext(os.path.basename(path))[0]
-  files = {os.path.join(out_dir, f"{stem}_{name}.wav"): getattr(parts, name)
-           for name in ("harmonic", "percussive")}
+  files = {os.path.join(out_dir, f"{stem}_{name}.wav"): samples for name, samples in parts.items()}
   _write(files)
-  return {name: p for name, p in zip(("harmonic", "percussive"), files)}
+  return {name: p for name, p in zip(parts, files)}
 
 
 def transcribe_file(path: str, out_dir: str) -> str:

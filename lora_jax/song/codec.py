@@ -140,7 +140,7 @@ class SongCodec:
                for s, q in self.streams.items() for f in dataclasses.fields(q)}
     meta = {"format_version": FORMAT_VERSION, "sample_rate": self.sample_rate,
             "n_mels": self.n_mels, "separator": self.separator,
-            "separator_description": separate.DESCRIPTIONS[self.separator],
+            "separator_description": separate.describe(self.separator),
             "levels": [len(self.streams[STREAMS[0]].codebook0),
                        len(self.streams[STREAMS[0]].codebook1)],
             "frame_rate": FRAME_RATE, "streams": list(STREAMS)}

@@ -10,7 +10,8 @@ its scheduler counted micro-batches, ignoring gradient accumulation, while here
 the Qwen2 tokenizer.json the lyrics and descriptions are tokenized with; without it the offline
 byte-level tokenizer is used, which suits a base trained here, not a released checkpoint.
 
-`data.separator` (the vocal/accompaniment split, `lora_jax/song/separate.py`; default `hpss`) and
+`data.separator` (the vocal/accompaniment split, `lora_jax/song/separate.py`; default `mask`, the
+project's trained separator, where its weights are present, else `hpss`) and
 `data.n_mels` (the default audio codec's mel bands; default 80) are ours, read by
 `launch/prepare_song_data.py` (`read_prepare`) with `data.sample_rate` (default 24000 here) and
 `paths.audio_tokenizer_path` (our codec's .safetensors file, not the original's folder).
@@ -35,6 +36,7 @@ import yaml
 
 from lora_jax import errors
 from lora_jax.families import song_lm as song_family
+from lora_jax.song import separate
 
 # SongConfig fields the YAML sets elsewhere (dropout) or train_song sets (the tokenizer's ids).
 _NOT_IN_MODEL = ("cfg_dropout", "description_dropout", "type_info_dropout",
@@ -226,5 +228,5 @@ def read_prepare(path: str, base: ml_collections.ConfigDict) -> PrepareRun:
     raise SongYamlError(f"{path}: data.n_mels must be >= 8, got {n_mels}")
   return PrepareRun(paths["metadata_path"], paths.get("raw_data_dir") or "",
                     paths["prepared_data_dir"], paths.get("audio_tokenizer_path") or "",
-                    sample_rate, n_mels, str(data.get("separator", "hpss")), code_size,
+                    sample_rate, n_mels, str(data.get("separator", separate.default_name())), code_size,
                     num_workers)

@@ -1,0 +1,1 @@
+"""The vocal/accompaniment separator: data it is trained on, its mask model, and running it."""
