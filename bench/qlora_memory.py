@@ -15,8 +15,8 @@ bfloat16). Compute is float32 in every case, so the rows differ only in the base
      (arguments + outputs - aliased donations + temporaries, as bench/lora_step_bench.py counts
      it), and the step time (the median of `--steps` steps after a warm-up, in this process).
   2. A short real run per storage: the parent adapter of `--pack` (a style pack from
-     launch/build_style_packs.py) over the shipped base (assets/base_model, 1M parameters trained
-     on Essen folksongs and Bach chorales), `--real_steps` steps; the base's validation loss before
+     launch/build_style_packs.py) over the shipped base (assets/base_model, 1M parameters; its
+     README says what it read), `--real_steps` steps; the base's validation loss before
      training (row 0 of the run's metrics: what quantising alone does to a trained model) and the
      best validation loss after, in nats per token.
 """
