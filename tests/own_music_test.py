@@ -90,14 +90,15 @@ def test_readme_commands_end_to_end(tmp_path):
   assert re.search(r"POP909_010.mid: 1 track, \d+ notes, grid fit", takes_report)
   assert "lesson/mozart_k265_var1.match: 1 track, 218 notes" in takes_report
   # The score/performance pair: aligned, reported on the take's line, and one DUV row whose
-  # targets are the played velocities (the score's are all 64).
+  # input is the written notes at one deadpan velocity and whose targets are the played ones.
   assert ("recital/mozart_k265_var1.mid: 1 track, 218 notes, grid fit 1.00; aligned to "
           "mozart_k265_var1.score.mid: 218 of 219 performed notes matched") in takes_report
   assert "recital/mozart_k265_var1.score.mid" not in takes_report  # the score is not a take
   with open(out / "duv_takes" / "duv_manifest_enriched.jsonl") as f:
     rows = {r["piece_id"]: r for r in map(json.loads, f)}
   pair = rows["own/recital/mozart_k265_var1"]
-  assert pair["n_notes"] == 218 and len(set(pair["targets"]["velocity"])) > 20
+  assert pair["n_notes"] == 218 and len(set(pair["notes"]["velocity"])) == 1
+  assert len(set(pair["targets"]["velocity"])) > 20
   assert os.path.isfile(out / "duv_bundle" / "piano.lora")
   played = pretty_midi.PrettyMIDI(str(out / "sample_00_played.mid"))
   written = pretty_midi.PrettyMIDI(samples[0])
