@@ -2,6 +2,8 @@
 
   .venv/bin/python bench/qlora_memory.py --pack=style_packs/celtic_fiddle
   .venv/bin/python bench/qlora_memory.py --skip_real                  # memory and time only
+  .venv/bin/python bench/qlora_memory.py --pack=... --skip_big --workdir=runs/qlora_real \
+      --storages=nf4        # one row per process; a finished row in --workdir is reused
 
 Four ways to store the frozen base: float32, bfloat16, int8 (per output channel; other leaves in
 bfloat16) and NF4 (QLoRA's: 4-bit codes in blocks of 64, double-quantised scales; other leaves in
@@ -13,8 +15,8 @@ bfloat16). Compute is float32 in every case, so the rows differ only in the base
      (arguments + outputs - aliased donations + temporaries, as bench/lora_step_bench.py counts
      it), and the step time (the median of `--steps` steps after a warm-up, in this process).
   2. A short real run per storage: the parent adapter of `--pack` (a style pack from
-     launch/build_style_packs.py) over the shipped base (assets/base_model, 1M parameters trained
-     on Essen folksongs and Bach chorales), `--real_steps` steps; the base's validation loss before
+     launch/build_style_packs.py) over the shipped base (assets/base_model, 1M parameters; its
+     README says what it read), `--real_steps` steps; the base's validation loss before
      training (row 0 of the run's metrics: what quantising alone does to a trained model) and the
      best validation loss after, in nats per token.
 """
@@ -22,6 +24,7 @@ bfloat16). Compute is float32 in every case, so the rows differ only in the base
 import argparse
 import dataclasses
 import gc
+import json
 import os
 import statistics
 import sys
@@ -33,7 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lora_jax import allocator, families, quant  # noqa: E402
+from lora_jax import allocator, atomic, families, quant  # noqa: E402
 from lora_jax.train import config as config_lib  # noqa: E402
 from lora_jax.train import mesh as mesh_lib  # noqa: E402
 from lora_jax.train import state as state_lib  # noqa: E402
@@ -112,13 +115,20 @@ def real_run(args, base_dtype: str, kind: str, workdir: str) -> dict:
       tc.training, steps=args.real_steps, eval_every=args.real_steps // 4, base_dtype=base_dtype,
       quantize=kind), ckpt=dataclasses.replace(tc.ckpt, every_steps=args.real_steps))
   run_dir = os.path.join(workdir, kind or base_dtype)
+  done = os.path.join(run_dir, "bench_row.json")
+  if os.path.isfile(done):  # finished by an earlier run of this bench: its row as measured
+    with open(done) as f:
+      return json.load(f)
   t = time.perf_counter()
   result = loop.train(tc, run_dir)
   with open(os.path.join(run_dir, "metrics.csv")) as f:
     row0 = f.readlines()[1].split(",")
-  return {"base_val": float(row0[3]), "best_val": result.best_val_loss,
-          "seconds": time.perf_counter() - t, "train_windows": train.n_windows,
-          "val_windows": val.n_windows, "steps": result.step}
+  row = {"base_val": float(row0[3]), "best_val": result.best_val_loss,
+         "seconds": time.perf_counter() - t, "train_windows": train.n_windows,
+         "val_windows": val.n_windows, "steps": result.step}
+  if result.status != "stopped":  # finished or early-stopped: a row to reuse
+    atomic.write_text(done, json.dumps(row))
+  return row
 
 
 def main():
@@ -134,6 +144,10 @@ def main():
   p.add_argument("--real_steps", type=int, default=120)
   p.add_argument("--skip_big", action="store_true")
   p.add_argument("--skip_real", action="store_true")
+  p.add_argument("--storages", default=",".join(s[0] for s in STORAGES),
+                 help="Real-run rows to run or reuse, of " + ", ".join(s[0] for s in STORAGES))
+  p.add_argument("--workdir", default="",
+                 help="Keep the real runs here (a finished one is reused); '' = a temporary dir")
   args = p.parse_args()
   print(f"machine: {os.cpu_count()} CPU cores; jax {jax.__version__} on "
         f"{jax.devices()[0].platform}")
@@ -152,8 +166,15 @@ def main():
   if not args.skip_real:
     if not args.pack:
       raise SystemExit("--pack is needed for the real runs (or pass --skip_real)")
-    with tempfile.TemporaryDirectory() as workdir:
-      real = {name: real_run(args, dtype, kind, workdir) for name, dtype, kind in STORAGES}
+    chosen = args.storages.split(",")
+    unknown = sorted(set(chosen) - {s[0] for s in STORAGES})
+    if unknown:
+      raise SystemExit(f"--storages {','.join(unknown)}: not one of "
+                       f"{', '.join(s[0] for s in STORAGES)}")
+    with tempfile.TemporaryDirectory() as tmp:
+      workdir = os.path.abspath(args.workdir) if args.workdir else tmp
+      real = {name: real_run(args, dtype, kind, workdir)
+              for name, dtype, kind in STORAGES if name in chosen}
     first = next(iter(real.values()))
     print(f"\nreal run: {args.parent_genre} parent adapter over the shipped 1M base, "
           f"{first['steps']} steps, {first['train_windows']} train / {first['val_windows']} "
@@ -161,7 +182,7 @@ def main():
     print("| base storage | base before training | vs float32 | adapter, best | vs float32 | "
           "run s |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    f = real["float32"]
+    f = real.get("float32", {"base_val": float("nan"), "best_val": float("nan")})
     for name, r in real.items():
       print(f"| {name} | {r['base_val']:.4f} | {r['base_val'] - f['base_val']:+.4f} | "
             f"{r['best_val']:.4f} | {r['best_val'] - f['best_val']:+.4f} | {r['seconds']:.0f} |")

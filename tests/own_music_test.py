@@ -2,11 +2,11 @@
 folder of real MIDI in several encodings and on real performances as takes."""
 
 import glob
+import json
 import os
 import pathlib
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -33,33 +33,21 @@ VARIANTS = {"--config=configs/duv/base.py ": "--config=configs/duv/base.py:tiny 
 TINY_PERFORMANCES = ["--sources=pop909"]  # the base's data: four songs, not all of MAESTRO
 
 
-def readme_commands() -> list[str]:
-  text = (ROOT / "README.md").read_text()
-  block = text.split("<!-- own-music-commands -->")[1].split("<!-- /own-music-commands -->")[0]
-  lines = block.replace("\\\n", " ").splitlines()
-  return [line.strip() for line in lines if line.strip().startswith("python ")]
-
-
 def test_readme_commands_end_to_end(tmp_path):
   if not os.path.isdir(own_music_testlib.PERFORMANCES / "pop909"):
     pytest.skip("real performances not fetched: run `bash scripts/fetch_performances.sh`")
   music = own_music_testlib.make_folder(str(tmp_path / "my_music"), n_tunes=3)
-  takes = tmp_path / "my_takes"
-  os.makedirs(takes / "lesson")
-  for f in ("pop909/POP909_010.mid", "pop909/POP909_022.mid"):
-    shutil.copyfile(own_music_testlib.PERFORMANCES / f, takes / os.path.basename(f))
-  shutil.copyfile(own_music_testlib.PERFORMANCES / "mozart" / "mozart_k265_var1.match",
-                  takes / "lesson" / "mozart_k265_var1.match")
+  takes = own_music_testlib.make_takes(str(tmp_path / "my_takes"))
   out = tmp_path / "out"
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
              JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla_cache"),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   env.pop("JAX_PLATFORMS", None)  # as a user runs it: the TPU line must not show
   outputs = {}
-  commands = readme_commands()
+  commands = own_music_testlib.readme_commands()
   assert len(commands) == 11
   for command in commands:
-    command = (command.replace("my_music", music).replace("my_takes", str(takes))
+    command = (command.replace("my_music", music).replace("my_takes", takes)
                .replace("runs/own_music", str(out)))
     for plain, tiny in VARIANTS.items():
       command = command.replace(plain, tiny)
@@ -101,6 +89,16 @@ def test_readme_commands_end_to_end(tmp_path):
   takes_report = outputs["build_duv_manifest.py"][0]
   assert re.search(r"POP909_010.mid: 1 track, \d+ notes, grid fit", takes_report)
   assert "lesson/mozart_k265_var1.match: 1 track, 218 notes" in takes_report
+  # The score/performance pair: aligned, reported on the take's line, and one DUV row whose
+  # input is the written notes at one deadpan velocity and whose targets are the played ones.
+  assert ("recital/mozart_k265_var1.mid: 1 track, 218 notes, grid fit 1.00; aligned to "
+          "mozart_k265_var1.score.mid: 218 of 219 performed notes matched") in takes_report
+  assert "recital/mozart_k265_var1.score.mid" not in takes_report  # the score is not a take
+  with open(out / "duv_takes" / "duv_manifest_enriched.jsonl") as f:
+    rows = {r["piece_id"]: r for r in map(json.loads, f)}
+  pair = rows["own/recital/mozart_k265_var1"]
+  assert pair["n_notes"] == 218 and len(set(pair["notes"]["velocity"])) == 1
+  assert len(set(pair["targets"]["velocity"])) > 20
   assert os.path.isfile(out / "duv_bundle" / "piano.lora")
   played = pretty_midi.PrettyMIDI(str(out / "sample_00_played.mid"))
   written = pretty_midi.PrettyMIDI(samples[0])

@@ -20,6 +20,7 @@ import mido
 import music21
 from music21 import converter, meter, note, stream, tempo
 
+from lora_jax.data.duv import match_to_midi
 from lora_jax.data.style_packs import corpus as style_corpus
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -108,3 +109,26 @@ def make_folder(root: str, n_chorales: int = 5, n_tunes: int = 4, with_pop: bool
     with open(os.path.join(root, "folk", "notes.txt"), "w") as f:
       f.write("tunes from the session\n")
   return root
+
+
+def make_takes(root: str) -> str:
+  """A folder of takes under `root` in the three forms the DUV builder reads from a folder:
+  two POP909 performances (MIDI played to a click), the Mozart performance's .match file in
+  lesson/, and the same performance as a pair in recital/: `mozart_k265_var1.mid` (as played)
+  beside `mozart_k265_var1.score.mid` (as written), both written from the .match, the only real
+  score/performance ground truth fetched. Returns `root`."""
+  os.makedirs(os.path.join(root, "lesson"))
+  for f in ("POP909_010.mid", "POP909_022.mid"):
+    shutil.copyfile(PERFORMANCES / "pop909" / f, os.path.join(root, f))
+  match = PERFORMANCES / "mozart" / "mozart_k265_var1.match"
+  shutil.copyfile(match, os.path.join(root, "lesson", match.name))
+  match_to_midi.write_match_as_midi(str(match), os.path.join(root, "recital"), match.stem)
+  return root
+
+
+def readme_commands() -> list[str]:
+  """The README's "Your own music" commands, one string each, as a user would paste them."""
+  text = (ROOT / "README.md").read_text()
+  block = text.split("<!-- own-music-commands -->")[1].split("<!-- /own-music-commands -->")[0]
+  lines = block.replace("\\\n", " ").splitlines()
+  return [line.strip() for line in lines if line.strip().startswith("python ")]
