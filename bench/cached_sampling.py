@@ -125,6 +125,9 @@ def main():
   parser.add_argument("--model", default=BASE)
   parser.add_argument("--length", type=int, default=1023)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--torch_threads", type=int, default=1,
+                      help="torch's intra-op threads; on this shared 2-core machine two threads "
+                           "spin against the other processes and ran 30x slower than one")
   args = parser.parse_args()
   base = base_file.load_model(args.model)
   model = base.model()
@@ -153,6 +156,7 @@ def main():
     first = int(np.flatnonzero(cached_tokens[0] != recomputed_tokens[0])[0])
     raise SystemExit(f"cached and recomputed tokens differ first at position {first}")
 
+  torch.set_num_threads(args.torch_threads)
   twin = TorchMusicTransformer(base.transformer_config(dropout=0.0)).eval()
   twin.load_state_dict(torch_convert.flax_to_state_dict(base.params))
   torch_generate(twin, [bos], 16, args.seed)  # warm up
