@@ -203,27 +203,28 @@ def paper(rank: int) -> list[str]:
   family = families.lookup(config.family).make(config.model, "float32")
   abstract = state_lib.abstract_base(family)
   n = sum(x.size for x in jax.tree.leaves(abstract))
-  dit_n = sum(x.size for path, x in jax.tree_util.tree_leaves_with_path(abstract)
-              if "model" in jax.tree_util.keystr(path))
+  dit_n = sum(x.size for x in jax.tree.leaves(abstract["model"]))  # the original's DiT
   spec = lora.LoraSpec(rank=rank, alpha=float(rank), include=tuple(config.lora.include))
   targets = lora.resolve(spec, abstract)
   r = sum(t.rank * (t.in_dim + t.out_dim) for t in targets)
   gib = lambda b: f"{b / 2**30:.2f}"
   lines = [f"Stable Audio Open's size (depth {config.model.depth}, width "
-           f"{config.model.embed_dim}), abstract tree: {n:,} parameters "
-           f"({dit_n:,} under the DiT itself, the rest our byte-token prompt embedding and "
-           f"number conditioners); LoRAW's whitelist finds {len(targets)} linear layers, rank "
-           f"{rank}: {r:,} LoRA parameters ({100 * r / n:.2f}%)",
-           "| arm | weights | gradients | Adam moments | total GiB |",
-           "| --- | ---: | ---: | ---: | ---: |"]
-  for name, wb, trainable, mb in (
-      ("full, float32 weights", 4, n, 4), ("full, bfloat16 weights (f32 moments)", 2, n, 4),
-      ("LoRA, float32 base", 4, r, 4), ("LoRA, bfloat16 base", 2, r, 4)):
-    base = n * wb if name.startswith("full") else n * wb + r * 4
-    grads = trainable * (wb if name.startswith("full") else 4)
-    moments = 2 * trainable * mb
-    lines.append(f"| {name} | {gib(base)} | {gib(grads)} | {gib(moments)} | "
-                 f"{gib(base + grads + moments)} |")
+           f"{config.model.embed_dim}), abstract tree: {n:,} parameters, {dit_n:,} in the DiT "
+           f"itself (the rest: our byte-token prompt embedding and the number conditioners); "
+           f"LoRAW's whitelist finds {len(targets)} linear layers; rank {rank}: {r:,} LoRA "
+           f"parameters ({100 * r / n:.2f}%). Adam's two moments in float32 throughout.",
+           "| arm | frozen base | trained weights | gradients | Adam moments | total GiB |",
+           "| --- | ---: | ---: | ---: | ---: | ---: |"]
+  # (row, bytes per frozen base weight, trained parameters, bytes per trained weight and grad)
+  rows = (("full, float32 (also this loop's bfloat16 compute: float32 master weights)", 0, n, 4),
+          ("full, bfloat16 weights and gradients (not this loop)", 0, n, 2),
+          ("LoRA, float32 base", 4, r, 4),
+          ("LoRA, bfloat16 base (training.base_dtype)", 2, r, 4))
+  for name, base_b, trained, wb in rows:
+    base = n * base_b
+    weights, grads, moments = trained * wb, trained * wb, 2 * trained * 4
+    lines.append(f"| {name} | {gib(base)} | {gib(weights)} | {gib(grads)} | {gib(moments)} | "
+                 f"{gib(base + weights + grads + moments)} |")
   return lines
 
 
@@ -235,7 +236,11 @@ def main():
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--skip_torch", action="store_true")
   p.add_argument("--child", type=int, default=-1)
+  p.add_argument("--paper_only", action="store_true")  # only Stable Audio Open's size on paper
   args = p.parse_args()
+  if args.paper_only:
+    print("\n".join(paper(args.rank)))
+    return
   if args.child >= 0:
     child(args)
     return
