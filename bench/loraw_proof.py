@@ -19,6 +19,7 @@ Writes <out>/report.json and <out>/report.md (the table), PNGs into --assets. Ev
 what an earlier run finished (the launchers resume), so a rerun redoes only what is missing.
 """
 
+import functools
 import json
 import os
 import subprocess
@@ -27,12 +28,15 @@ import time
 
 from absl import flags
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from lora_jax import atomic, cli, lora
 from lora_jax.audio import spectral
 from lora_jax.data.dit import autoencoder, pre_encoded, segments, wav
+from lora_jax.data.song import text as text_tokens
 from lora_jax.loraw import generation, heldout, model_config as model_config_lib, proof_data
+from lora_jax.models.dit import conditioned
 
 _OUT = flags.DEFINE_string("out", ".cache/loraw_proof", "Work folder of the proof.")
 _ASSETS = flags.DEFINE_string("assets", "assets", "Folder for the spectrogram PNGs.")
@@ -99,7 +103,8 @@ def _model_config(ae_dir: str, scale: float) -> dict:
   ae = json.load(open(os.path.join(ae_dir, "model_config.json")))
   return {
       "model_type": "diffusion_cond", "sample_rate": ae["sample_rate"],
-      "sample_size": FRAMES * ae["model"]["downsampling_ratio"], "audio_channels": ae["audio_channels"],
+      "sample_size": FRAMES * ae["model"]["downsampling_ratio"],
+      "audio_channels": ae["audio_channels"],
       "model": {
           "pretransform": {"type": "autoencoder", "scale": scale, "config": ae["model"]},
           "conditioning": {"configs": [
@@ -135,6 +140,28 @@ def _train_dit(name: str, dataset: str, steps: int, *extra: str) -> None:
               f"--config.training.eval_every={max(steps // 4, 1)}",
               f"--config.training.log_every={max(steps // 20, 1)}",
               f"--config.ckpt.every_steps={max(steps // 4, 1)}", *extra])
+
+
+def _sampler(config, steps: int):
+  """(base, adapter or None, seed) -> latents [C, T] prompted PROMPT, as `generation.generate`
+  draws them (same noise and SDE keys per seed), compiled once per kind of model rather than per
+  call: generate() compiles its unrolled sampler afresh every call."""
+  model = conditioned.ConditionedDiT(config.conditioned())
+  prompt = jnp.asarray(text_tokens.encode_text(PROMPT, config.text_len))[None]
+  seconds = jnp.asarray([[0.0, 16.0]], jnp.float32)
+  run = functools.partial(generation._sample, model=model, steps=steps,  # pylint: disable=protected-access
+                          cfg_scale=3.0)
+  plain = jax.jit(lambda b, noise, key: run(b, None, None, noise, key, prompt, seconds))
+  adapted = jax.jit(lambda b, a, noise, key: run(b, a, jnp.float32(1.0), noise, key, prompt,
+                                                 seconds))
+
+  def sample(base, adapter, seed):
+    noise_key, sde_key = jax.random.split(jax.random.key(seed))
+    noise = jax.random.normal(noise_key, (1, config.io_channels, config.latent_length))
+    out = (plain(base, noise, sde_key) if adapter is None
+           else adapted(base, adapter, noise, sde_key))
+    return np.asarray(out[0])
+  return sample
 
 
 def _autoencoder_quality(ae_dir: str, test_dir: str, chunk: int) -> dict:
@@ -231,7 +258,8 @@ def main(argv):
   ft_common = (f"--pretrained-ckpt-path={base_file}", f"--config.opt.warmup_steps={warm}")
   _train_dit("lora", ft_train, _FT_STEPS.value, "--use-lora", *ft_common)
   _train_dit("relora", ft_train, _FT_STEPS.value, "--use-lora",
-             f"--relora-every={_RELORA.value}", f"--config.training.relora_warmup={warm}", *ft_common)
+             f"--relora-every={_RELORA.value}", f"--config.training.relora_warmup={warm}",
+             *ft_common)
   _train_dit("full_ft", ft_train, _FT_STEPS.value, "--config.opt.learning_rate=2e-4",
              *ft_common)
 
@@ -258,13 +286,12 @@ def main(argv):
 
   # Same-seed samples prompted "trumpet", decoded; references: held-out latents decoded.
   sample_dir = os.path.join(out, "samples")
+  sample = _sampler(config, _SAMPLER_STEPS.value)
   for name, (b, a) in models.items():
     for seed in range(_SAMPLES.value):
       npy = os.path.join(sample_dir, name.replace(" ", "_"), f"seed{seed}.npy")
       os.makedirs(os.path.dirname(npy), exist_ok=True)
-      latents = generation.generate(config, b, a, generation.Request(
-          PROMPT, 0.0, 16.0, FRAMES, _SAMPLER_STEPS.value, 3.0, seed, 1.0))
-      generation.save_latents(latents, npy)
+      generation.save_latents(sample(b, a, seed), npy)
   for what, src in (("samples", sample_dir), ("test", os.path.join(out, "latents", "test"))):
     _run(f"decode_{what}", [os.path.join(ROOT, "launch", "decode_latents.py"),
                             f"--model-config={mc_path}", f"--autoencoder-ckpt={weights}",

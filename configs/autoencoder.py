@@ -8,8 +8,8 @@ and `launch/decode_latents.py`. Rerunning the same command resumes.
 Variants (`--config=configs/autoencoder.py:<variant>`):
   (none)  mono 8 kHz, 8 wide, strides 4x4x4x2 (128 samples per latent frame: 62.5 Hz), 16
           latent channels, 0.26 s segments: small enough to train on a shared 2-core CPU in
-          minutes (the audio proof of docs/loraw.md). Stable Audio Open's is 128 wide, 64 latent channels,
-          2048 hop, 44.1 kHz stereo.
+          minutes (the audio proof of docs/loraw.md). Stable Audio Open's is 128 wide, 64 latent
+          channels, 2048 hop, 44.1 kHz stereo.
   tiny    8 wide, two blocks (hop 16), 4 latent channels, 512-sample segments of synthetic
           tones: seconds on a CPU (tests).
 """
