@@ -316,7 +316,7 @@ def main(argv):
 
   os.makedirs(_ASSETS.value, exist_ok=True)
   png = os.path.join(_ASSETS.value, "loraw_proof_spectrograms.png")
-  _spectrogram_png([("held-out trumpet", refs["trumpet"]["audio"][0][:len(
+  _spectrogram_png([("held-out trumpet, decoded", refs["trumpet"]["audio"][0][:len(
       sample_stats["base"]["audio"][0])])] + [
       (f"{name}, seed 0", sample_stats[name]["audio"][0]) for name in models], rate, png)
 
