@@ -109,6 +109,7 @@ CONFIG_SCRIPTS = {
     "train_song.py": ["--config=unused.yaml"],
     "prepare_song_data.py": ["--config=unused.yaml"],
     "train_loraw.py": ["--model-config=unused.json", "--save-dir=unused"],
+    "train_autoencoder.py": ["--workdir=unused"],
 }
 # The config_flags flag, where --config is something else (the fork's YAML).
 CONFIG_FLAG = {"train_song.py": "defaults", "prepare_song_data.py": "defaults"}

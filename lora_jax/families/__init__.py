@@ -7,7 +7,7 @@ which returns a `lora_jax.train.family.Family`. A new family adds one line here.
 import dataclasses
 from typing import Callable
 
-from lora_jax.families import dit, duv, music_lm, separator, song_lm
+from lora_jax.families import autoencoder, dit, duv, music_lm, separator, song_lm
 from lora_jax.train.family import Family
 
 
@@ -24,6 +24,7 @@ REGISTRY: dict[str, Entry] = {
     duv.NAME: Entry(duv.DuvConfig, duv.make),
     song_lm.NAME: Entry(song_lm.SongConfig, song_lm.make),
     dit.NAME: Entry(dit.DitConfig, dit.make),
+    autoencoder.NAME: Entry(autoencoder.AutoencoderTrainConfig, autoencoder.make),
     separator.NAME: Entry(separator.SeparatorConfig, separator.make),
 }
 
