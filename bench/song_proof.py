@@ -139,7 +139,8 @@ def prepare(folder: str, codec: str) -> str:
   if codec:
     paths["audio_tokenizer_path"] = codec
   yml = _yaml(os.path.join(folder, "prepare.yaml"), {
-      "paths": paths, "data": {"sample_rate": SAMPLE_RATE, "n_mels": N_MELS},
+      # HPSS, as when the table was measured (the trained separator became the default after).
+      "paths": paths, "data": {"sample_rate": SAMPLE_RATE, "n_mels": N_MELS, "separator": "hpss"},
       "model": {"code_size": CODE_SIZE}})
   summary = prepare_audio.run(yml, _defaults())
   return summary.codec_path
