@@ -119,7 +119,7 @@ def make(config: LmConfig, compute_dtype: str) -> Family:
   size = TransformerConfig(
       vocab_size=config.vocab_size, d_model=config.d_model, n_heads=config.n_heads,
       n_layers=config.n_layers, d_ff=config.d_ff, max_len=config.max_len, dropout=config.dropout)
-  model = MusicTransformer(dataclasses.replace(size, dtype=compute_dtype, remat=config.remat))
+  model = MusicTransformer(dataclasses.replace(size, dtype=compute_dtype), remat=config.remat)
   return Family(
       name=NAME,
       model=model,

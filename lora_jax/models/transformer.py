@@ -31,9 +31,6 @@ class TransformerConfig:
   max_len: int = 512
   dropout: float = 0.1
   dtype: str = "float32"  # compute dtype; parameters stay float32 unless cast by the caller
-  # Recompute each block's activations in the backward pass instead of keeping them
-  # (jax.checkpoint per block): the same numbers, one block's activations alive instead of all.
-  remat: bool = False
 
   def __post_init__(self):
     if self.d_model % self.n_heads:
@@ -123,6 +120,10 @@ class MusicTransformer(nn.Module):
   """Token ids [B, T] to next-token logits [B, T, vocab_size] (float32)."""
 
   config: TransformerConfig
+  # Recompute each block's activations in the backward pass instead of keeping them
+  # (jax.checkpoint per block): the same numbers, fewer activations alive. How the model runs,
+  # not its size, so not in TransformerConfig (which files record).
+  remat: bool = False
 
   @nn.compact
   def __call__(self, tokens_BxT, *, deterministic: bool = True, decode: bool = False,
@@ -148,7 +149,7 @@ class MusicTransformer(nn.Module):
     x_BxTxD = x_BxTxD + embed(cfg.max_len, "pos_emb")(positions_BxT)
     x_BxTxD = nn.Dropout(cfg.dropout)(x_BxTxD, deterministic=deterministic).astype(_dtype(cfg))
     # Positional flags: remat specialises on them (argument 0 is the module itself).
-    block = nn.remat(Block, static_argnums=(2, 3)) if cfg.remat else Block
+    block = nn.remat(Block, static_argnums=(2, 3)) if self.remat else Block
     for i in range(cfg.n_layers):
       x_BxTxD = block(cfg, name=f"blocks_{i}")(x_BxTxD, deterministic, decode)
     x_BxTxD = nn.LayerNorm(epsilon=1e-5, dtype=_dtype(cfg), name="ln_f")(x_BxTxD)
