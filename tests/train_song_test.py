@@ -131,6 +131,8 @@ def test_lora_from_the_fork_yaml_trains_resumes_and_exports_peft(tmp_path):
   val = [float(r.split(",")[header.index("val_loss")]) for r in rows[1:]
          if r.split(",")[header.index("val_loss")]]
   assert len(val) >= 2 and np.isfinite(val).all()
+  # Where the seed's `tensorboard --logdir training_output/logs` looks.
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(out / "logs"))
   adapter = out / "checkpoints" / "adapter"
   tensors = safetensors.numpy.load_file(str(adapter / "adapter_model.safetensors"))
   assert ("base_model.model.transformer.model.layers.0.self_attn.q_proj.lora_A.weight"

@@ -5,7 +5,8 @@ the prepared folder's windows, built in memory and checked against the batch siz
 would (`loop.check_data`); the LoRA targets against the model; the base's `model.pt`, read
 strictly. Then the windows are written (`output_dir/data/{train,val}.npz`), the base converted
 once (`output_dir/base.safetensors`), and the loop trains in `output_dir` (a second run resumes;
-TensorBoard in `output_dir/tensorboard`). At the end it exports what the seed promises in
+TensorBoard in `output_dir/logs`, where the seed's `tensorboard --logdir training_output/logs`
+looks). At the end it exports what the seed promises in
 `output_dir/checkpoints/`: for LoRA only the adapter, as PEFT writes it for the original model
 (`adapter_model.safetensors`, `adapter_config.json`), for full fine-tuning a `model.pt` the
 original loads; beside either, `song_model.json` (model_record.py) for `launch/generate_song.py`.
@@ -99,7 +100,7 @@ def run(yaml_path: str, base_config: ml_collections.ConfigDict) -> SongResult:
     flax_weights.save_params(base_params, base_path)
     logging.info("converted %s -> %s", os.path.join(song_run.base_model_path, "model.pt"),
                  base_path)
-  result = loop.train(train_config, song_run.output_dir)
+  result = loop.train(train_config, song_run.output_dir, tensorboard="logs")
   if not result.export_path:
     return SongResult(result, "")
   out = os.path.join(song_run.output_dir, "checkpoints")

@@ -144,8 +144,11 @@ def _export(workdir: str, config: TrainConfig, setup: state_lib.Setup, params: A
 
 
 def train(config: TrainConfig, workdir: str, *, devices: Sequence[jax.Device] | None = None,
-          stop_after: int | None = None) -> Result:
+          stop_after: int | None = None, tensorboard: str = "tensorboard") -> Result:
   """Train (or resume training) as `config` says, writing everything under `workdir`.
+
+  TensorBoard events go to `workdir/<tensorboard>` (a system whose users know another folder,
+  such as the song model's `logs`, names it).
 
   `stop_after` stops after that many steps of this call, as a signal would: checkpointed and
   resumable (a time-sliced scheduler's hook, and how tests interrupt a run).
@@ -167,7 +170,7 @@ def train(config: TrainConfig, workdir: str, *, devices: Sequence[jax.Device] | 
     compiles = held.enter_context(_CompileCounter())
     stop = held.enter_context(preemption.StopRequest())
     try:
-      return _train(config, workdir, prepared, stop_after, stop, compiles)
+      return _train(config, workdir, prepared, stop_after, stop, compiles, tensorboard)
     except BaseException as e:
       disk = disk_errors.describe(e)
       if is_primary():
@@ -243,7 +246,8 @@ def _prepare(config: TrainConfig, devices) -> _Prepared:
 
 
 def _train(config: TrainConfig, workdir: str, prepared: _Prepared, stop_after: int | None,
-           stop: preemption.StopRequest, compiles: _CompileCounter) -> Result:
+           stop: preemption.StopRequest, compiles: _CompileCounter,
+           tensorboard: str = "tensorboard") -> Result:
   tc, total, accum = config.training, config.training.steps, config.opt.grad_accum_steps
   family, mesh, setup = prepared.family, prepared.mesh, prepared.setup
   train_arrays, val_batches = prepared.train_arrays, prepared.val_batches
@@ -276,7 +280,7 @@ def _train(config: TrainConfig, workdir: str, prepared: _Prepared, stop_after: i
       family.abstract_batch(config.data.eval_batch_size)) if k != "loss")
   start = step = int(state.step)
   progress = metrics_lib.Progress(workdir, family_metrics, total, step,
-                                  primary=is_primary())
+                                  primary=is_primary(), tensorboard=tensorboard)
   iterator = batches.BatchIterator(train_arrays, config.data.batch_size, tc.seed,
                                    loop_state.position)
   best, bad_evals = loop_state.best_val_loss, loop_state.evals_without_improvement

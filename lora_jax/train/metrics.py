@@ -46,7 +46,8 @@ def _cell(value) -> str:
 class MetricsWriter:
   """CSV + TensorBoard + console for one run (appending when it resumes)."""
 
-  def __init__(self, workdir: str, header: list[str], resume_step: int):
+  def __init__(self, workdir: str, header: list[str], resume_step: int,
+               tensorboard: str = "tensorboard"):
     self.path = os.path.join(workdir, "metrics.csv")
     self.header = header
     if os.path.exists(self.path):
@@ -65,7 +66,7 @@ class MetricsWriter:
       atomic.write_text(self.path, buffer.getvalue())
     else:
       atomic.write_text(self.path, ",".join(header) + "\n")
-    self.tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self.tb = tensorboardX.SummaryWriter(os.path.join(workdir, tensorboard))
 
   def row(self, values: dict) -> None:
     """Append one row (keys from the header; missing ones empty) and its TensorBoard scalars."""
@@ -104,13 +105,14 @@ class Progress:
   """
 
   def __init__(self, workdir: str, family_metrics: list[str], total_steps: int, start_step: int,
-               primary: bool = True):
+               primary: bool = True, tensorboard: str = "tensorboard"):
     self.workdir = workdir
     self.family_metrics = family_metrics
     self.total = total_steps
     # Only one process of a multi-process run writes rows, console lines and the status file.
     self.primary = primary
-    self.writer = MetricsWriter(workdir, columns(family_metrics), start_step) if primary else None
+    self.writer = (MetricsWriter(workdir, columns(family_metrics), start_step, tensorboard)
+                   if primary else None)
     self.window: list[dict] = []
     self.last_time, self.last_step, self.rate = time.time(), start_step, 0.0
     self.first_step: tuple[float, int] | None = None  # (time, step) the first step was read back
