@@ -209,10 +209,16 @@ def build(out: str, plans: tuple[GenrePlan, ...] = DEFAULT_PLANS,
       taken += 1
       bar.step(f"{len(skipped)} skipped")
   bar.close()
-  atomic.write_text(os.path.join(out, MANIFEST), "".join(
-      json.dumps(dataclasses.asdict(e), sort_keys=True) + "\n" for e in entries))
-  atomic.write_text(os.path.join(out, SKIPPED), json.dumps(skipped, indent=1))
+  write_manifest(out, entries, skipped)
   return entries
+
+
+def write_manifest(out: str, rows: list, skipped: list[dict]) -> None:
+  """A rendered set's `manifest.jsonl` (one dataclass row a line) and `skipped.json`, each
+  atomically: the evaluation set's and the separator's stem set's."""
+  atomic.write_text(os.path.join(out, MANIFEST), "".join(
+      json.dumps(dataclasses.asdict(r), sort_keys=True) + "\n" for r in rows))
+  atomic.write_text(os.path.join(out, SKIPPED), json.dumps(skipped, indent=1))
 
 
 def read_manifest(out: str) -> list[Entry]:

@@ -30,7 +30,7 @@ import pretty_midi
 import soundfile
 
 from lora_jax import atomic, progress
-from lora_jax.audio import render
+from lora_jax.audio import eval_set, render
 from lora_jax.data.style_packs import corpus
 
 RECIPE_VERSION = "separator-stems/1"  # bump when a render would differ: invalidates the cache
@@ -191,9 +191,7 @@ def build(out: str, n_pieces: int = 240, n_renaissance: int = 40,
     taken += 1
     bar.step(f"{len(skipped)} skipped")
   bar.close()
-  atomic.write_text(os.path.join(out, MANIFEST), "".join(
-      json.dumps(dataclasses.asdict(r), sort_keys=True) + "\n" for r in renders))
-  atomic.write_text(os.path.join(out, SKIPPED), json.dumps(skipped, indent=1))
+  eval_set.write_manifest(out, renders, skipped)
   return renders
 
 
