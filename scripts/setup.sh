@@ -27,7 +27,7 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 # Exactly torch 2.13.0: its CPU wheel is on disk here; any other version pulls a CUDA build.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[torch,test,data,parity,audio,studio]'
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[torch,test,data,parity,audio,studio,demucs]'
 # The original Stable Audio models and sampler for the parity tests, without their requirements
 # (they pull torchaudio, torchvision and another torch build); the extra `parity` holds the few
 # modules they import.
