@@ -19,7 +19,6 @@ from typing import Sequence
 
 from lora_jax import atomic, errors, finite, lora
 from lora_jax.hierarchy import base_file
-from lora_jax.interop import torch_convert
 
 CONFIG_FORMAT = "lora_jax.hierarchy.inference/1"
 
@@ -122,6 +121,9 @@ def merge(base_path: str, parent_path: str | None, child_path: str | None, *, bl
   if not output.endswith(".safetensors"):
     raise ValueError(f"--output {output} must end in .safetensors (the Flax model); a PyTorch "
                      f"file is written by --torch-output")
+  if torch_output:
+    # Imported here: torch takes seconds to import, and only a PyTorch export needs it.
+    from lora_jax.interop import torch_convert  # pylint: disable=g-import-not-at-top
   if torch_output and os.path.splitext(torch_output)[1] not in torch_convert.SUFFIXES:
     raise ValueError(f"--torch-output {torch_output} must end in "
                      f"{', '.join(torch_convert.SUFFIXES)}")

@@ -20,7 +20,6 @@ import time
 import traceback
 
 import numpy as np
-import tensorboardX
 from absl import logging
 
 from lora_jax import atomic, disk_errors
@@ -66,6 +65,9 @@ class MetricsWriter:
       atomic.write_text(self.path, buffer.getvalue())
     else:
       atomic.write_text(self.path, ",".join(header) + "\n")
+    # Imported here: tensorboardX imports torch (seconds), which a launcher refusing its flags
+    # should not wait for.
+    import tensorboardX  # pylint: disable=g-import-not-at-top
     self.tb = tensorboardX.SummaryWriter(os.path.join(workdir, tensorboard))
 
   def row(self, values: dict) -> None:
