@@ -72,7 +72,7 @@ def router(studio, error_responses: dict) -> fastapi.APIRouter:
     uploads = _read_uploads(files, limits.max_request_bytes)
     if kind == "song":
       return song_datasets.prepare(db, store, name, style, uploads, limits,
-                                   _metadata(metadata, song_datasets.LYRICS_CHARS + 1))
+                                   _metadata(metadata, limit=200_000))
     return datasets.prepare(db, store, name, style, uploads, limits, meta=_metadata(metadata))
 
   @r.put("/datasets/{dataset_id}/files/{file_id}/meta", summary="Edit a song clip's row of the "

@@ -111,8 +111,8 @@ def set_meta(database: db_lib.Database, dataset_id: str, file_id: str, row: dict
   """Change a clip's table row (the columns given; others kept); the file's new row."""
   row = check_meta(row)
   with database.transaction() as c:
-    found = c.execute("SELECT f.meta, d.kind FROM files f JOIN datasets d ON d.id = f.dataset_id "
-                      "WHERE f.id = ? AND f.dataset_id = ?", (file_id, dataset_id)).fetchone()
+    found = c.execute("SELECT meta FROM files WHERE id = ? AND dataset_id = ?",
+                      (file_id, dataset_id)).fetchone()
     if found is None:
       raise db_lib.NotFound(f"no file {file_id} in dataset {dataset_id}")
     meta = {**json.loads(found["meta"]), **row}
