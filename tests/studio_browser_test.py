@@ -85,6 +85,15 @@ def test_four_tabs_build_train_listen_delete(tmp_path):
       page.click("#audio-dataset-form button")
       page.wait_for_function("() => document.querySelector('#notice').innerText"
                              ".includes('dataset my takes ready: 1 files')")
+      page.fill("#audio-table tbody tr td:nth-child(8)", "[verse] la [chorus] oh oh")  # edited
+      page.click("#audio-dataset-form [name=name]")  # the cell loses focus: saved to the clip
+      page.wait_for_function("() => document.querySelector('#notice').innerText"
+                             ".includes('saved lyrics of take.wav')")
+      saved = page.evaluate("""async () => {
+        const rows = await (await fetch('/api/training/datasets')).json();
+        const id = rows.find((d) => d.name === 'my takes').id;
+        return (await (await fetch(`/api/training/datasets/${id}`)).json()).files[0].meta; }""")
+      assert saved["lyrics"] == "[verse] la [chorus] oh oh" and saved["genre"] == "jig", saved
       page.screenshot(path=os.path.join(shots, "tab2_audio.png"))
 
       page.click("#tabs [data-tab=train]")

@@ -143,7 +143,11 @@ document.getElementById("audio-form").addEventListener("submit", async (event) =
   for (const f of files) {
     const tr = document.createElement("tr");
     cell(tr, f.name);
-    for (const _ of AUDIO_COLUMNS) cell(tr, "").contentEditable = "true";
+    AUDIO_COLUMNS.forEach((key) => {
+      const td = cell(tr, "");
+      td.contentEditable = "true";
+      td.addEventListener("blur", () => saveCell(tr, key, td.textContent));
+    });
     body.appendChild(tr);
     rows[f.name] = tr;
   }
@@ -165,6 +169,17 @@ document.getElementById("audio-form").addEventListener("submit", async (event) =
     notice(`analysed ${results.length} files`);
   } catch (e) { notice(e.message, true); }
 });
+
+// Once the rows are a song dataset's clips, an edited cell is saved to the clip at once.
+async function saveCell(tr, key, text) {
+  if (!tr.dataset.fileId) return;
+  try {
+    await api(`/datasets/${tr.dataset.datasetId}/files/${tr.dataset.fileId}/meta`, {
+      method: "PUT", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ [key]: text }) });
+    notice(`saved ${key} of ${tr.children[0].textContent}`);
+  } catch (e) { notice(e.message, true); }
+}
 
 function audioTable() {
   const table = {};
@@ -193,6 +208,13 @@ document.getElementById("audio-dataset-form").addEventListener("submit", async (
       name: form.name.value, style: form.style.value, kind: form.kind.value,
       metadata: JSON.stringify(audioTable()) });
     const done = [`dataset ${d.name} ready: ${d.files.length} files`];
+    if (d.kind === "song") {  // later edits of a row go to its clip
+      for (const tr of document.querySelectorAll("#audio-table tbody tr")) {
+        const clip = d.files.find((f) => f.kind === "audio" && f.name === tr.children[0].textContent);
+        if (clip) { tr.dataset.fileId = clip.id; tr.dataset.datasetId = d.id; }
+      }
+      done.push("edits to the table are saved to the clips");
+    }
     if (form.split.checked) {
       const clips = await upload("/split-audio", { dataset_id: d.id });
       done.push(`${clips.reduce((n, r) => n + r.outputs.length, 0)} clips kept`);
