@@ -2,7 +2,8 @@
 path): build datasets in tab 1 from the corpus, a folder on the server and the bundled
 performances; in tab 2 analyse audio, edit cells and prepare a song dataset; see the song option
 of tab 3 off with its reason (no --song_base here), train while the step advances and the loss
-plot draws, then listen to the adapter against the base and delete it in tab 4. Stop and resume through the API are tested in studio_test.py.
+plot draws, then listen to the adapter against the base and delete it in tab 4. Stop and resume
+through the API are tested in studio_test.py.
 With STUDIO_SCREENSHOTS=docs/studio the four tabs' screenshots are written there (the README's)."""
 
 import os

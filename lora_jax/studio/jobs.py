@@ -1,8 +1,8 @@
 """A training job: the project's own launcher, its command line, and what its run wrote.
 
 A job is one run of `launch/train_parent_adapter.py` or `launch/train_child_adapter.py` over the
-base model (a song job, level 'song', is song_jobs.py's), in `<root>/jobs/<id>/`. Its command line is fixed when the job is made and stored;
-resuming runs it again, and the loop resumes from its last checkpoint in `run/`. Progress is what
+base model (a song job, level 'song', is song_jobs.py's), in `<root>/jobs/<id>/`. Its command line
+is fixed when the job is made and stored; resuming runs it again, and the loop resumes from its last checkpoint in `run/`. Progress is what
 the loop itself writes for other processes to follow: `run/status.json` (state, step, ETA) and
 `run/metrics.csv` (one row per logged step, validation loss on evaluation rows).
 """

@@ -94,7 +94,8 @@ def _clips(database: db_lib.Database, store, dataset: dict, base: SongBase) -> l
 
 def _check_split(rows: list[dict], val_fraction: float, dataset_id: str) -> None:
   # The split train_song's reader makes (song_prepare._is_validation), known before it runs.
-  n_val = sum(song_prepare._is_validation(r["idx"], val_fraction) for r in rows)  # pylint: disable=protected-access
+  is_val = song_prepare._is_validation  # pylint: disable=protected-access
+  n_val = sum(is_val(r["idx"], val_fraction) for r in rows)
   if n_val == 0 or n_val == len(rows):
     raise SongJobError(f"dataset {dataset_id}'s {len(rows)} clips split into {len(rows) - n_val} "
                        f"training and {n_val} validation songs at val_fraction {val_fraction}; "
@@ -174,7 +175,8 @@ def prepare_and_train(yaml_path: str, defaults) -> int:
 def adapter_zip(output_dir: str) -> str:
   """The finished job's PEFT folder and its codec as one zip beside them (written once,
   atomically, with fixed timestamps); its path."""
-  config = yaml.safe_load(open(os.path.join(output_dir, "train_config.yaml"), encoding="utf-8"))
+  with open(os.path.join(output_dir, "train_config.yaml"), encoding="utf-8") as f:
+    config = yaml.safe_load(f)
   adapter = adapter_dir(output_dir)
   codec = (config["paths"].get("audio_tokenizer_path") or
            os.path.join(config["paths"]["prepared_data_dir"], prepare_audio.CODEC_FILE))

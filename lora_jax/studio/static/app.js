@@ -210,7 +210,8 @@ document.getElementById("audio-dataset-form").addEventListener("submit", async (
     const done = [`dataset ${d.name} ready: ${d.files.length} files`];
     if (d.kind === "song") {  // later edits of a row go to its clip
       for (const tr of document.querySelectorAll("#audio-table tbody tr")) {
-        const clip = d.files.find((f) => f.kind === "audio" && f.name === tr.children[0].textContent);
+        const name = tr.children[0].textContent;
+        const clip = d.files.find((f) => f.kind === "audio" && f.name === name);
         if (clip) { tr.dataset.fileId = clip.id; tr.dataset.datasetId = d.id; }
       }
       done.push("edits to the table are saved to the clips");
