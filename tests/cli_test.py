@@ -108,11 +108,13 @@ CONFIG_SCRIPTS = {
     # --config is the fork's YAML; the config file it is read over is --defaults.
     "train_song.py": ["--config=unused.yaml"],
     "prepare_song_data.py": ["--config=unused.yaml"],
+    "prepare_and_train_song.py": ["--config=unused.yaml"],
     "train_loraw.py": ["--model-config=unused.json", "--save-dir=unused"],
     "train_autoencoder.py": ["--workdir=unused"],
 }
 # The config_flags flag, where --config is something else (the fork's YAML).
-CONFIG_FLAG = {"train_song.py": "defaults", "prepare_song_data.py": "defaults"}
+CONFIG_FLAG = {"train_song.py": "defaults", "prepare_song_data.py": "defaults",
+               "prepare_and_train_song.py": "defaults"}
 
 
 def test_every_launch_script_with_a_config_is_checked():

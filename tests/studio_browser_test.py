@@ -1,7 +1,9 @@
 """The studio's page in headless Chromium (Debian's, driven by Playwright through its executable
-path): build a corpus dataset in tab 1, try audio analysis in tab 2 and edit a cell, train in tab 3
-while the step advances and the loss plot draws, then listen to the adapter against the base and
-delete it in tab 4. Stop and resume through the API are tested in studio_test.py.
+path): build datasets in tab 1 from the corpus, a folder on the server and the bundled
+performances; in tab 2 analyse audio, edit cells and prepare a song dataset; see the song option
+of tab 3 off with its reason (no --song_base here), train while the step advances and the loss
+plot draws, then listen to the adapter against the base and delete it in tab 4. Stop and resume
+through the API are tested in studio_test.py.
 With STUDIO_SCREENSHOTS=docs/studio the four tabs' screenshots are written there (the README's)."""
 
 import os
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 
 import studio_testlib
+import studio_sources_test
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (the studio extra)")
@@ -31,6 +34,10 @@ def test_four_tabs_build_train_listen_delete(tmp_path):
   with wave.open(str(tmp_path / "take.wav"), "wb") as w:
     w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000)
     w.writeframes((tone * 32767).astype("<i2").tobytes())
+  (tmp_path / "midi").mkdir()
+  for name, data in studio_testlib.jig_files(4):
+    (tmp_path / "midi" / name).write_bytes(data)
+  pop909 = os.path.isdir(os.path.join(studio_sources_test.PERFORMANCES, "pop909"))
   root, port = tmp_path / "root", studio_testlib.free_port()
   server = studio_testlib.server(root, port)
   try:
@@ -47,7 +54,21 @@ def test_four_tabs_build_train_listen_delete(tmp_path):
       page.fill("#build-form [name=max_pieces]", "5")
       page.click("#build-form button")
       page.wait_for_selector("#dataset-table td.state-ready")
-      assert "celtic_fiddle" in page.inner_text("#dataset-table tbody")
+      page.fill("#build-form [name=name]", "my jigs")  # a folder on the server
+      page.select_option("#build-form [name=source]", "folder")
+      page.fill("#build-form [name=style]", "celtic/jig")
+      page.fill("#build-form [name=path]", str(tmp_path / "midi"))
+      page.click("#build-form button")
+      if pop909:  # the bundled performances (scripts/setup.sh fetches them)
+        page.fill("#build-form [name=name]", "pop songs")
+        page.select_option("#build-form [name=source]", "performances")
+        page.select_option("#build-form [name=collection]", "pop909")
+        page.fill("#build-form [name=style]", "pop")
+        page.click("#build-form button")
+      page.wait_for_function(f"() => document.querySelectorAll('#dataset-table td.state-ready')"
+                             f".length === {3 if pop909 else 2}")
+      table = page.inner_text("#dataset-table tbody")
+      assert "celtic_fiddle" in table and "celtic/jig" in table and (not pop909 or "pop" in table)
       page.screenshot(path=os.path.join(shots, "tab1_datasets.png"))
 
       page.click("#tabs [data-tab=audio]")
@@ -58,9 +79,27 @@ def test_four_tabs_build_train_listen_delete(tmp_path):
       assert page.inner_text("#audio-table tbody tr td:nth-child(3)")  # the BPM lora_jax.audio found
       page.fill("#audio-table tbody tr td:nth-child(2)", "jig")  # the user corrects the genre
       assert page.inner_text("#audio-table tbody tr td:nth-child(2)") == "jig"
+      page.fill("#audio-table tbody tr td:nth-child(8)", "[verse] la la [chorus] oh")  # lyrics
+      page.fill("#audio-dataset-form [name=name]", "my takes")
+      page.fill("#audio-dataset-form [name=style]", "tones")
+      page.select_option("#audio-dataset-form [name=kind]", "song")
+      page.click("#audio-dataset-form button")
+      page.wait_for_function("() => document.querySelector('#notice').innerText"
+                             ".includes('dataset my takes ready: 1 files')")
+      page.fill("#audio-table tbody tr td:nth-child(8)", "[verse] la [chorus] oh oh")  # edited
+      page.click("#audio-dataset-form [name=name]")  # the cell loses focus: saved to the clip
+      page.wait_for_function("() => document.querySelector('#notice').innerText"
+                             ".includes('saved lyrics of take.wav')")
+      saved = page.evaluate("""async () => {
+        const rows = await (await fetch('/api/training/datasets')).json();
+        const id = rows.find((d) => d.name === 'my takes').id;
+        return (await (await fetch(`/api/training/datasets/${id}`)).json()).files[0].meta; }""")
+      assert saved["lyrics"] == "[verse] la [chorus] oh oh" and saved["genre"] == "jig", saved
       page.screenshot(path=os.path.join(shots, "tab2_audio.png"))
 
       page.click("#tabs [data-tab=train]")
+      assert page.is_disabled("#train-form [name=type] option[value=song]")
+      assert "--song_base" in page.inner_text("#song-base-note")
       for field, value in (("epochs", "2"), ("batch_size", "4"), ("seq_len", "32"),
                            ("rank", "2"), ("alpha", "4"), ("learning_rate", "0.01")):
         page.fill(f"#train-form [name={field}]", value)

@@ -14,7 +14,7 @@ def test_no_server_errors(tmp_path):
   app = app_lib.create_app(app_lib.Settings(root=str(tmp_path / "root")))
   schema = schemathesis.openapi.from_asgi("/openapi.json", app)
   operations = [result.ok() for result in schema.get_all_operations()]
-  assert len(operations) == 22  # 20 paths, two of them with GET and DELETE
+  assert len(operations) == 24  # 22 paths, two of them with GET and DELETE
 
   for operation in operations:
     @hypothesis.given(case=operation.as_strategy())

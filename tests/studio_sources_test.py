@@ -168,6 +168,6 @@ def test_a_version_1_database_is_migrated_with_its_rows(tmp_path):
   conn.commit()
   conn.close()
   database = db_lib.Database(path)
-  assert database.version() == db_lib.VERSION == 2
-  assert database.one("SELECT name, state, source FROM datasets") == {
-      "name": "old", "state": "ready", "source": '{"kind": "upload"}'}
+  assert database.version() == db_lib.VERSION == 3
+  assert database.one("SELECT name, state, source, kind FROM datasets") == {
+      "name": "old", "state": "ready", "source": '{"kind": "upload"}', "kind": "midi"}

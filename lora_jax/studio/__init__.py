@@ -17,6 +17,10 @@
   security.py     where the server may listen, the token, upload caps, safe file names
   audio_bridge.py the audio endpoints' link to lora_jax.audio.service, looked up per request
   listen.py       an adapter's sample against the base's (same seed), rendered by fluidsynth, kept
+  song_base.py    --song_base: the song model song jobs train over, read strictly at start
+  song_datasets.py  audio clips with lyrics and description per clip (the song model's data)
+  song_jobs.py    a song job: the fork's metadata.jsonl and train_config.yaml, prepare + train_song
+  song_listen.py  a song adapter's few seconds against its base's (same seed), by generate_song
 
 Order of writes, everywhere: a file is written atomically first, then the row that names it, so
 after a crash the database never names a file that is not whole (a file no row names is only

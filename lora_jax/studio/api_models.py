@@ -1,6 +1,6 @@
 """Request bodies of the studio's API: every field typed and bounded, unknown fields refused."""
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import pydantic
 
@@ -11,9 +11,12 @@ class _Strict(pydantic.BaseModel):
 
 class TrainRequest(_Strict):
   """Start a job: a parent adapter on a dataset's genre, or a child adapter on its sub-style over
-  a finished parent adapter. Hyperparameters left out take configs/lora_adapter_config.py's."""
+  a finished parent adapter (type 'midi'); or the song model's LoRA on a song dataset over the
+  studio's --song_base (type 'song'). Hyperparameters left out take configs/
+  lora_adapter_config.py's (midi) or the SongGeneration fork's train_config.yaml defaults (song)."""
   name: str = pydantic.Field(min_length=1, max_length=80, description="the adapter's label")
   dataset_id: str = pydantic.Field(pattern=r"^[0-9a-f]{16}$")
+  type: Literal["midi", "song"] = "midi"
   level: Literal["parent", "child"] = "parent"
   parent_adapter_id: str | None = pydantic.Field(None, pattern=r"^[0-9a-f]{16}$")
   epochs: int | None = pydantic.Field(None, ge=1, le=1000)
@@ -23,10 +26,16 @@ class TrainRequest(_Strict):
   alpha: float | None = pydantic.Field(None, gt=0, le=4096)
   seq_len: int | None = pydantic.Field(None, ge=8, le=512, description="tokens per window")
   log_every: int | None = pydantic.Field(None, ge=1, le=10000, description="steps per metrics row")
+  val_fraction: float | None = pydantic.Field(None, gt=0, lt=1, description=(
+      "song: the share of clips that validate (split by a hash of each clip)"))
+  warmup_steps: int | None = pydantic.Field(None, ge=0, le=100000, description="song: LR warm-up")
+
+  MIDI_ONLY: ClassVar[tuple[str, ...]] = ("seq_len",)
+  SONG_ONLY: ClassVar[tuple[str, ...]] = ("val_fraction", "warmup_steps")
 
   def params(self) -> dict:
     return self.model_dump(include={"epochs", "batch_size", "learning_rate", "rank", "alpha",
-                                    "seq_len", "log_every"})
+                                    "seq_len", "log_every", "val_fraction", "warmup_steps"})
 
 
 class BuildRequest(_Strict):
@@ -47,6 +56,18 @@ class BuildRequest(_Strict):
 class ListenRequest(_Strict):
   """Render a short sample with an adapter and with the base alone, from the same seed."""
   seed: int = pydantic.Field(0, ge=0, le=2**31 - 1)
+
+
+class ClipMeta(_Strict):
+  """A song clip's row of tab 2's table; the columns given replace the kept ones."""
+  genre: str | None = pydantic.Field(None, max_length=400)
+  bpm: str | None = pydantic.Field(None, max_length=400)
+  key: str | None = pydantic.Field(None, max_length=400)
+  mood: str | None = pydantic.Field(None, max_length=400)
+  instruments: str | None = pydantic.Field(None, max_length=400)
+  description: str | None = pydantic.Field(None, max_length=400)
+  lyrics: str | None = pydantic.Field(None, max_length=8000, description=(
+      "with section tags: [verse] ... [chorus] ..."))
 
 
 class JobRef(_Strict):

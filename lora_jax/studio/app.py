@@ -22,7 +22,8 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from starlette.exceptions import HTTPException
 from absl import logging
 
-from lora_jax.studio import api_models, audio_bridge, jobs, listen, security, sources, worker
+from lora_jax.studio import api_models, audio_bridge, jobs, listen, security, song_base, sources
+from lora_jax.studio import worker
 from lora_jax.studio import db as db_lib
 from lora_jax.studio import storage as storage_lib
 
@@ -47,6 +48,7 @@ class Settings:
   auto_resume: bool = True  # queue jobs a restart interrupted again
   worker_env: tuple[tuple[str, str], ...] = ()  # set in the training processes' environment
   performances_dir: str = str(jobs.REPO / ".cache" / "performances")  # scripts/setup.sh fills it
+  song_base: str = ""  # the song model song jobs train over (song_base.py); '' = none
 
 
 class Studio:
@@ -55,6 +57,7 @@ class Studio:
   def __init__(self, settings: Settings):
     if not os.path.isfile(settings.base_model):
       raise FileNotFoundError(f"base model {settings.base_model}: no such file")
+    self.song_base = song_base.resolve(settings.song_base) if settings.song_base else None
     os.makedirs(settings.root, exist_ok=True)
     self.settings = settings
     self.store = storage_lib.Storage(settings.root)

@@ -197,7 +197,7 @@ def _keep(store: storage_lib.Storage, dataset_id: str, kept: list[Kept]) -> list
 def commit(database: db_lib.Database, store: storage_lib.Storage, dataset_id: str,
            scratch: str, kept: list[Kept], summary: dict, new_row: dict | None = None) -> None:
   """Move `<scratch>/packs` into place and keep the files as blobs, then write the rows: a new
-  dataset's (`new_row`: name, style, source) or a preparing one's, now ready."""
+  dataset's (`new_row`: name, style, source, kind) or a preparing one's, now ready."""
   final = store.folder("datasets", dataset_id)
   with store.lock:  # the pack and blobs are whole before any row names them
     rows = _keep(store, dataset_id, kept)  # before the move: a kept file may be in the pack
@@ -207,10 +207,10 @@ def commit(database: db_lib.Database, store: storage_lib.Storage, dataset_id: st
     with database.transaction() as c:
       if new_row is not None:
         c.execute("INSERT INTO datasets (id, name, style, pack_dir, report, created, source, "
-                  "state, message) VALUES (?, ?, ?, ?, ?, ?, ?, 'ready', '')",
+                  "state, message, kind) VALUES (?, ?, ?, ?, ?, ?, ?, 'ready', '', ?)",
                   (dataset_id, new_row["name"], new_row["style"],
                    os.path.relpath(final, store.root), json.dumps(summary), db_lib.now(),
-                   json.dumps(new_row["source"])))
+                   json.dumps(new_row["source"]), new_row["kind"]))
       else:
         c.execute("UPDATE datasets SET pack_dir = ?, report = ?, state = 'ready', message = '' "
                   "WHERE id = ?", (os.path.relpath(final, store.root), json.dumps(summary),
@@ -263,7 +263,8 @@ def prepare(database: db_lib.Database, store: storage_lib.Storage, name: str, st
     summary, kept = pack(kept, style, scratch, split)
     summary["ignored"] = other
     commit(database, store, dataset_id, scratch, kept, summary,
-           {"name": name.strip(), "style": style, "source": {"kind": "upload"}})
+           {"name": name.strip(), "style": style, "source": {"kind": "upload"},
+            "kind": "midi"})
   finally:
     shutil.rmtree(scratch, ignore_errors=True)
   return get(database, dataset_id)
@@ -288,7 +289,7 @@ def get(database: db_lib.Database, dataset_id: str) -> dict | None:
 
 
 def listing(database: db_lib.Database) -> list[dict]:
-  rows = database.all("SELECT d.id, d.name, d.style, d.created, d.state, d.message, "
+  rows = database.all("SELECT d.id, d.name, d.style, d.kind, d.created, d.state, d.message, "
                       "COUNT(f.id) AS n_files "
                       "FROM datasets d LEFT JOIN files f ON f.dataset_id = d.id "
                       "GROUP BY d.id ORDER BY d.created")

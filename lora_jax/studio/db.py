@@ -76,9 +76,16 @@ MIGRATIONS = (
     ALTER TABLE files ADD COLUMN kind TEXT NOT NULL DEFAULT 'midi';
     ALTER TABLE files ADD COLUMN meta TEXT NOT NULL DEFAULT '{}'
     """,
+    # 2 -> 3: song datasets (audio clips with lyrics, for the song model's LoRA) beside the MIDI
+    # ones every earlier dataset is.
+    """
+    ALTER TABLE datasets ADD COLUMN kind TEXT NOT NULL DEFAULT 'midi'
+    """,
 )
 # datasets.source: JSON, how it was made ({"kind": "upload"}, or a sources.BuildRequest).
 # datasets.state: 'preparing' (its pack is being built: no pack_dir yet), 'ready' or 'failed'.
+# datasets.kind: 'midi' (a style pack) or 'song' (audio clips, each with its lyrics: no pack).
+# jobs.level and adapters.level: 'parent', 'child', or 'song' (the song model's LoRA).
 # files.kind: 'midi', 'audio' (an uploaded recording), 'transcription' (its MIDI), 'clip', 'stem'.
 # files.meta: JSON, the user's metadata of an audio file, or which file a clip or stem came from.
 VERSION = len(MIGRATIONS)

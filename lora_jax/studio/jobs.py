@@ -1,8 +1,8 @@
 """A training job: the project's own launcher, its command line, and what its run wrote.
 
 A job is one run of `launch/train_parent_adapter.py` or `launch/train_child_adapter.py` over the
-base model, in `<root>/jobs/<id>/`. Its command line is fixed when the job is made and stored;
-resuming runs it again, and the loop resumes from its last checkpoint in `run/`. Progress is what
+base model (a song job, level 'song', is song_jobs.py's), in `<root>/jobs/<id>/`. Its command line
+is fixed when the job is made and stored; resuming runs it again, and the loop resumes from its last checkpoint in `run/`. Progress is what
 the loop itself writes for other processes to follow: `run/status.json` (state, step, ETA) and
 `run/metrics.csv` (one row per logged step, validation loss on evaluation rows).
 """
@@ -15,7 +15,7 @@ import pathlib
 import sys
 
 from lora_jax.hierarchy import layout
-from lora_jax.studio import datasets
+from lora_jax.studio import datasets, song_jobs
 from lora_jax.studio import db as db_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -58,6 +58,9 @@ def adapter_path(level: str, style: str, output_dir: str) -> str:
 
 
 def run_dir(level: str, style: str, output_dir: str) -> str:
+  """Where the job's loop writes status.json, metrics.csv and its checkpoints."""
+  if level == "song":
+    return song_jobs.run_dir(output_dir)
   genre, _, child = style.partition("/")
   level_dir = (layout.parent_dir(output_dir, genre) if level == "parent"
                else layout.child_dir(output_dir, genre, child))
@@ -137,6 +140,9 @@ def create(database: db_lib.Database, store, base_model: str, name: str, level: 
   dataset = datasets.get(database, dataset_id)
   if dataset is None:
     raise db_lib.NotFound(f"no dataset {dataset_id}")
+  if dataset["kind"] != "midi":
+    raise JobError(f"dataset {dataset_id} is a song dataset (audio clips with lyrics): train it "
+                   f"with type 'song'")
   if dataset["state"] != "ready":
     raise JobError(f"dataset {dataset_id} is {dataset['state']}"
                    f"{': ' + dataset['message'] if dataset['message'] else ''}; a job needs a "

@@ -65,22 +65,33 @@ class Listener:
 
   def render(self, adapter_id: str, adapter_files: list[str], seed: int) -> dict[str, str]:
     """The WAV paths of the pair, rendered now unless kept from before."""
+
+    def make(tmp: str) -> dict:
+      render = _renderer()
+      samples = {}
+      for which, adapters in (("adapter", adapter_files), ("base", [])):
+        made = generation.generate(
+            self.base_model, adapters, [1.0] * len(adapters), blend_mode="additive",
+            output_dir=tmp, n_samples=1, length=LENGTH, temperature=TEMPERATURE, top_k=0,
+            top_p=TOP_P, seed=seed, prefix=which, min_bars=MIN_BARS)
+        samples[which] = (render.render(pretty_midi.PrettyMIDI(made[0].path)),
+                          render.SAMPLE_RATE)
+      return samples
+
+    return self.keep(adapter_id, seed, make)
+
+  def keep(self, adapter_id: str, seed: int, make) -> dict[str, str]:
+    """The pair's WAV paths; unless kept from before, `make(scratch folder)` gives {which:
+    (samples, sample rate)} and both are written together. One render at a time."""
     paths = self.paths(adapter_id, seed)
     with self._lock:
       if all(os.path.isfile(p) for p in paths.values()):
         return paths
-      render = _renderer()
-      samples = {}
       with tempfile.TemporaryDirectory(prefix=".listen.", dir=os.path.dirname(self.root)) as tmp:
-        for which, adapters in (("adapter", adapter_files), ("base", [])):
-          made = generation.generate(
-              self.base_model, adapters, [1.0] * len(adapters), blend_mode="additive",
-              output_dir=tmp, n_samples=1, length=LENGTH, temperature=TEMPERATURE, top_k=0,
-              top_p=TOP_P, seed=seed, prefix=which, min_bars=MIN_BARS)
-          samples[which] = render.render(pretty_midi.PrettyMIDI(made[0].path))
+        samples = make(tmp)
       os.makedirs(os.path.dirname(paths["adapter"]), exist_ok=True)
       with atomic.atomic_paths(*paths.values()) as tmps:
         for tmp_path, which in zip(tmps, paths):
-          soundfile.write(tmp_path, samples[which], render.SAMPLE_RATE, format="WAV",
-                          subtype="PCM_16")
+          wave, rate = samples[which]
+          soundfile.write(tmp_path, wave, rate, format="WAV", subtype="PCM_16")
     return paths

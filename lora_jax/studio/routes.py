@@ -13,6 +13,7 @@ import fastapi
 from fastapi import responses
 
 from lora_jax.studio import api_models, audio_bridge, datasets, jobs, listen, security, sources
+from lora_jax.studio import song_datasets, song_jobs, song_listen
 from lora_jax.studio import db as db_lib
 
 Id = Annotated[str, fastapi.Path(pattern=r"^[0-9a-f]{16}$", description="an id the studio gave")]
@@ -28,8 +29,9 @@ def _read_uploads(files: list[fastapi.UploadFile], limit: int) -> list[datasets.
   return out
 
 
-def _metadata(text: str | None) -> dict[str, dict]:
-  """Tab 2's table as {file name: {column: text}}; a ValueError (400) naming what is wrong."""
+def _metadata(text: str | None, limit: int = 400) -> dict[str, dict]:
+  """Tab 2's table as {file name: {column: text}}, each text cut at `limit` (a song dataset
+  checks its own lengths: song_datasets.check_meta); a ValueError (400) naming what is wrong."""
   if not text:
     return {}
   try:
@@ -40,7 +42,7 @@ def _metadata(text: str | None) -> dict[str, dict]:
       isinstance(row, dict) and all(isinstance(v, (str, int, float)) for v in row.values())
       for row in table.values()):
     raise ValueError("metadata must be {file name: {column: text or number}}")
-  return {security.safe_name(name): {str(k)[:40]: str(v)[:400] for k, v in row.items()}
+  return {security.safe_name(name): {str(k)[:40]: str(v)[:limit] for k, v in row.items()}
           for name, row in table.items()}
 
 
@@ -54,16 +56,36 @@ def router(studio, error_responses: dict) -> fastapi.APIRouter:
 
   # Datasets.
   @r.post("/prepare-dataset", summary="Upload MIDI files, a zip of them, or audio files "
-          "(transcribed to MIDI by basic-pitch) as a new dataset",
+          "(transcribed to MIDI by basic-pitch) as a new dataset; or, with kind 'song', audio "
+          "clips with their lyrics for the song model",
           responses={501: {"model": api_models.Error, "description": "no lora_jax.audio"}})
   def prepare_dataset(files: list[fastapi.UploadFile] = fastapi.File(...),
                       name: str = fastapi.Form(..., max_length=80),
                       style: str = fastapi.Form(..., max_length=80, description=(
                           "'genre' or 'genre/sub_style': the style pack and adapter name")),
                       metadata: str | None = fastapi.Form(None, max_length=200_000, description=(
-                          "JSON {file name: {Genre, BPM, Key, ...}}: kept with audio files"))):
+                          "JSON {file name: {genre, bpm, key, mood, instruments, description, "
+                          "lyrics}}: kept with audio files")),
+                      kind: Literal["midi", "song"] = fastapi.Form("midi", description=(
+                          "midi: a style pack (audio transcribed); song: audio clips kept as "
+                          "they are, each with its lyrics and description"))):
     uploads = _read_uploads(files, limits.max_request_bytes)
+    if kind == "song":
+      return song_datasets.prepare(db, store, name, style, uploads, limits,
+                                   _metadata(metadata, limit=200_000))
     return datasets.prepare(db, store, name, style, uploads, limits, meta=_metadata(metadata))
+
+  @r.put("/datasets/{dataset_id}/files/{file_id}/meta", summary="Edit a song clip's row of the "
+         "table (lyrics, description, ...)", responses=not_found)
+  def set_meta(dataset_id: Id, file_id: Id, row: api_models.ClipMeta):
+    return song_datasets.set_meta(db, dataset_id, file_id, row.model_dump(exclude_none=True))
+
+  @r.get("/song-base", summary="The song model song jobs train over (--song_base), or why "
+         "there is none")
+  def get_song_base():
+    if studio.song_base is None:
+      return {"configured": False, "message": song_jobs.no_base_message()}
+    return {"configured": True, **studio.song_base.describe()}
 
   @r.get("/dataset-sources", summary="What build-dataset can build here: corpus genres, bundled "
          "performances")
@@ -109,8 +131,20 @@ def router(studio, error_responses: dict) -> fastapi.APIRouter:
   @r.post("/train-lora", summary="Queue a training job (the project's own launcher)",
           responses=not_found)
   def train_lora(request: api_models.TrainRequest):
-    job_id = jobs.create(db, store, studio.settings.base_model, request.name, request.level,
-                         request.dataset_id, request.parent_adapter_id, request.params())
+    params = request.params()
+    other = request.MIDI_ONLY if request.type == "song" else request.SONG_ONLY
+    given = [k for k in other if params[k] is not None]
+    if given:
+      raise jobs.JobError(f"{given[0]} is not a setting of a {request.type} job")
+    if request.type == "song":
+      if request.parent_adapter_id or request.level != "parent":
+        raise jobs.JobError("a song job trains over the song base alone: leave level and "
+                            "parent_adapter_id out")
+      job_id = song_jobs.create(db, store, studio.song_base, request.name, request.dataset_id,
+                                params)
+    else:
+      job_id = jobs.create(db, store, studio.settings.base_model, request.name, request.level,
+                           request.dataset_id, request.parent_adapter_id, params)
     studio.worker.notify()
     return studio.job_view(db.one("SELECT * FROM jobs WHERE id = ?", (job_id,)))
 
@@ -171,7 +205,8 @@ def router(studio, error_responses: dict) -> fastapi.APIRouter:
          responses=not_found, response_class=responses.FileResponse)
   def download(adapter_id: Id):
     row = _adapter(adapter_id)
-    name = security.safe_name(row["style"].replace("/", "_") + "_" + adapter_id + ".lora")
+    suffix = ".zip" if row["level"] == "song" else ".lora"  # song: the PEFT folder and its codec
+    name = security.safe_name(row["style"].replace("/", "_") + "_" + adapter_id + suffix)
     return responses.FileResponse(store.blob_path(row["sha256"]), filename=name,
                                   media_type="application/octet-stream")
 
@@ -198,10 +233,16 @@ def router(studio, error_responses: dict) -> fastapi.APIRouter:
           responses={**not_found, 503: error_responses[503]})
   def listen_adapter(adapter_id: Id, request: api_models.ListenRequest):
     row = _adapter(adapter_id)
-    files = [store.blob_path(row["sha256"])]
-    if row["parent_adapter_id"]:  # a child plays over its parent
-      files.insert(0, store.blob_path(_adapter(row["parent_adapter_id"])["sha256"]))
-    studio.listener.render(adapter_id, files, request.seed)
+    if row["level"] == "song":
+      job_dir = store.folder("jobs", row["job_id"])
+      base = song_listen.base_of(job_dir, studio.song_base.model_pt if studio.song_base else "")
+      studio.listener.keep(adapter_id, request.seed, song_listen.maker(
+          store.blob_path(row["sha256"]), base, *song_listen.prompt_of(job_dir), request.seed))
+    else:
+      files = [store.blob_path(row["sha256"])]
+      if row["parent_adapter_id"]:  # a child plays over its parent
+        files.insert(0, store.blob_path(_adapter(row["parent_adapter_id"])["sha256"]))
+      studio.listener.render(adapter_id, files, request.seed)
     url = f"/api/training/lora-adapters/{adapter_id}/listen"
     return {"adapter_id": adapter_id, "seed": request.seed,
             **{f"{which}_url": f"{url}/{which}.wav?seed={request.seed}" for which in listen.WHICH}}

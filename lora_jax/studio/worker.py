@@ -24,8 +24,9 @@ import time
 from absl import logging
 
 from lora_jax import lora
+from lora_jax.song import model_record
 from lora_jax.studio import db as db_lib
-from lora_jax.studio import jobs
+from lora_jax.studio import jobs, song_jobs
 from lora_jax.studio import storage as storage_lib
 from lora_jax.train import exit_status
 
@@ -200,20 +201,26 @@ class Worker:
                     "WHERE id = ?", (new, code, message, db_lib.now(), job["id"]))
 
   def _register(self, job: dict, output_dir: str) -> None:
-    """A finished job's .lora becomes a blob, then an adapter row."""
+    """A finished job's adapter (a .lora, or a song job's PEFT folder zipped) becomes a blob,
+    then an adapter row."""
     dataset = self.db.one("SELECT style FROM datasets WHERE id = ?", (job["dataset_id"],))
     style = dataset["style"] if dataset else ""
     if job["level"] == "parent":
       style = style.split("/")[0]
-    path = jobs.adapter_path(job["level"], style, output_dir)
-    record = lora.load_adapter(path)  # a job that wrote no readable adapter did not finish
+    if job["level"] == "song":
+      path = song_jobs.adapter_zip(output_dir)  # a job that wrote no adapter did not finish
+      fingerprint = model_record.read(song_jobs.adapter_dir(output_dir), "the job's adapter"
+                                      ).base_fingerprint
+    else:
+      path = jobs.adapter_path(job["level"], style, output_dir)
+      fingerprint = lora.load_adapter(path).base_fingerprint  # unreadable: it did not finish
     status = jobs.read_status(jobs.run_dir(job["level"], style, output_dir))
     adapter_id = db_lib.new_id()
     with self.store.lock, self.db.transaction() as c:
       sha, size = self.store.put_file(path)
       c.execute("INSERT INTO adapters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (adapter_id, job["name"], job["level"], job["parent_adapter_id"], job["id"],
-                 style, sha, size, int(status.get("step", 0)), record.base_fingerprint,
+                 style, sha, size, int(status.get("step", 0)), fingerprint,
                  status.get("best_val_loss"), db_lib.now()))
       c.execute("UPDATE jobs SET state = 'finished', exit_code = 0, adapter_id = ?, message = ?, "
                 "ended = ? WHERE id = ?", (adapter_id, f"adapter {adapter_id} written",

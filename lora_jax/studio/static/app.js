@@ -69,7 +69,7 @@ async function refreshDatasets() {
   select.replaceChildren();
   for (const d of rows) {
     const tr = document.createElement("tr");
-    cell(tr, d.name); cell(tr, d.style);
+    cell(tr, d.name); cell(tr, d.style); cell(tr, d.kind === "song" ? "song clips" : "MIDI");
     cell(tr, d.state + (d.message ? `: ${d.message}` : "")).className = `state-${d.state}`;
     cell(tr, d.n_files); cell(tr, when(d.created)); cell(tr, d.id);
     button(tr, "Delete", async () => {
@@ -78,7 +78,10 @@ async function refreshDatasets() {
       refreshDatasets();
     });
     body.appendChild(tr);
-    if (d.state === "ready") select.appendChild(new Option(`${d.name} (${d.style})`, d.id));
+    if (d.state === "ready") {
+      const kind = d.kind === "song" ? "song clips" : "MIDI";
+      select.appendChild(new Option(`${d.name} (${d.style}, ${kind})`, d.id));
+    }
   }
   if (chosen) select.value = chosen;
   return rows;
@@ -130,7 +133,7 @@ document.getElementById("dataset-form").addEventListener("submit", async (event)
 });
 
 // 2 User audio.
-const AUDIO_COLUMNS = ["genre", "bpm", "key", "mood", "instruments", "description"];
+const AUDIO_COLUMNS = ["genre", "bpm", "key", "mood", "instruments", "description", "lyrics"];
 document.getElementById("audio-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   const files = event.target.elements.files.files;
@@ -140,7 +143,11 @@ document.getElementById("audio-form").addEventListener("submit", async (event) =
   for (const f of files) {
     const tr = document.createElement("tr");
     cell(tr, f.name);
-    for (const _ of AUDIO_COLUMNS) cell(tr, "").contentEditable = "true";
+    AUDIO_COLUMNS.forEach((key) => {
+      const td = cell(tr, "");
+      td.contentEditable = "true";
+      td.addEventListener("blur", () => saveCell(tr, key, td.textContent));
+    });
     body.appendChild(tr);
     rows[f.name] = tr;
   }
@@ -163,6 +170,17 @@ document.getElementById("audio-form").addEventListener("submit", async (event) =
   } catch (e) { notice(e.message, true); }
 });
 
+// Once the rows are a song dataset's clips, an edited cell is saved to the clip at once.
+async function saveCell(tr, key, text) {
+  if (!tr.dataset.fileId) return;
+  try {
+    await api(`/datasets/${tr.dataset.datasetId}/files/${tr.dataset.fileId}/meta`, {
+      method: "PUT", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ [key]: text }) });
+    notice(`saved ${key} of ${tr.children[0].textContent}`);
+  } catch (e) { notice(e.message, true); }
+}
+
 function audioTable() {
   const table = {};
   for (const tr of document.querySelectorAll("#audio-table tbody tr")) {
@@ -184,11 +202,20 @@ document.getElementById("audio-dataset-form").addEventListener("submit", async (
     for (const [k, v] of Object.entries(extra)) body.append(k, v);
     return api(path, { method: "POST", body });
   };
-  notice("transcribing and packing…");
+  notice(form.kind.value === "song" ? "decoding the clips…" : "transcribing and packing…");
   try {
     const d = await upload("/prepare-dataset", {
-      name: form.name.value, style: form.style.value, metadata: JSON.stringify(audioTable()) });
+      name: form.name.value, style: form.style.value, kind: form.kind.value,
+      metadata: JSON.stringify(audioTable()) });
     const done = [`dataset ${d.name} ready: ${d.files.length} files`];
+    if (d.kind === "song") {  // later edits of a row go to its clip
+      for (const tr of document.querySelectorAll("#audio-table tbody tr")) {
+        const name = tr.children[0].textContent;
+        const clip = d.files.find((f) => f.kind === "audio" && f.name === name);
+        if (clip) { tr.dataset.fileId = clip.id; tr.dataset.datasetId = d.id; }
+      }
+      done.push("edits to the table are saved to the clips");
+    }
     if (form.split.checked) {
       const clips = await upload("/split-audio", { dataset_id: d.id });
       done.push(`${clips.reduce((n, r) => n + r.outputs.length, 0)} clips kept`);
@@ -217,9 +244,11 @@ document.getElementById("train-form").addEventListener("submit", async (event) =
   event.preventDefault();
   const form = new FormData(event.target);
   const request = {};
+  const song = form.get("type") === "song";
   for (const [key, value] of form.entries()) {
     if (value === "") continue;
-    request[key] = ["name", "dataset_id", "level", "parent_adapter_id"].includes(key)
+    if (song && ["level", "parent_adapter_id", "seq_len"].includes(key)) continue;  // MIDI only
+    request[key] = ["name", "dataset_id", "type", "level", "parent_adapter_id"].includes(key)
       ? value : Number(value);
   }
   try {
@@ -355,7 +384,27 @@ async function refreshAll() {
   } catch (e) { notice(e.message, true); }
 }
 
+// The song option is off, with the reason beside it, unless the server has a --song_base.
+async function loadSongBase() {
+  const base = await api("/song-base");
+  const option = document.querySelector("#train-form [name=type] option[value=song]");
+  option.disabled = !base.configured;
+  option.title = base.configured ? "" : base.message;
+  document.getElementById("song-base-note").textContent = base.configured
+    ? `song base: ${base.model_pt} (${base.num_layers} layers, width ${base.dim})`
+    : `song model LoRA is off: ${base.message}`;
+}
+
+// MIDI-only fields are hidden for a song job.
+document.querySelector("#train-form [name=type]").addEventListener("change", (event) => {
+  const song = event.target.value === "song";
+  for (const name of ["level", "parent_adapter_id", "seq_len"]) {
+    document.querySelector(`#train-form [name=${name}]`).closest("label").hidden = song;
+  }
+});
+
 loadSources().catch((e) => notice(e.message, true));
+loadSongBase().catch((e) => notice(e.message, true));
 refreshAll();
 setInterval(() => {
   const tab = document.querySelector("#tabs button.active").dataset.tab;
