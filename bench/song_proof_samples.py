@@ -52,7 +52,7 @@ def main(argv):
   prepared = os.path.join(work, "new_style", "prepared")
   with open(os.path.join(prepared, "manifest.jsonl")) as f:
     held_out = [json.loads(line)["idx"] for line in f
-                if prepare._is_validation(json.loads(line)["idx"], VAL_FRACTION)]
+                if prepare.is_validation(json.loads(line)["idx"], VAL_FRACTION)]
   first = token_file.read(os.path.join(prepared, f"{held_out[0]}.pt"),
                           code_size=codec.code_count).codes[0]
   first = first[:int(_SECONDS.value * codec_lib.FRAME_RATE)]

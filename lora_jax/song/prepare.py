@@ -43,7 +43,7 @@ class Prepared:
   problems: tuple[str, ...]  # one line per dropped row
 
 
-def _is_validation(idx: str, fraction: float) -> bool:
+def is_validation(idx: str, fraction: float) -> bool:
   digest = hashlib.sha256(idx.encode("utf-8")).digest()
   return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
@@ -135,7 +135,7 @@ def collect(prepared_dir: str, model: song_family.SongConfig, *, val_fraction: f
       problems.append(f"{where} (idx {idx}): {e}")
       continue
     codecs.add(codec)
-    parts["val" if _is_validation(idx, val_fraction) else "train"].append(song)
+    parts["val" if is_validation(idx, val_fraction) else "train"].append(song)
   if not parts["train"] or not parts["val"]:
     raise SongDataError(f"{prepared_dir}: {len(parts['train'])} training and "
                         f"{len(parts['val'])} validation songs after dropping "

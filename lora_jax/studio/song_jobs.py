@@ -93,8 +93,8 @@ def _clips(database: db_lib.Database, store, dataset: dict, base: SongBase) -> l
 
 
 def _check_split(rows: list[dict], val_fraction: float, dataset_id: str) -> None:
-  # The split train_song's reader makes (song_prepare._is_validation), known before it runs.
-  is_val = song_prepare._is_validation  # pylint: disable=protected-access
+  # The split train_song's reader makes, known before it runs.
+  is_val = song_prepare.is_validation
   n_val = sum(is_val(r["idx"], val_fraction) for r in rows)
   if n_val == 0 or n_val == len(rows):
     raise SongJobError(f"dataset {dataset_id}'s {len(rows)} clips split into {len(rows) - n_val} "
