@@ -33,6 +33,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments: {argv[1:]}")
   entries = eval_set.read_manifest(_SET.value)
+  recordings = real_set.entries(_RECORDINGS.value) if _RECORDINGS.value else []  # fetched?
   if _LIMIT.value is not None and _LIMIT.value < len(entries):
     entries = entries[::int(np.ceil(len(entries) / _LIMIT.value))]
   warm = load.load(os.path.join(_SET.value, entries[0].wav))  # numba compiles on first use
@@ -58,8 +59,8 @@ def main(argv: list[str]) -> None:
   _print_table(rows)
   print(f"{seconds_audio / 60:.1f} minutes of audio; analysis {60 * seconds_spent / seconds_audio:.2f}"
         f" s per minute of audio ({seconds_audio / seconds_spent:.0f}x real time)")
-  if _RECORDINGS.value:
-    _real_recordings(_RECORDINGS.value)
+  if recordings:
+    _real_recordings(_RECORDINGS.value, recordings)
 
 
 def _keys(audio: load.Audio) -> dict[str, key.Key]:
@@ -94,11 +95,11 @@ def _print_table(rows: dict) -> None:
     print(" | ".join(cells))
 
 
-def _real_recordings(folder: str) -> None:
+def _real_recordings(folder: str, recordings: list[real_set.Entry]) -> None:
   """The real recordings: each one's estimates against its truth, then the table's rows."""
   rows = collections.defaultdict(lambda: collections.defaultdict(list))
   print(f"real recordings ({folder}):")
-  for e in real_set.entries(folder):
+  for e in recordings:
     audio = load.load(e.wav)
     t = tempo.estimate(audio.samples, audio.sample_rate)
     keys = _keys(audio)
