@@ -1,6 +1,6 @@
 """The real-recordings truth set: six recordings from the synctoolbox source distribution.
 
-`scripts/fetch_recordings.sh` puts them in `.cache/recordings`. Their truth, and where it comes from:
+`scripts/fetch_recordings.sh` puts them in `.cache/recordings`. Their truth, and its sources:
   key    each performance's global key. Singers transpose Winterreise, so the key a song was
          written in is not the key it is sung in: these are the keys the performances are in, from
          the local-key annotations of the Schubert Winterreise Dataset's performances by Christof
@@ -40,7 +40,8 @@ class Recording:
 RECORDINGS = (
     Recording("Schubert_D911-01_HU33", "lied", 0, "minor", 2, "Gute Nacht, Hüsch/Müller 1933"),
     Recording("Schubert_D911-01_SC06", "lied", 0, "minor", 2, "Gute Nacht, Scarlata/Denk 2006"),
-    Recording("Schubert_D911-03_HU33", "lied", 2, "minor", 4, "Gefror'ne Tränen, Hüsch/Müller 1933"),
+    Recording("Schubert_D911-03_HU33", "lied", 2, "minor", 4,
+              "Gefror'ne Tränen, Hüsch/Müller 1933"),
     Recording("Schubert_D911-03_SC06", "lied", 3, "minor", 4,
               "Gefror'ne Tränen, Scarlata/Denk 2006"),
     Recording("Chopin_Op010-03-Measures1-8_Igoshina", "piano", 4, "major", None,
