@@ -37,6 +37,8 @@ fi
 # its requirements, which pull TensorFlow (the extra `audio` holds what it imports).
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps basic-pitch==0.4.0
 PYTHON=.venv/bin/python bash scripts/fetch_performances.sh .cache/performances
+# Real recordings with annotated measures and known keys, the audio analysis's second truth set.
+PYTHON=.venv/bin/python bash scripts/fetch_recordings.sh .cache/recordings
 
 # Debian packages, installed when missing (as root, or with sudo that asks nothing). The first
 # argument says what else would do when they cannot be installed here.

@@ -38,6 +38,16 @@ def test_eval_set_truth_is_written_and_renders_are_cached(tiny_set):
   assert os.path.getmtime(os.path.join(out, entries[0].wav)) == stamp  # reused, not rendered
 
 
+def test_a_fitting_set_leaves_out_the_evaluation_pieces(tiny_set, tmp_path):
+  _, entries = tiny_set
+  plans = tuple(eval_set.GenrePlan(p.genre, 1, p.programs, p.bpm_range)
+                for p in eval_set.DEFAULT_PLANS[:2])
+  other = eval_set.build(str(tmp_path), plans, max_seconds=4.0,
+                         exclude=frozenset(e.id for e in entries))
+  assert [e.genre for e in other] == [p.genre for p in plans]
+  assert not {e.id for e in other} & {e.id for e in entries}
+
+
 def test_analysis_finds_the_rendered_tempo_and_key(tiny_set):
   out, entries = tiny_set
   key_scores = []

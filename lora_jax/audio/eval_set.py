@@ -185,8 +185,13 @@ def _piece_entry(piece: corpus.CorpusPiece, plan: GenrePlan, index: int, out: st
 
 
 def build(out: str, plans: tuple[GenrePlan, ...] = DEFAULT_PLANS,
-          max_seconds: float = 45.0) -> list[Entry]:
-  """Builds (or completes from its cache) the set under `out`; returns its entries."""
+          max_seconds: float = 45.0, exclude: frozenset[str] = frozenset()) -> list[Entry]:
+  """Builds (or completes from its cache) the set under `out`; returns its entries.
+
+  Pieces whose id is in `exclude` are passed over (not counted, not listed as skipped): a
+  training set built with the evaluation set's ids excluded takes the next pieces of the same
+  genres in the same order, so no piece is in both.
+  """
   root = music21.common.getCorpusFilePath()
   os.makedirs(out, exist_ok=True)
   candidates = []
@@ -201,6 +206,8 @@ def build(out: str, plans: tuple[GenrePlan, ...] = DEFAULT_PLANS,
     for piece in pieces:
       if taken == plan.n_pieces:
         break
+      if piece.id in exclude:
+        continue
       try:
         entries.append(_piece_entry(piece, plan, taken, out, root, max_seconds))
       except Exception as e:  # music21 raises many types; every skip is listed with its reason

@@ -38,7 +38,8 @@ class Key:
   mode: str  # "major" or "minor"
   confidence: float
   runner_up: str
-  scores: tuple[float, ...]  # 24 correlations: C..B major, then C..B minor
+  # 24 correlations (here) or probabilities (key_model): C..B major, then C..B minor
+  scores: tuple[float, ...]
 
   @property
   def name(self) -> str:
@@ -49,11 +50,15 @@ def key_name(tonic: int, mode: str) -> str:
   return f"{PITCH_NAMES[tonic]} {mode}"
 
 
+def chroma_frames(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+  """CQT chroma (C2 to C8), 12 x frames, each frame scaled to a maximum of 1, C first."""
+  return librosa.feature.chroma_cqt(y=samples, sr=sample_rate, hop_length=HOP, n_octaves=6,
+                                    fmin=librosa.note_to_hz("C2"))
+
+
 def chroma_profile(samples: np.ndarray, sample_rate: int) -> np.ndarray:
   """Twelve pitch-class energies (CQT chroma summed over time), C first."""
-  chroma = librosa.feature.chroma_cqt(y=samples, sr=sample_rate, hop_length=HOP, n_octaves=6,
-                                      fmin=librosa.note_to_hz("C2"))
-  return chroma.sum(axis=1)
+  return chroma_frames(samples, sample_rate).sum(axis=1)
 
 
 def scores(profile: np.ndarray, which: str = DEFAULT_PROFILE) -> np.ndarray:
