@@ -3,7 +3,7 @@ r"""python bench/base_nll.py --bases=old.safetensors,assets/base_model/base_mode
 
 Held-out NLL of base models alone (no adapters), one row per base and one column per pack's
 split (test by default), scored as every table of the project scores it (`evaluation.nll`:
-bits per target token, Program targets pooled as one class), in windows of `--seq_len` tokens
+bits per target token, pitched Program targets pooled as one class), in windows of `--seq_len` tokens
 (at most every base's max_len). A second block gives the bits of the Velocity targets alone:
 what a note's loudness costs, the figure that shows whether a base has read a user's dynamics.
 """

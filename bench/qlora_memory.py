@@ -96,9 +96,10 @@ def real_run(args, base_dtype: str, kind: str, workdir: str) -> dict:
   from lora_jax.families import music_lm
   from lora_jax.train import loop
   defaults_path = os.path.join(ROOT, "configs", "lora_adapter_config.py")
+  flags = {"parent.learning_rate": args.learning_rate} if args.learning_rate else {}
   config = settings.resolve(config_lib.load_config_dict(defaults_path), defaults_path,
-                            args.parent_genre, None, {})
-  base = base_file.load_model(BASE)
+                            args.parent_genre, None, flags)
+  base = base_file.load_model(args.base)
   tokenizer = base_file.load_tokenizer(base.path, base.settings)
   pack = style_pack.load_style_pack(args.pack)
   split = lambda s: windows.split_windows([pack.path], s, tokenizer, config.data.seq_len,
@@ -142,6 +143,9 @@ def main():
   p.add_argument("--pack", default="")
   p.add_argument("--parent_genre", default="celtic_fiddle")
   p.add_argument("--real_steps", type=int, default=120)
+  p.add_argument("--base", default=BASE, help="Base model file of the real runs")
+  p.add_argument("--learning_rate", type=float, default=0.0,
+                 help="The real runs' peak learning rate; 0: the genre's own")
   p.add_argument("--skip_big", action="store_true")
   p.add_argument("--skip_real", action="store_true")
   p.add_argument("--storages", default=",".join(s[0] for s in STORAGES),
@@ -176,7 +180,7 @@ def main():
       real = {name: real_run(args, dtype, kind, workdir)
               for name, dtype, kind in STORAGES if name in chosen}
     first = next(iter(real.values()))
-    print(f"\nreal run: {args.parent_genre} parent adapter over the shipped 1M base, "
+    print(f"\nreal run: {args.parent_genre} parent adapter over {args.base}, "
           f"{first['steps']} steps, {first['train_windows']} train / {first['val_windows']} "
           f"validation windows; validation loss in nats per token")
     print("| base storage | base before training | vs float32 | adapter, best | vs float32 | "

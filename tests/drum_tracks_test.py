@@ -1,23 +1,25 @@
 """A General MIDI drum track (channel 10) in a user's folder: what the style-pack path does with
-it (README, "Your own music", "Drum tracks"). The shipped base has never read one."""
+it and how its Program tokens are scored (README, "Your own music", "Drum tracks"). The shipped
+base has never read one."""
 
 import os
 import pathlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lora_jax.data import midi_file
 from lora_jax.data.style_packs import folder as fp
 from lora_jax.families import music_lm
-from lora_jax.hierarchy import base_file, windows
+from lora_jax.hierarchy import base_file, evaluation, windows
 import own_music_testlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BASE = str(ROOT / "assets" / "base_model" / "base_model.safetensors")
 
 
-def test_a_drum_track_packs_tokenises_and_is_scored_as_any_program(tmp_path):
+def test_a_drum_track_packs_tokenises_and_drums_are_a_class_of_their_own(tmp_path):
   music = tmp_path / "my_music" / "rock" / "punk"
   os.makedirs(music)
   for i in range(4):  # drums on channel 10 and a bass (program 33), tempo and meter changes
@@ -45,14 +47,26 @@ def test_a_drum_track_packs_tokenises_and_is_scored_as_any_program(tmp_path):
   drums, bass = tokenizer.ids["Program_drums"], tokenizer.ids["Program_33"]
   assert drums in window and bass in window
 
-  # What training and the NLL tables score: Program tokens are one class, so saying "drums"
-  # where the file says "bass" costs nothing. An adapter learns the drums' pitches and rhythms
-  # after a Program_drums, never to choose drums: `generate.py --program=drums` does that.
+  # What training and the NLL tables score: the pitched Program tokens are one class (saying
+  # "flute" where the file says "bass" costs nothing), Program_drums is a class of its own, so
+  # predicting a bass where the file has drums costs bits, and the by-kind breakdown shows the
+  # drums' Program tokens apart.
   pooled = base_file.pooled_targets(tokenizer)
-  assert drums in pooled
+  assert drums not in pooled and bass in pooled and len(pooled) == 128
+  flute = tokenizer.ids["Program_73"]
   logits = base.model().apply({"params": base.params}, jnp.asarray(window))
-  as_written = music_lm.next_token_ce(logits, jnp.asarray(window), pooled)
-  relabelled = music_lm.next_token_ce(logits, jnp.asarray(np.where(window == drums, bass, window)),
-                                      pooled)
+  ce = lambda w: np.asarray(music_lm.next_token_ce(logits, jnp.asarray(w), pooled))
+  as_written = ce(window)
   assert np.isfinite(as_written).all()
-  np.testing.assert_array_equal(as_written, relabelled)
+  np.testing.assert_array_equal(ce(np.where(window == bass, flute, window)), as_written)
+  at_drums = window[:, 1:] == drums
+  relabelled = ce(np.where(window == drums, bass, window))
+  np.testing.assert_array_equal(relabelled[~at_drums], as_written[~at_drums])
+  assert (relabelled[at_drums] != as_written[at_drums]).all()
+  # A drum target is scored by its own logit alone.
+  log_p = np.asarray(logits[:, :-1] - jax.nn.logsumexp(logits[:, :-1], axis=-1, keepdims=True))
+  np.testing.assert_allclose(as_written[at_drums], -log_p[at_drums][:, drums], rtol=1e-5)
+  arrays = {"tokens": window, "mask": np.ones_like(window)}
+  kinds = evaluation.nll_by_kind(base.model(), base.params, arrays, tokenizer)
+  assert {"Program", "Program_drums", "Pitch"} <= set(kinds)
+  assert kinds["Program_drums"].n_tokens == int(at_drums.sum())

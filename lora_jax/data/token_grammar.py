@@ -15,9 +15,10 @@ accepts, so a sample cut anywhere by the length limit decodes in full. A token t
 rejects sends the state to DEAD, where nothing is allowed; the sampler checks its prompt for this.
 
 A forced program (`--program`) takes the probability of every Program token: the hierarchy's
-models score Program targets as a class (`music_lm.LmConfig.pooled_targets`), i.e. they learn
-where a note starts, not the instrument, so the forced token gets the class's whole mass
-(`logits`). Masking the other programs alone would leave the mass of the model's favourite
+models score pitched Program targets as a class (`music_lm.LmConfig.pooled_targets`), i.e. they
+learn where a note starts, not the instrument, so the forced token gets the class's whole mass
+(`logits`), and the mass of `Program_drums` (a class of its own) too, since one forced program is
+one instrument for every note. Masking the other programs alone would leave the mass of the model's favourite
 instrument to EOS, and empty files.
 
 A minimum number of bars (`--min_bars`) holds EOS back until that many Bar tokens have come (a bar

@@ -7,11 +7,12 @@ mask[t + 1] = 1. Metric: `bits_per_token` (the loss in bits).
 
 Pooled targets (`LmConfig.pooled_targets`): a target among these ids is scored as the class, by
 the total probability of all of them: the model must predict that one of them comes, not which.
-The MIDI tokens pool their Program tokens (lora_jax.hierarchy): where a Program token stands says
-"a note starts here", which is music; which program it names is the instrument the source file
-happened to label (fiddle tunes "violin", Essen songs "voice"), which the user picks at generation
-time (`launch/generate.py --program`). Scored by value, a fiddle-style adapter spent most of what
-it changed on other genres' NLL on Program tokens alone.
+The MIDI tokens pool their pitched Program tokens (lora_jax.hierarchy): where a Program token
+stands says "a note starts here", which is music; which program it names is the instrument the
+source file happened to label (fiddle tunes "violin", Essen songs "voice"), which the user picks at
+generation time (`launch/generate.py --program`). Scored by value, a fiddle-style adapter spent
+most of what it changed on other genres' NLL on Program tokens alone. `Program_drums` is not
+pooled: a drum note is another kind of event, not another label for the same one.
 
 Sharding: attention and feed-forward kernels are split Megatron-style, the widening projections
 (q/k/v, ff.in, head) on their output axis over 'model' and input axis over 'fsdp', the narrowing

@@ -102,12 +102,18 @@ def load_tokenizer(model_path: str, settings: ModelSettings) -> midi_tokenizer.M
 
 
 POOLED_KINDS = ("Program",)  # scored as a class: where a note starts, not which instrument
+# ...except drums: a pitched program is the file's label for a melody or chord instrument, which
+# the user picks when sampling, but a drum note is another kind of event (its Pitch is a drum,
+# not a note), so predicting drums where the file has a bass must cost something, and an adapter
+# must be able to learn when a drum style plays drums.
+UNPOOLED = ("Program_drums",)
 
 
 def pooled_targets(tokenizer: midi_tokenizer.MidiTokenizer) -> tuple[int, ...]:
-  """Token ids the hierarchy scores as one class (`music_lm.LmConfig.pooled_targets`)."""
+  """Token ids the hierarchy scores as one class (`music_lm.LmConfig.pooled_targets`): the
+  pitched programs; `Program_drums` stays a class of its own."""
   return tuple(i for i, name in enumerate(tokenizer.tokens)
-               if name.split("_", 1)[0] in POOLED_KINDS)
+               if name.split("_", 1)[0] in POOLED_KINDS and name not in UNPOOLED)
 
 
 def copy_vocab(model_path: str, folder: str) -> str:

@@ -2,7 +2,8 @@
 
 Scored as the training loss is (`families.music_lm.loss_fn`): position t predicts token t + 1
 where mask[t + 1] = 1, so BOS is context, never a target, and a Program target is scored as the
-class of all Program tokens (`base_file.pooled_targets`: where a note starts, not the instrument). Unlike the loop's validation (a mean of
+class of all pitched Program tokens (`base_file.pooled_targets`: where a note starts, not the
+instrument; `Program_drums` is a class of its own). Unlike the loop's validation (a mean of
 per-batch means over full batches), this is the exact token-weighted mean over every window of the
 split: the last batch is padded with rows of mask 0, which add nothing. Adapter weights are data,
 so every level reuses one compiled function per adapter count.
@@ -78,12 +79,13 @@ def nll_by_kind(model: nn.Module, params: Any, arrays: dict[str, np.ndarray],
                 weights: Sequence[float] = ()) -> dict[str, Nll]:
   """`nll` per kind of target token ('Pitch', 'Program', 'Duration', ...): where the bits go.
 
-  Program targets are scored as the hierarchy scores them, as a class (`nll` with the pooled ids).
+  Program targets are scored as the hierarchy scores them, the pitched ones as a class (`nll`
+  with the pooled ids); `Program_drums`, a class of its own, is a kind of its own too.
   """
   ce, mask = target_ce(model, params, arrays, adapters, weights,
                        base_file.pooled_targets(tokenizer))
-  kinds = np.asarray([name.split("_")[0] for name in tokenizer.tokens])[
-      np.asarray(arrays["tokens"])[:, 1:]]
+  kinds = np.asarray([name if name in base_file.UNPOOLED else name.split("_")[0]
+                      for name in tokenizer.tokens])[np.asarray(arrays["tokens"])[:, 1:]]
   out = {}
   for kind in sorted(set(kinds[mask > 0])):
     sel = (mask > 0) & (kinds == kind)
