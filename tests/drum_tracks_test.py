@@ -1,5 +1,5 @@
 """A General MIDI drum track (channel 10) in a user's folder: what the style-pack path does with
-it and how its Program tokens are scored (README, "Your own music", "Drum tracks"). The shipped
+it and how its Program tokens are scored (docs/own_music.md, "Drum tracks"). The shipped
 base has never read one."""
 
 import os
