@@ -19,6 +19,12 @@ depth (per layer: the difference between the two, divided by their layer gap). M
 collectives are sums over identical layers plus the embedding, head and optimiser, so the line is
 exact up to XLA choosing differently at another depth.
 
+`--modes=merge` compiles the adapter merge instead (`lora_jax/lora/sharded_merge.py`): a
+rank-16 adapter on every q/k/v/out/ff.in/ff.out kernel folded into the fsdp-sharded base at full
+depth (no extrapolation), each device its own blocks; it prints the planned memory against the
+base shard, the collectives (an exit if any moves an array as large as a kernel's shard), and the
+time reading and writing the shard at the accelerator's HBM bandwidth implies.
+
 What this is and is not: XLA:CPU's plan for the same sharded program, not a GPU's or a TPU's
 (their compilers fuse and schedule differently, and keep different temporaries); no step ran.
 
@@ -175,7 +181,7 @@ def compile_merge(size: str, n_devices: int, dtype: str) -> dict:
   import jax  # pylint: disable=g-import-not-at-top; XLA_FLAGS must be set first
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-  from lora_jax import families, lora  # pylint: disable=g-import-not-at-top
+  from lora_jax import families, lora, tree_paths  # pylint: disable=g-import-not-at-top
   from lora_jax.lora import sharded_merge  # pylint: disable=g-import-not-at-top
   from lora_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
   from lora_jax.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
@@ -207,11 +213,12 @@ def compile_merge(size: str, n_devices: int, dtype: str) -> dict:
   compiled = sharded_merge.jit_merge(base_sh, [adapter]).lower(base, [adapter], weights).compile()
   memory = compiled.memory_analysis()
   hlo = compiled.as_text()
-  kernel_shapes = {tuple(x.shape) for keys, x in tree_paths_flat(base) if keys[-1] == "kernel"}
-  base_bytes = sum(x.size * x.dtype.itemsize for _, x in tree_paths_flat(base))
+  flat = tree_paths.flatten(base)
+  kernel_shapes = {tuple(x.shape) for keys, x in flat.items() if keys[-1] == "kernel"}
   return {"size": size, "mode": f"merge ({dtype} base)", "devices": n_devices,
-          "params": int(sum(x.size for _, x in tree_paths_flat(base))), "layers": layers,
-          "mesh": dict(mesh.shape), "base_bytes": int(base_bytes),
+          "params": int(sum(x.size for x in flat.values())), "layers": layers,
+          "mesh": dict(mesh.shape),
+          "base_bytes": int(sum(x.size * x.dtype.itemsize for x in flat.values())),
           "kernels_folded": len(targets),
           "memory_per_device": {"arguments": memory.argument_size_in_bytes,
                                 "outputs": memory.output_size_in_bytes,
@@ -223,12 +230,6 @@ def compile_merge(size: str, n_devices: int, dtype: str) -> dict:
                                             + memory.temp_size_in_bytes)},
           "collectives": collectives(hlo),
           "kernel_sized_collectives": kernel_sized_collectives(hlo, kernel_shapes, n_devices)}
-
-
-def tree_paths_flat(tree) -> list:
-  """[(keys, leaf)] of a parameter tree."""
-  from lora_jax import tree_paths  # pylint: disable=g-import-not-at-top
-  return list(tree_paths.flatten(tree).items())
 
 
 def kernel_sized_collectives(hlo: str, kernel_shapes: set, n_devices: int) -> int:
@@ -352,17 +353,23 @@ def _print_merges(rows: list, accelerator: str) -> None:
   hbm = ACCELERATORS[accelerator][1]
   print(f"sharded merge, rank-16 adapter on every q/k/v/out/ff.in/ff.out kernel; XLA:CPU's "
         f"compiled plan, not run; time at {accelerator} HBM {hbm / 1e12:.2f} TB/s")
-  print("| size | base | devices | base GiB | base shard GiB/device | planned GiB/device | "
-        "planned / shard | collectives (kernel-sized) | implied s |")
-  print("|---|---|---|---|---|---|---|---|---|")
+  print("| size | base | devices | base GiB | GiB/device: base shard | adapter factors | "
+        "temporaries | planned | planned / base shard | collectives (kernel-sized) | "
+        "implied s |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
   for row in rows:
     m = row["memory_per_device"]
     shard = m["outputs"]  # every output is a base leaf, sharded as it came in
     coll = ", ".join(f"{k} {c}" for k, (c, _) in sorted(row["collectives"].items())) or "none"
     print(f"| {row['size']} | {row['mode'][len('merge ('):-len(' base)')]} | {row['devices']} | "
-          f"{gib(row['base_bytes']):.1f} | {gib(shard):.2f} | {gib(m['planned']):.2f} | "
-          f"{m['planned'] / shard:.3f} | {coll} ({row['kernel_sized_collectives']}) | "
-          f"{(m['arguments'] + m['outputs']) / hbm:.4f} |")
+          f"{gib(row['base_bytes']):.1f} | {gib(shard):.3f} | "
+          f"{gib(m['arguments'] - shard):.3f} | {gib(m['temporaries']):.3f} | "
+          f"{gib(m['planned']):.3f} | {m['planned'] / shard:.3f} | {coll} "
+          f"({row['kernel_sized_collectives']}) | {(m['arguments'] + m['outputs']) / hbm:.4f} |")
+  gathered = [f"{r['size']} on {r['devices']}" for r in rows if r["kernel_sized_collectives"]]
+  if gathered:
+    sys.exit(f"scale_plan: the sharded merge moves kernel-sized arrays between devices at "
+             f"{', '.join(gathered)}")
 
 
 if __name__ == "__main__":
