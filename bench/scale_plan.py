@@ -31,8 +31,9 @@ What this is and is not: XLA:CPU's plan for the same sharded program, not a GPU'
 Attention is the project's blockwise jnp kernel (`causal_attention`) in one chunk: it keeps flash
 attention's residuals (q, k, v, the output and the log-sum-exp), as cuDNN's and the Pallas kernel
 do, so its memory stands in for theirs; XLA's reference attention would plan [B, H, T, T] scores
-no accelerator path keeps. (Its usual CPU chunks slice the global batch and, on a batch-split
-mesh, moved every row's q, k and v to one device: the first run of this plan counted that.)
+no accelerator path keeps. (Its usual CPU chunks sliced the global batch and, on a batch-split
+mesh, moved every row's q, k and v to one device: the first run of this plan counted that. Train
+steps now run it per device on the device's own rows, `attention.batch_split`.)
 
 Two causes of the first run's figures (14.3 GiB a device at 100M LoRA), both mended: the chunked
 CPU attention above, and XLA's sharding propagation choosing to all-gather [batch, 2048, 3072]
