@@ -50,6 +50,9 @@ def main(argv):
   del argv
   config_model = _CONFIG.value.model if _CONFIG.value is not None else None
   if _PEFT_ADAPTER.value:
+    if _MAX_SHARD.value:
+      raise ValueError("--max_shard_size shards a merged model; a PEFT adapter folder has one "
+                       "small file (drop one of --max_shard_size and --peft_adapter)")
     export.export_adapter_peft(_PEFT_ADAPTER.value, _OUTPUT.value, base_path=_INPUT.value,
                                base_model_name=_BASE_NAME.value, config_model=config_model,
                                model_family=_FAMILY, allow_other_base=_ALLOW_OTHER_BASE.value)

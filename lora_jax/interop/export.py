@@ -111,13 +111,18 @@ def _export_sharded(base_path: str, abstract_params: Any, adapter_paths: Sequenc
                max_shard_bytes, os.path.basename(written[-1]))
 
 
+_all_finite = jax.jit(lambda x: jnp.all(jnp.isfinite(x)))
+
+
 def finite_on_device(tree: Any, what: str) -> None:
   """`finite.check_tree` with the test run where each array lives: only a tensor that fails is
   fetched to the host (for the message)."""
   flat = tree_paths.flatten(tree)
-  ok = jax.jit(lambda leaves: [jnp.all(jnp.isfinite(x)) for x in leaves])(list(flat.values()))
-  for (keys, leaf), fine in zip(flat.items(), ok):
-    if not bool(fine):
+  # One leaf per call (one program over every leaf planned temporaries for all of them), each
+  # read before the next starts: several all-reduce programs in flight on XLA:CPU's fake devices
+  # deadlocked in their rendezvous.
+  for keys, leaf in flat.items():
+    if not bool(_all_finite(leaf)):
       finite.check_tree({keys: leaf}, what)
 
 

@@ -104,12 +104,15 @@ def load_params_sharded(path: str, abstract_params: Any, shardings: Any) -> Any:
   expected = {name: tuple(leaf.shape) for name, leaf in dotted_leaves(abstract_params).items()}
   with _open(path, "np") as f:
     got = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
-    check_names_and_shapes(expected, got, os.path.basename(path))
-    flat_shardings = tree_paths.flatten(shardings)
-    flat = {}
-    for keys, leaf in tree_paths.flatten(abstract_params).items():
+  check_names_and_shapes(expected, got, os.path.basename(path))
+  flat_shardings = tree_paths.flatten(shardings)
+  flat = {}
+  for keys, leaf in tree_paths.flatten(abstract_params).items():
+    # The file is opened per tensor: safetensors reads through mmap, and pages of a mapping held
+    # across every tensor stay resident until it closes -- the whole file, in the end.
+    with _open(path, "np") as f:
       tensor = f.get_slice(tree_paths.dotted(keys))
       flat[keys] = jax.make_array_from_callback(
           tuple(leaf.shape), flat_shardings[keys],
-          lambda index, tensor=tensor: np.asarray(tensor[index]))
+          lambda index, tensor=tensor: np.array(tensor[index]))
   return tree_paths.unflatten(flat)

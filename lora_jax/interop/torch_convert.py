@@ -25,7 +25,7 @@ import safetensors
 import safetensors.torch
 import torch
 
-from lora_jax import atomic, finite, pickles, stable_safetensors, tree_paths
+from lora_jax import atomic, finite, host_arrays, pickles, stable_safetensors, tree_paths
 from lora_jax.interop import sharded_safetensors
 from lora_jax.interop.flax_weights import (WeightFileError, check_names_and_shapes, dotted_leaves,
                                            listed)
@@ -207,7 +207,7 @@ def save_sharded_safetensors(params: Any, folder: str, max_shard_bytes: int, ren
     kernel = path.endswith(".kernel")
     tensors.append(sharded_safetensors.Tensor(
         names[path], _torch_shape(path, leaf.shape), np.dtype(leaf.dtype),
-        fetch=lambda leaf=leaf: np.asarray(leaf), transposed=kernel))
+        fetch=lambda leaf=leaf: host_arrays.fetch(leaf), transposed=kernel))
   return sharded_safetensors.save(tensors, folder, max_shard_bytes, metadata)
 
 
