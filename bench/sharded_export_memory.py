@@ -30,11 +30,11 @@ _WRAPPER = ("import resource, subprocess, sys\n"
             "sys.exit(done.returncode)\n")
 
 
-def _child_peak(args: list[str], env: dict) -> float:
-  """Peak resident bytes of `args` run as a child process."""
+def _child_peak(args: list[str], env: dict, status: int = 0) -> float:
+  """Peak resident bytes of `args` run as a child process that exits with `status`."""
   done = subprocess.run([sys.executable, "-c", _WRAPPER, *args], env=env, capture_output=True,
                         text=True)
-  if done.returncode:
+  if done.returncode != status:
     sys.exit(f"sharded_export_memory: {args[-1]} failed:\n{done.stderr}")
   return int(done.stdout.split()[-1]) * 1024.0
 
@@ -79,7 +79,8 @@ def main() -> None:
     sharded_env = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=8")
     sharded = _child_peak(launch + [f"--max_shard_size={args.max_shard_size}",
                                        f"--output={os.path.join(tmp, 'shards')}"], sharded_env)
-    imports = _child_peak(launch[:2] + ["--helpshort"], env)  # the process alone: jax, torch
+    # The process alone (jax, torch): absl's --helpshort imports everything and exits 1.
+    imports = _child_peak(launch[:2] + ["--helpshort"], env, status=1)
     whole = _child_peak(launch + [f"--output={os.path.join(tmp, 'merged.safetensors')}"], env)
   mib = lambda b: b / 2**20
   print(f"base: {sum(x.size for x in jax.tree.leaves(abstract)) / 1e6:.0f}M float32 parameters, "

@@ -78,12 +78,15 @@ def test_sharded_merge_equals_the_unsharded_merge_and_keeps_every_sharding(param
       np.testing.assert_array_equal(got, expected, err_msg=str(keys))  # untouched, bit for bit
 
 
-def test_sharded_merge_refuses_dora(params):
+def test_sharded_merge_refuses_dora_and_a_host_base(params, adapters):
   dora_spec = lora.LoraSpec(rank=2, target_modules=("attn.q_proj",), use_dora=True)
   adapter = testlib.random_adapter(params, dora_spec, 3)
   base, _ = _sharded_base(params)
   with pytest.raises(ValueError, match="cannot fold a DoRA adapter into a sharded base.*q_proj"):
     lora.merge_sharded(base, [adapter])
+  with pytest.raises(ValueError, match="jax.Arrays placed on a mesh; blocks.0.attn.k_proj.bias "
+                                       "is a ndarray"):
+    lora.merge_sharded(jax.tree.map(np.asarray, params), adapters)
 
 
 def _torch_module(state_dict):

@@ -93,6 +93,10 @@ def merge_sharded(base_params: Any, adapters: Sequence[Adapter], weights=None) -
   if quant.is_quantized_tree(base_params):
     raise ValueError("a quantised base cannot be merged sharded; dequantise it first "
                      "(lora.merge does)")
+  for keys, leaf in tree_paths.flatten(base_params).items():
+    if not isinstance(leaf, jax.Array):
+      raise ValueError(f"merge_sharded takes a base of jax.Arrays placed on a mesh; "
+                       f"{tree_paths.dotted(keys)} is a {type(leaf).__name__}")
   adapters, weights = _nonzero(adapters, weights)
   shardings = jax.tree.map(lambda x: x.sharding, base_params)
   return jit_merge(shardings, adapters)(base_params, adapters, weights)
