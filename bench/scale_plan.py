@@ -312,7 +312,8 @@ def main() -> None:
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
                JAX_PLATFORMS="cpu")
     done = subprocess.run([sys.executable, __file__, f"--child={n}", f"--sizes={args.sizes}",
-                           f"--modes={args.modes}", f"--merge_dtype={args.merge_dtype}"], env=env, capture_output=True, text=True)
+                           f"--modes={args.modes}", f"--merge_dtype={args.merge_dtype}"],
+                          env=env, capture_output=True, text=True)
     if done.returncode:
       sys.exit(f"scale_plan: the {n}-device child failed:\n{done.stderr[-3000:]}")
     rows += [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]

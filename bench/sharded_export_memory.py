@@ -89,7 +89,8 @@ def main() -> None:
   print(f"one .safetensors file: peak RSS {mib(whole):.0f} MiB, above the imports "
         f"{(whole - imports) / base_bytes:.2f}x the base")
   print(f"--max_shard_size={args.max_shard_size} on 8 fake devices: peak RSS "
-        f"{mib(sharded):.0f} MiB, above the imports {(sharded - imports) / base_bytes:.2f}x the base")
+        f"{mib(sharded):.0f} MiB, above the imports {(sharded - imports) / base_bytes:.2f}x the "
+        "base")
 
 
 if __name__ == "__main__":

@@ -51,8 +51,8 @@ def export_merged(base_path: str, abstract_params: Any, adapter_paths: Sequence[
   `metadata` goes into a `.safetensors` output (a `.pt` state dict has no place for it).
 
   With `max_shard_bytes`, `output` is a folder of safetensors shards and their index
-  (`sharded_safetensors`), and the base never sits whole on one host: it is read into an fsdp
-  mesh over every device by `partition_rules`, each device folds its own blocks
+  (`sharded_safetensors`), and the base is never assembled in one host array: it is read into an
+  fsdp mesh over every device by `partition_rules`, each device folds its own blocks
   (`lora.sharded_merge`), and the shards are written one tensor at a time.
   """
   if len(weights) != len(adapter_paths):

@@ -8,9 +8,11 @@ no kernel ever gathered, the result keeps W's sharding. Inside, a device folds i
 block at a time into the block's own donated buffer (`merge._fold_rows_in_place`, here on a local
 array, where its slicing stays local), so a device holds its shard plus a ~512 KiB delta.
 
-The values are `merge(..., donate=True)`'s on an unsharded base: the same per-row products
-W + A_rows (w s B), each block of rows computed alone (`tests/sharded_merge_test.py` compares bit
-for bit). DoRA adapters (whose column norm spans every row shard) and quantised bases are refused.
+The values are `merge(..., donate=True)`'s on an unsharded base up to float32 rounding: the same
+per-row products W + A_rows (w s B), but XLA's dot over a narrower block of columns may sum the
+rank terms in another order (`tests/sharded_merge_test.py`: within 4 ulps of the kernel's scale,
+measured at most 2; untouched leaves bit for bit). DoRA adapters (whose column norm spans every
+row shard) and quantised bases are refused.
 """
 
 from typing import Any, Sequence
@@ -20,7 +22,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from lora_jax import quant, tree_paths
 # The row-block fold and the factor list are merge's own, applied to a local block here.
-from lora_jax.lora.merge import _factor_rows, _fold_rows_in_place, _nonzero  # pylint: disable=protected-access
+from lora_jax.lora.merge import (  # pylint: disable=protected-access
+    _factor_rows, _fold_rows_in_place, _nonzero)
 from lora_jax.lora.adapter import Adapter
 
 
