@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lora_jax.models import attention
 from lora_jax.train import batches
@@ -24,18 +25,21 @@ def blockwise(monkeypatch):
   monkeypatch.setattr(attention, "USE_COMPILED_KERNEL", False)  # float32 through the jnp kernel
 
 
-def test_blockwise_attention_is_computed_where_its_rows_live(blockwise):
-  mesh = mesh_lib.make_mesh(MeshConfig(data=2, fsdp=4, model=1))
+@pytest.mark.parametrize("model", [1, 2])
+def test_blockwise_attention_is_computed_where_its_rows_live(blockwise, model):
+  mesh = mesh_lib.make_mesh(MeshConfig(data=2, fsdp=4 // model, model=model))
   b, t, h, k = 8, 256, 4, 16  # two query blocks; 8 (row, head) pairs per chunk = 2 rows
   q, kk, v, w = (jax.random.normal(key, (b, t, h, k)) for key in jax.random.split(
       jax.random.key(0), 4))
   loss = lambda q, k, v: jnp.sum(attention.attention(q, k, v, is_causal=True) * w)
   fwd_bwd = jax.value_and_grad(loss, argnums=(0, 1, 2))
-  rows = mesh_lib.batch_sharding(mesh)
+  # With a 'model' axis, heads come split over it (as tensor-parallel q/k/v projections leave
+  # them), and stay so.
+  rows = NamedSharding(mesh, P(mesh_lib.BATCH_AXES, None, "model" if model > 1 else None))
 
   def compiled(split: bool):
     def step(q, k, v):
-      with (attention.batch_split(mesh, mesh_lib.BATCH_AXES, b) if split
+      with (attention.batch_split(mesh, mesh_lib.BATCH_AXES, b, heads_axis="model") if split
             else contextlib.nullcontext()):
         return attention.attention(q, k, v, is_causal=True), fwd_bwd(q, k, v)
     return jax.jit(step, in_shardings=(rows,) * 3).lower(q, kk, v).compile()

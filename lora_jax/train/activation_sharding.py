@@ -52,6 +52,6 @@ def batch_split(mesh: Mesh | None, batch_size: int) -> Iterator[None]:
       return next_fn(*args, **kwargs)
     return pin(next_fn(pin(args[0]), *args[1:], **kwargs))
 
-  with nn.intercept_methods(interceptor), attention.batch_split(mesh, mesh_lib.BATCH_AXES,
-                                                                 batch_size):
+  with nn.intercept_methods(interceptor), attention.batch_split(
+      mesh, mesh_lib.BATCH_AXES, batch_size, heads_axis="model"):
     yield
