@@ -19,14 +19,21 @@ depth (per layer: the difference between the two, divided by their layer gap). M
 collectives are sums over identical layers plus the embedding, head and optimiser, so the line is
 exact up to XLA choosing differently at another depth.
 
+`--modes=merge` compiles the adapter merge instead (`lora_jax/lora/sharded_merge.py`): a
+rank-16 adapter on every q/k/v/out/ff.in/ff.out kernel folded into the fsdp-sharded base at full
+depth (no extrapolation), each device its own blocks; it prints the planned memory against the
+base shard, the collectives (an exit if any moves an array as large as a kernel's shard), and the
+time reading and writing the shard at the accelerator's HBM bandwidth implies.
+
 What this is and is not: XLA:CPU's plan for the same sharded program, not a GPU's or a TPU's
 (their compilers fuse and schedule differently, and keep different temporaries); no step ran.
 
 Attention is the project's blockwise jnp kernel (`causal_attention`) in one chunk: it keeps flash
 attention's residuals (q, k, v, the output and the log-sum-exp), as cuDNN's and the Pallas kernel
 do, so its memory stands in for theirs; XLA's reference attention would plan [B, H, T, T] scores
-no accelerator path keeps. (Its usual CPU chunks slice the global batch and, on a batch-split
-mesh, moved every row's q, k and v to one device: the first run of this plan counted that.)
+no accelerator path keeps. (Its usual CPU chunks sliced the global batch and, on a batch-split
+mesh, moved every row's q, k and v to one device: the first run of this plan counted that. Train
+steps now run it per device on the device's own rows, `attention.batch_split`.)
 
 Two causes of the first run's figures (14.3 GiB a device at 100M LoRA), both mended: the chunked
 CPU attention above, and XLA's sharding propagation choosing to all-gather [batch, 2048, 3072]
@@ -54,6 +61,7 @@ ACCELERATORS = {  # name: (bf16 dense FLOP/s, HBM bytes/s, link bytes/s per devi
 PROBE_LAYERS = (2, 4)
 SEQ_LEN = 2048
 VOCAB = 512  # the MIDI event vocabulary
+MERGE_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "ff.in", "ff.out")
 _COLLECTIVE = re.compile(
     r"= (\(?[^=]*?\)?) (all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)"
     r"(-start)?\(")
@@ -168,6 +176,77 @@ def compile_case(size: str, mode: str, n_devices: int, layers: int) -> dict:
           "collectives": collectives(compiled.as_text())}
 
 
+def compile_merge(size: str, n_devices: int, dtype: str) -> dict:
+  """Lower and compile the sharded merge (`lora.sharded_merge`) of a rank-16 adapter on every
+  q/k/v/out/ff.in/ff.out kernel into a `dtype` base at full depth; its figures, never run."""
+  import jax  # pylint: disable=g-import-not-at-top; XLA_FLAGS must be set first
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  from lora_jax import families, lora, tree_paths  # pylint: disable=g-import-not-at-top
+  from lora_jax.lora import sharded_merge  # pylint: disable=g-import-not-at-top
+  from lora_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
+  from lora_jax.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from lora_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+
+  d, layers, d_ff, heads = SIZES[size]
+  config = config_lib.load("configs/music_lm.py", None, {
+      "model.vocab_size": VOCAB, "model.d_model": d, "model.n_layers": layers,
+      "model.d_ff": d_ff, "model.n_heads": heads, "model.max_len": SEQ_LEN,
+      "model.seq_len": SEQ_LEN, "lora.rank": 16,
+      "lora.target_modules": MERGE_TARGETS, "mesh.data": 1, "mesh.fsdp": -1,
+      "data.synthetic_examples": 1, "data.batch_size": n_devices,
+      "data.eval_batch_size": n_devices})
+  family = families.lookup(config.family).make(config.model, jnp.float32)
+  mesh = mesh_lib.make_mesh(config.mesh, jax.devices()[:n_devices])
+  abstract = state_lib.abstract_base(family)
+  base_sh = mesh_lib.param_shardings(family.partition_rules, abstract, mesh)
+  targets = lora.resolve(config.lora, abstract)
+  with_sharding = lambda tree, sh: jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, sh)
+  base = with_sharding(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype), abstract),
+                       base_sh)
+  rep = mesh_lib.replicated(mesh)
+  scales = jax.eval_shape(lambda: lora.scales_of(targets))
+  adapter = lora.Adapter(
+      with_sharding(lora.abstract_params(targets, jnp.float32), lora.shardings(targets, base_sh)),
+      with_sharding(scales, jax.tree.map(lambda _: rep, scales)))
+  weights = jax.ShapeDtypeStruct((1,), jnp.float32, sharding=rep)
+  compiled = sharded_merge.jit_merge(base_sh, [adapter]).lower(base, [adapter], weights).compile()
+  memory = compiled.memory_analysis()
+  hlo = compiled.as_text()
+  flat = tree_paths.flatten(base)
+  kernel_shapes = {tuple(x.shape) for keys, x in flat.items() if keys[-1] == "kernel"}
+  return {"size": size, "mode": f"merge ({dtype} base)", "devices": n_devices,
+          "params": int(sum(x.size for x in flat.values())), "layers": layers,
+          "mesh": dict(mesh.shape),
+          "base_bytes": int(sum(x.size * x.dtype.itemsize for x in flat.values())),
+          "kernels_folded": len(targets),
+          "memory_per_device": {"arguments": memory.argument_size_in_bytes,
+                                "outputs": memory.output_size_in_bytes,
+                                "aliased": memory.alias_size_in_bytes,
+                                "temporaries": memory.temp_size_in_bytes,
+                                "planned": (memory.argument_size_in_bytes
+                                            + memory.output_size_in_bytes
+                                            - memory.alias_size_in_bytes
+                                            + memory.temp_size_in_bytes)},
+          "collectives": collectives(hlo),
+          "kernel_sized_collectives": kernel_sized_collectives(hlo, kernel_shapes, n_devices)}
+
+
+def kernel_sized_collectives(hlo: str, kernel_shapes: set, n_devices: int) -> int:
+  """How many collectives in `hlo` move a whole kernel, or any array as large as one device's
+  shard of the smallest kernel: a gather of a kernel, however it is split."""
+  smallest = min(a * b for a, b in kernel_shapes) // n_devices
+  count = 0
+  for result, _, _ in _COLLECTIVE.findall(hlo):
+    for _, dims in _SHAPE.findall(result):
+      n = 1
+      for d in filter(None, dims.split(",")):
+        n *= int(d)
+      count += n >= smallest
+  return count
+
+
 def implied(row: dict, accelerator: str) -> dict:
   """Step time the figures imply on `accelerator`, and the MFU bound."""
   peak, _, link, capacity = ACCELERATORS[accelerator]
@@ -224,6 +303,9 @@ def remat_estimate(low: dict, row: dict) -> int:
 def _child(args) -> None:
   for size in args.sizes.split(","):
     for mode in args.modes.split(","):
+      if mode == "merge":
+        print(json.dumps(compile_merge(size, args.child, args.merge_dtype)), flush=True)
+        continue
       low, high = (compile_case(size, mode, args.child, n) for n in PROBE_LAYERS)
       row = _extrapolate(low, high, SIZES[size][1])
       row["planned_with_remat_estimate"] = remat_estimate(low, row)
@@ -234,7 +316,10 @@ def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("--sizes", default="100M,1B,8B")
   parser.add_argument("--devices", default="8,64")
-  parser.add_argument("--modes", default="lora,full")
+  parser.add_argument("--modes", default="lora,full",
+                      help="lora, full (train steps) and merge (the sharded adapter merge)")
+  parser.add_argument("--merge_dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="the base's dtype in the merge")
   parser.add_argument("--accelerator", default="H100", choices=sorted(ACCELERATORS))
   parser.add_argument("--out", default="", help="write every row as JSON here")
   parser.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
@@ -247,11 +332,19 @@ def main() -> None:
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
                JAX_PLATFORMS="cpu")
     done = subprocess.run([sys.executable, __file__, f"--child={n}", f"--sizes={args.sizes}",
-                           f"--modes={args.modes}"], env=env, capture_output=True, text=True)
+                           f"--modes={args.modes}", f"--merge_dtype={args.merge_dtype}"],
+                          env=env, capture_output=True, text=True)
     if done.returncode:
       sys.exit(f"scale_plan: the {n}-device child failed:\n{done.stderr[-3000:]}")
     rows += [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
   gib = lambda b: b / 2**30
+  merges = [row for row in rows if row["mode"].startswith("merge")]
+  rows = [row for row in rows if not row["mode"].startswith("merge")]
+  if merges:
+    _print_merges(merges, args.accelerator)
+  if not rows:
+    _write(args.out, merges)
+    return
   print(f"accelerator model: {args.accelerator} "
         f"(bf16 {ACCELERATORS[args.accelerator][0] / 1e12:.0f} TFLOP/s, link "
         f"{ACCELERATORS[args.accelerator][2] / 1e9:.0f} GB/s, "
@@ -268,9 +361,38 @@ def main() -> None:
           f"{row['flops_per_device'] / 1e12:.1f} | {t['step_s_overlapped']:.3f} / "
           f"{t['step_s_serial']:.3f} | {t['mfu_bound']:.0%} | {'yes' if t['fits'] else 'no'} ({'yes' if t['fits_with_remat'] else 'no'}) |")
     row["implied"] = {name: implied(row, name) for name in ACCELERATORS}
-  if args.out:
-    with open(args.out, "w") as f:
+  _write(args.out, merges + rows)
+
+
+def _write(path: str, rows: list) -> None:
+  if path:
+    with open(path, "w") as f:
       json.dump(rows, f, indent=1)
+
+
+def _print_merges(rows: list, accelerator: str) -> None:
+  """The sharded merge's table: memory against the base shard, collectives, HBM-bound time."""
+  gib = lambda b: b / 2**30
+  hbm = ACCELERATORS[accelerator][1]
+  print(f"sharded merge, rank-16 adapter on every q/k/v/out/ff.in/ff.out kernel; XLA:CPU's "
+        f"compiled plan, not run; time at {accelerator} HBM {hbm / 1e12:.2f} TB/s")
+  print("| size | base | devices | base GiB | GiB/device: base shard | adapter factors | "
+        "temporaries | planned | planned / base shard | collectives (kernel-sized) | "
+        "implied s |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
+  for row in rows:
+    m = row["memory_per_device"]
+    shard = m["outputs"]  # every output is a base leaf, sharded as it came in
+    coll = ", ".join(f"{k} {c}" for k, (c, _) in sorted(row["collectives"].items())) or "none"
+    print(f"| {row['size']} | {row['mode'][len('merge ('):-len(' base)')]} | {row['devices']} | "
+          f"{gib(row['base_bytes']):.1f} | {gib(shard):.3f} | "
+          f"{gib(m['arguments'] - shard):.3f} | {gib(m['temporaries']):.3f} | "
+          f"{gib(m['planned']):.3f} | {m['planned'] / shard:.3f} | {coll} "
+          f"({row['kernel_sized_collectives']}) | {(m['arguments'] + m['outputs']) / hbm:.4f} |")
+  gathered = [f"{r['size']} on {r['devices']}" for r in rows if r["kernel_sized_collectives"]]
+  if gathered:
+    sys.exit(f"scale_plan: the sharded merge moves kernel-sized arrays between devices at "
+             f"{', '.join(gathered)}")
 
 
 if __name__ == "__main__":

@@ -95,3 +95,24 @@ def load_params(path: str, abstract_params: Any) -> dict:
     check_names_and_shapes(expected, got, os.path.basename(path))
     flat = {name_to_keys[name]: f.get_tensor(name) for name in names}
   return tree_paths.unflatten(flat)
+
+
+def load_params_sharded(path: str, abstract_params: Any, shardings: Any) -> Any:
+  """`load_params` straight into sharded jax.Arrays: each device's block is read from the file
+  alone (a slice of the tensor), so no host holds a whole array, let alone the model."""
+  import jax  # pylint: disable=g-import-not-at-top; the rest of this file is numpy only
+  expected = {name: tuple(leaf.shape) for name, leaf in dotted_leaves(abstract_params).items()}
+  with _open(path, "np") as f:
+    got = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+  check_names_and_shapes(expected, got, os.path.basename(path))
+  flat_shardings = tree_paths.flatten(shardings)
+  flat = {}
+  for keys, leaf in tree_paths.flatten(abstract_params).items():
+    # The file is opened per tensor: safetensors reads through mmap, and pages of a mapping held
+    # across every tensor stay resident until it closes -- the whole file, in the end.
+    with _open(path, "np") as f:
+      tensor = f.get_slice(tree_paths.dotted(keys))
+      flat[keys] = jax.make_array_from_callback(
+          tuple(leaf.shape), flat_shardings[keys],
+          lambda index, tensor=tensor: np.array(tensor[index]))
+  return tree_paths.unflatten(flat)

@@ -25,7 +25,8 @@ import safetensors
 import safetensors.torch
 import torch
 
-from lora_jax import atomic, finite, pickles, stable_safetensors, tree_paths
+from lora_jax import atomic, finite, host_arrays, pickles, stable_safetensors, tree_paths
+from lora_jax.interop import sharded_safetensors
 from lora_jax.interop.flax_weights import (WeightFileError, check_names_and_shapes, dotted_leaves,
                                            listed)
 
@@ -151,7 +152,11 @@ def load_weights_only(path: str) -> Any:
 
 
 def read_torch_file(path: str) -> dict[str, torch.Tensor]:
-  """The raw state dict in a .pt/.pth/.bin, Lightning .ckpt (its `state_dict`) or .safetensors."""
+  """The raw state dict in a .pt/.pth/.bin, Lightning .ckpt (its `state_dict`) or .safetensors,
+  or a folder of safetensors shards with their index (or that index file)."""
+  if os.path.isdir(path) or os.path.basename(path) == sharded_safetensors.INDEX:
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    return sharded_safetensors.load_torch(folder, WeightFileError)
   if not os.path.isfile(path):
     raise WeightFileError(f"no such weight file: {path}")
   suffix = os.path.splitext(path)[1]
@@ -189,6 +194,21 @@ def save_safetensors(params: Any, path: str, renames: Renames = (),
   """Write a Flax tree as a PyTorch-named safetensors file, atomically."""
   state_dict = flax_to_state_dict(params, renames)
   stable_safetensors.save_torch(state_dict, path, metadata)
+
+
+def save_sharded_safetensors(params: Any, folder: str, max_shard_bytes: int, renames: Renames = (),
+                             metadata: Mapping[str, str] | None = None) -> list[str]:
+  """Write a Flax tree (its leaves may be mesh-sharded jax.Arrays) as PyTorch-named safetensors
+  shards of at most `max_shard_bytes` and their index, one array on the host at a time; the
+  paths written, the index last."""
+  names = torch_names(params, renames)
+  tensors = []
+  for path, leaf in dotted_leaves(params).items():
+    kernel = path.endswith(".kernel")
+    tensors.append(sharded_safetensors.Tensor(
+        names[path], _torch_shape(path, leaf.shape), np.dtype(leaf.dtype),
+        fetch=lambda leaf=leaf: host_arrays.fetch(leaf), transposed=kernel))
+  return sharded_safetensors.save(tensors, folder, max_shard_bytes, metadata)
 
 
 def save_state_dict(params: Any, path: str, renames: Renames = ()) -> None:

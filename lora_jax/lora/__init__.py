@@ -8,4 +8,5 @@ from lora_jax.lora.compat import IncompatibleAdapterError, check_adapter, check_
 from lora_jax.lora.fingerprint import fingerprint
 from lora_jax.lora.merge import BLEND_MODES, blend_weights, concat, merge, svd_compress, \
     unit_scale_spec, unmerge
+from lora_jax.lora.sharded_merge import merge_sharded
 from lora_jax.lora.spec import LoraRuleError, LoraSpec, Target, describe, resolve

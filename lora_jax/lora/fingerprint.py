@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from lora_jax import tree_paths
+from lora_jax import host_arrays, tree_paths
 
 
 def fingerprint(params: Any) -> str:
@@ -13,7 +13,7 @@ def fingerprint(params: Any) -> str:
   h = hashlib.sha256()
   flat = {tree_paths.dotted(k): v for k, v in tree_paths.flatten(params).items()}
   for path in sorted(flat):
-    leaf = np.asarray(flat[path])
+    leaf = host_arrays.fetch(flat[path])  # one leaf on the host at a time, even if sharded
     h.update(f"{path}:{leaf.shape}:{leaf.dtype.name};".encode())
     h.update(np.ascontiguousarray(leaf).tobytes())
   return h.hexdigest()[:16]

@@ -27,12 +27,16 @@ cutting the batch into chunks of PAIRS_PER_CHUNK (row, head) pairs (`bench/lora_
 --what=chunk` reruns that one; the README's bench section has the figures).
 """
 
+import contextlib
+import math
 import os
+from typing import Iterator, Sequence
 
 from absl import logging
 import jax
 from jax.experimental.custom_partitioning import custom_partitioning
 import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec
 import numpy as np
 
 from lora_jax import kernels
@@ -60,7 +64,7 @@ def attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, *, mask=None, kv_lengths_B=None,
   if path == "cpu_compiled":
     return compiled_causal_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK)
   if path == "cpu_blockwise":
-    return causal_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK)
+    return _per_device_rows(causal_attention, q_BxTxHxK, k_BxSxHxK, v_BxSxHxK)
   if path == "cudnn":
     return _cudnn(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask, kv_lengths_B, is_causal)
   if path == "pallas_tpu":
@@ -71,6 +75,45 @@ def attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, *, mask=None, kv_lengths_B=None,
     return _float16_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask, is_causal)
   return jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask,
                                       is_causal=is_causal, implementation="xla")
+
+
+# (mesh, batch axes, batch size) while `batch_split` is active (at trace time), else None.
+_BATCH_SPLIT: list = [None]
+
+
+@contextlib.contextmanager
+def batch_split(mesh: Mesh, axes: Sequence[str], batch_size: int,
+                heads_axis: str | None = None) -> Iterator[None]:
+  """Within this context (at trace time), the blockwise CPU kernel runs on each device's own rows
+  of a `batch_size`-row batch split over `axes` of `mesh` (and its own heads, split over
+  `heads_axis` where that axis divides them: tensor-parallel projections leave them so).
+
+  Its chunks slice the batch; traced over the global batch on a batch-split mesh, a chunk's rows
+  lay on other devices and XLA moved them (collective-permutes of q, k and v) to compute it.
+  Under a shard_map over the batch axes every device chunks only the rows it holds.
+  """
+  previous = _BATCH_SPLIT[0]
+  _BATCH_SPLIT[0] = (mesh, tuple(axes), batch_size, heads_axis)
+  try:
+    yield
+  finally:
+    _BATCH_SPLIT[0] = previous
+
+
+def _per_device_rows(kernel, q_BxTxHxK, k_BxSxHxK, v_BxSxHxK):
+  """`kernel` on each device's rows when a `batch_split` covers this batch, else on the whole."""
+  split = _BATCH_SPLIT[0]
+  if split is not None:
+    mesh, axes, batch_size, heads_axis = split
+    devices = math.prod(mesh.shape[a] for a in axes)
+    if q_BxTxHxK.shape[0] == batch_size and batch_size % devices == 0 and devices > 1:
+      heads = mesh.shape.get(heads_axis, 1)
+      # Every head is computed alone, so heads split over a tensor-parallel axis stay split.
+      on_heads = heads_axis if heads > 1 and q_BxTxHxK.shape[2] % heads == 0 else None
+      blocks = PartitionSpec(axes, None, on_heads)
+      return jax.shard_map(kernel, mesh=mesh, in_specs=(blocks,) * 3, out_specs=blocks)(
+          q_BxTxHxK, k_BxSxHxK, v_BxSxHxK)
+  return kernel(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK)
 
 
 _LOGGED: set = set()

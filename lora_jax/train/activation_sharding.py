@@ -11,6 +11,9 @@ dense and convolution layer to "dimension 0 split over the batch axes, the rest 
 propagation only the FSDP answer (gather the weight shard, compute the local batch), and keeps
 the 'model' axis free for tensor-parallel rules.
 
+The CPU blockwise attention kernel, whose chunks slice the batch, is told the same split
+(`attention.batch_split`) and runs per device on its own rows.
+
 The pin applies to arrays whose leading dimension is the step's global micro-batch size, the
 batch dimension in every family; anything else passes untouched. With one data-parallel device
 nothing is added to the program.
@@ -23,6 +26,7 @@ import flax.linen as nn
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from lora_jax.models import attention
 from lora_jax.train import mesh as mesh_lib
 
 _PINNED = (nn.Dense, nn.Conv, nn.ConvTranspose)
@@ -48,5 +52,6 @@ def batch_split(mesh: Mesh | None, batch_size: int) -> Iterator[None]:
       return next_fn(*args, **kwargs)
     return pin(next_fn(pin(args[0]), *args[1:], **kwargs))
 
-  with nn.intercept_methods(interceptor):
+  with nn.intercept_methods(interceptor), attention.batch_split(
+      mesh, mesh_lib.BATCH_AXES, batch_size, heads_axis="model"):
     yield

@@ -1,0 +1,105 @@
+"""Folding adapters into a base that is sharded over a device mesh, each device its own slice.
+
+A kernel W [in, out] sharded as P(r, c) needs, on the device holding block (i, j), the block
+(i, j) of A B: rows i of A [in, rank] times columns j of B [rank, out]. So A is split like W's
+rows (P(r, None)), B like W's columns (P(None, c)) -- the shardings LoRA's factors already get in
+training (`lora.shardings`) -- and a shard_map folds every block where it lives: no collective,
+no kernel ever gathered, the result keeps W's sharding. Inside, a device folds its block a row
+block at a time into the block's own donated buffer (`merge._fold_rows_in_place`, here on a local
+array, where its slicing stays local), so a device holds its shard plus a ~512 KiB delta.
+
+The values are `merge(..., donate=True)`'s on an unsharded base up to float32 rounding: the same
+per-row products W + A_rows (w s B), but XLA's dot over a narrower block of columns may sum the
+rank terms in another order (`tests/sharded_merge_test.py`: within 4 ulps of the kernel's scale,
+measured at most 2; untouched leaves bit for bit). DoRA adapters (whose column norm spans every
+row shard) and quantised bases are refused.
+"""
+
+from typing import Any, Sequence
+
+import jax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from lora_jax import quant, tree_paths
+# The row-block fold and the factor list are merge's own, applied to a local block here.
+from lora_jax.lora.merge import (  # pylint: disable=protected-access
+    _factor_rows, _fold_rows_in_place, _nonzero)
+from lora_jax.lora.adapter import Adapter
+
+
+def _spec_2d(spec: PartitionSpec) -> tuple[Any, Any]:
+  return (tuple(spec) + (None, None))[:2]
+
+
+def _fold_kernel(w, factors, sharding: NamedSharding):
+  rows, cols = _spec_2d(sharding.spec)
+  n = len(factors)
+  fold = jax.shard_map(
+      lambda w, a_list, b_list: _fold_rows_in_place(w, list(zip(a_list, b_list))),
+      mesh=sharding.mesh,
+      in_specs=(PartitionSpec(rows, cols), [PartitionSpec(rows, None)] * n,
+                [PartitionSpec(None, cols)] * n),
+      out_specs=PartitionSpec(rows, cols))
+  return fold(w, [a for a, _ in factors], [b for _, b in factors])
+
+
+def _check(base_shardings: Any, adapters: Sequence[Adapter]) -> None:
+  for adapter in adapters:
+    if adapter.magnitudes():
+      name = tree_paths.dotted(next(iter(adapter.magnitudes())))
+      raise ValueError(f"cannot fold a DoRA adapter into a sharded base (module {name} has a "
+                       "magnitude, whose column norm spans every row shard); merge it unsharded")
+  flat = tree_paths.flatten(base_shardings)
+  for adapter in adapters:
+    for keys, (a, b, _) in adapter.modules().items():
+      sharding = flat.get(keys + ("kernel",))
+      if sharding is None:
+        raise KeyError(f"adapter module {tree_paths.dotted(keys)} has no kernel in the base tree")
+      if not isinstance(sharding, NamedSharding):
+        raise ValueError(f"{tree_paths.dotted(keys)}.kernel has sharding {sharding}, expected a "
+                         "NamedSharding over a mesh")
+      if a.ndim != 2 or b.ndim != 2:
+        raise ValueError(f"{tree_paths.dotted(keys)}: factors {a.shape} and {b.shape} are not "
+                         "[in, rank] and [rank, out]")
+
+
+def jit_merge(base_shardings: Any, adapters: Sequence[Adapter]):
+  """The compiled merge for bases sharded as `base_shardings` (a tree of NamedShardings):
+  fn(base, adapters, weights) -> merged, the base donated, every output sharded as its input.
+
+  `adapters` fixes which modules are folded (their values are arguments); the scale plan lowers
+  the returned function on abstract arrays.
+  """
+  _check(base_shardings, adapters)
+  flat_shardings = tree_paths.flatten(base_shardings)
+
+  def fold(base_params, adapters, weights):
+    flat = tree_paths.flatten(base_params)
+    modules = list(dict.fromkeys(k for adapter in adapters for k in adapter.modules()))
+    for keys in modules:
+      w = flat[keys + ("kernel",)]
+      factors = _factor_rows(adapters, weights, keys)
+      wrong = [(a.shape, b.shape) for a, b in factors
+               if a.shape[0] != w.shape[0] or b.shape[1] != w.shape[1]]
+      if w.ndim != 2 or wrong:
+        raise ValueError(f"{tree_paths.dotted(keys)}.kernel {w.shape} does not take factors "
+                         f"{wrong or [(a.shape, b.shape) for a, b in factors]}")
+      flat[keys + ("kernel",)] = _fold_kernel(w, factors, flat_shardings[keys + ("kernel",)])
+    return tree_paths.unflatten(flat)
+
+  return jax.jit(fold, out_shardings=base_shardings, donate_argnums=(0,))
+
+
+def merge_sharded(base_params: Any, adapters: Sequence[Adapter], weights=None) -> Any:
+  """`merge(base, adapters, weights, donate=True)` for a base of mesh-sharded jax.Arrays: each
+  device folds its own block of every kernel; the caller's base is consumed."""
+  if quant.is_quantized_tree(base_params):
+    raise ValueError("a quantised base cannot be merged sharded; dequantise it first "
+                     "(lora.merge does)")
+  for keys, leaf in tree_paths.flatten(base_params).items():
+    if not isinstance(leaf, jax.Array):
+      raise ValueError(f"merge_sharded takes a base of jax.Arrays placed on a mesh; "
+                       f"{tree_paths.dotted(keys)} is a {type(leaf).__name__}")
+  adapters, weights = _nonzero(adapters, weights)
+  shardings = jax.tree.map(lambda x: x.sharding, base_params)
+  return jit_merge(shardings, adapters)(base_params, adapters, weights)
