@@ -1,9 +1,10 @@
 """The studio's page in headless Chromium (Debian's, driven by Playwright through its executable
 path): build datasets in tab 1 from the corpus, a folder on the server and the bundled
-performances; in tab 2 analyse audio, edit cells and prepare a song dataset; see the song option
-of tab 3 off with its reason (no --song_base here), train while the step advances and the loss
-plot draws, then listen to the adapter against the base and delete it in tab 4. Stop and resume
-through the API are tested in studio_test.py.
+performances; in tab 2 upload two WAV files, analyse them, edit cells and prepare a song dataset;
+see the song option of tab 3 off with its reason (no --song_base here), train while the step
+advances, stop and resume with the buttons, see the loss plot draw, then listen to the adapter
+against the base and delete it in tab 4. What stop and resume keep (a bit-identical adapter) is
+tested through the API in studio_test.py.
 With STUDIO_SCREENSHOTS=docs/studio the four tabs' screenshots are written there (the README's)."""
 
 import os
@@ -29,11 +30,12 @@ def _progress(page) -> str:
 
 def test_four_tabs_build_train_listen_delete(tmp_path):
   shots = os.environ.get("STUDIO_SCREENSHOTS") or str(tmp_path)
-  seconds = np.arange(4 * 8000) / 8000  # 4 s of a 440 Hz tone pulsing at 2 Hz
-  tone = 0.3 * np.sin(2 * np.pi * 440 * seconds) * (np.sin(2 * np.pi * 2 * seconds) > 0)
-  with wave.open(str(tmp_path / "take.wav"), "wb") as w:
-    w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000)
-    w.writeframes((tone * 32767).astype("<i2").tobytes())
+  seconds = np.arange(4 * 8000) / 8000  # 4 s of a tone pulsing at 2 Hz
+  for name, hz in (("take.wav", 440), ("take2.wav", 330)):
+    tone = 0.3 * np.sin(2 * np.pi * hz * seconds) * (np.sin(2 * np.pi * 2 * seconds) > 0)
+    with wave.open(str(tmp_path / name), "wb") as w:
+      w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000)
+      w.writeframes((tone * 32767).astype("<i2").tobytes())
   (tmp_path / "midi").mkdir()
   for name, data in studio_testlib.jig_files(4):
     (tmp_path / "midi" / name).write_bytes(data)
@@ -72,10 +74,11 @@ def test_four_tabs_build_train_listen_delete(tmp_path):
       page.screenshot(path=os.path.join(shots, "tab1_datasets.png"))
 
       page.click("#tabs [data-tab=audio]")
-      page.set_input_files("#audio-form [name=files]", [str(tmp_path / "take.wav")])
+      page.set_input_files("#audio-form [name=files]",
+                           [str(tmp_path / "take.wav"), str(tmp_path / "take2.wav")])
       page.click("#audio-form button")
       page.wait_for_function("() => document.querySelector('#notice').innerText"
-                             ".includes('analysed 1 files')")
+                             ".includes('analysed 2 files')")
       assert page.inner_text("#audio-table tbody tr td:nth-child(3)")  # the BPM lora_jax.audio found
       page.fill("#audio-table tbody tr td:nth-child(2)", "jig")  # the user corrects the genre
       assert page.inner_text("#audio-table tbody tr td:nth-child(2)") == "jig"
@@ -85,7 +88,7 @@ def test_four_tabs_build_train_listen_delete(tmp_path):
       page.select_option("#audio-dataset-form [name=kind]", "song")
       page.click("#audio-dataset-form button")
       page.wait_for_function("() => document.querySelector('#notice').innerText"
-                             ".includes('dataset my takes ready: 1 files')")
+                             ".includes('dataset my takes ready: 2 files')")
       page.fill("#audio-table tbody tr td:nth-child(8)", "[verse] la [chorus] oh oh")  # edited
       page.click("#audio-dataset-form [name=name]")  # the cell loses focus: saved to the clip
       page.wait_for_function("() => document.querySelector('#notice').innerText"
@@ -93,17 +96,24 @@ def test_four_tabs_build_train_listen_delete(tmp_path):
       saved = page.evaluate("""async () => {
         const rows = await (await fetch('/api/training/datasets')).json();
         const id = rows.find((d) => d.name === 'my takes').id;
-        return (await (await fetch(`/api/training/datasets/${id}`)).json()).files[0].meta; }""")
+        const files = (await (await fetch(`/api/training/datasets/${id}`)).json()).files;
+        return files.find((f) => f.name === 'take.wav').meta; }""")
       assert saved["lyrics"] == "[verse] la [chorus] oh oh" and saved["genre"] == "jig", saved
       page.screenshot(path=os.path.join(shots, "tab2_audio.png"))
 
       page.click("#tabs [data-tab=train]")
       assert page.is_disabled("#train-form [name=type] option[value=song]")
       assert "--song_base" in page.inner_text("#song-base-note")
-      for field, value in (("epochs", "2"), ("batch_size", "4"), ("seq_len", "32"),
+      for field, value in (("epochs", "30"), ("batch_size", "4"), ("seq_len", "32"),
                            ("rank", "2"), ("alpha", "4"), ("learning_rate", "0.01")):
         page.fill(f"#train-form [name={field}]", value)
       page.click("#train-form button")
+      page.wait_for_function("() => /running, step [1-9]/.test("
+                             "document.getElementById('progress-text').textContent)")
+      page.click("#stop")  # SIGTERM: the run checkpoints and exits
+      page.wait_for_function("() => document.getElementById('progress-text').textContent"
+                             ".includes('stopped')")
+      page.click("#resume")
       page.wait_for_function("() => /running, step [1-9]/.test("
                              "document.getElementById('progress-text').textContent)")
       page.wait_for_function("() => document.getElementById('progress-text').textContent"
