@@ -120,3 +120,16 @@ def test_a_run_exports_its_ema_and_resumes_it(tmp_path):
   resumed = flax_weights.load_params(split.export_path, abstract)
   for a, b in zip(jax.tree.leaves(ema), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_checkpoint_from_before_these_fields_resumes_at_their_neutral_values():
+  from lora_jax.train import resume  # pylint: disable=import-outside-toplevel
+  import json  # pylint: disable=import-outside-toplevel
+  new = json.loads(config_lib.load(CONFIG, "tiny").to_json())
+  old = json.loads(json.dumps(new))
+  for field in ("inv_gamma", "inv_power", "inv_warmup", "ema_beta", "ema_power"):
+    del old["opt"][field]
+  assert resume.changed_fields(json.dumps(old), json.dumps(new)) == {}
+  new["opt"]["ema_beta"] = 0.9999
+  assert resume.changed_fields(json.dumps(old), json.dumps(new)) == {
+      "opt.ema_beta": (0.0, 0.9999)}
