@@ -9,8 +9,8 @@ Variants (`--config=configs/autoencoder.py:<variant>`):
   (none)  mono 8 kHz, 16 wide, strides 4x4x4 (64 samples per latent frame: 125 Hz), 32
           latent channels, 0.26 s segments, waveform L1 weighted 30: small enough to train on a
           shared 2-core CPU (the audio proof of docs/loraw.md, whose diagnosis explains the
-          sizes: 8 wide at hop 128 with 16 channels decoded one spectrum for every input). Stable Audio Open's is 128 wide, 64 latent
-          channels, 2048 hop, 44.1 kHz stereo.
+          sizes: 8 wide at hop 128 with 16 channels decoded one spectrum for every input).
+          Stable Audio Open's is 128 wide, 64 latent channels, 2048 hop, 44.1 kHz stereo.
   tiny    8 wide, two blocks (hop 16), 4 latent channels, 512-sample segments of synthetic
           tones: seconds on a CPU (tests).
 """

@@ -68,9 +68,8 @@ def _rate(value: Any, where: str) -> float:
 def _scheduler(scheduler: Any, lr: float, where: str) -> dict[str, Any]:
   """opt.* fields of stable-audio-tools' InverseLR (its constructor's defaults when absent)."""
   if not isinstance(scheduler, dict) or scheduler.get("type") != "InverseLR":
-    raise TrainingSectionError(f"{where} type "
-                               f"{scheduler.get('type') if isinstance(scheduler, dict) else scheduler!r}"
-                               " is not supported (InverseLR)")
+    kind = scheduler.get("type") if isinstance(scheduler, dict) else scheduler
+    raise TrainingSectionError(f"{where} type {kind!r} is not supported (InverseLR)")
   cfg = scheduler.get("config", {})
   unknown = sorted(set(cfg) - {"inv_gamma", "power", "warmup", "final_lr"}) if isinstance(
       cfg, dict) else ["config"]
@@ -127,8 +126,8 @@ def _optimizer(configs: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
     raise TrainingSectionError(f"{where}: Adam with weight_decay {decay} (L2 added to the "
                                "gradient) is not supported; use AdamW (decoupled decay)")
   out["weight_decay"] = float(decay)
-  scheduler = (_scheduler(diffusion["scheduler"], out["learning_rate"], f"{where}.diffusion.scheduler")
-               if "scheduler" in diffusion else None)
+  scheduler = (_scheduler(diffusion["scheduler"], out["learning_rate"],
+                          f"{where}.diffusion.scheduler") if "scheduler" in diffusion else None)
   return out, scheduler
 
 
