@@ -38,7 +38,7 @@ _OUT = flags.DEFINE_string("out", ".cache/loraw_proof", "Work folder of the proo
 _ASSETS = flags.DEFINE_string("assets", "assets", "Folder for the spectrogram PNGs.")
 _PER_GENRE = flags.DEFINE_integer("per_genre", 5, "Pieces per genre and instrument.")
 _SECONDS = flags.DEFINE_float("max_seconds", 16.0, "Each piece is cut after this.")
-_AE_STEPS = flags.DEFINE_integer("ae_steps", 400, "Autoencoder training steps.")
+_AE_STEPS = flags.DEFINE_integer("ae_steps", 1500, "Autoencoder training steps.")
 _BASE_STEPS = flags.DEFINE_integer("base_steps", 600, "Base DiT training steps.")
 _FT_STEPS = flags.DEFINE_integer("ft_steps", 150, "LoRA / ReLoRA / full fine-tuning steps.")
 _RELORA = flags.DEFINE_integer("relora_every", 50, "ReLoRA fold period.")
@@ -50,8 +50,8 @@ BASE_SET = ("piano", "guitar", "choir")
 FT_SET = ("trumpet",)
 INSTRUMENTS = (proof_data.Instrument("piano", 0), proof_data.Instrument("guitar", 24),
                proof_data.Instrument("choir", 52), proof_data.Instrument("trumpet", 56))
-FRAMES = 64  # latent frames per clip: 8192 samples at 8 kHz with the hop of 128
-DIT = {"io_channels": 16, "embed_dim": 128, "depth": 4, "num_heads": 4, "cond_token_dim": 64,
+FRAMES = 64  # latent frames per clip: 4096 samples (0.51 s) at 8 kHz with the hop of 64
+DIT = {"embed_dim": 128, "depth": 4, "num_heads": 4, "cond_token_dim": 64,
        "global_cond_dim": 128, "project_cond_tokens": False,
        "transformer_type": "continuous_transformer"}
 LORA = {"component_whitelist": ["transformer"], "multiplier": 1.0, "rank": 8, "alpha": 8,
@@ -111,10 +111,10 @@ def _model_config(ae_dir: str, scale: float) -> dict:
               {"id": "seconds_total", "type": "number", "config": {"min_val": 0,
                                                                    "max_val": 32}}],
               "cond_dim": 64},
-          "diffusion": {"type": "dit", "config": DIT,
+          "diffusion": {"type": "dit", "config": {**DIT, "io_channels": ae["model"]["latent_dim"]},
                         "cross_attention_cond_ids": ["prompt", "seconds_start", "seconds_total"],
                         "global_cond_ids": ["seconds_start", "seconds_total"]},
-          "io_channels": DIT["io_channels"]},
+          "io_channels": ae["model"]["latent_dim"]},
       "lora": LORA}
 
 
@@ -169,9 +169,11 @@ def _autoencoder_quality(ae_dir: str, test_dir: str, chunk: int) -> dict:
       l1 = np.mean(np.abs(spectral.log_mel_db(ref, config.sample_rate)
                           - spectral.log_mel_db(recon, config.sample_rate)))
       scores.append((spectral.mel_snr_db(ref, recon, config.sample_rate),
-                     spectral.snr_db(ref, recon), l1))
-    rows[inst] = dict(zip(("mel_snr_db", "snr_db", "log_mel_l1_db"),
-                          np.mean(scores, axis=0).round(2).tolist()))
+                     spectral.snr_db(ref, recon), l1,
+                     spectral.centroid_hz(ref, config.sample_rate),
+                     spectral.centroid_hz(recon, config.sample_rate)))
+    rows[inst] = dict(zip(("mel_snr_db", "snr_db", "log_mel_l1_db", "centroid_in_hz",
+                           "centroid_out_hz"), np.mean(scores, axis=0).round(2).tolist()))
   return rows
 
 
@@ -218,7 +220,7 @@ def main(argv):
                          f"--config={ROOT}/configs/autoencoder.py",
                          f"--audio-dir={out}/wavs/train", f"--workdir={ae_dir}",
                          f"--config.training.steps={_AE_STEPS.value}",
-                         f"--config.opt.warmup_steps={min(20, _AE_STEPS.value)}",
+                         f"--config.opt.warmup_steps={min(50, _AE_STEPS.value)}",
                          f"--config.training.eval_every={max(_AE_STEPS.value // 4, 1)}",
                          f"--config.ckpt.every_steps={max(_AE_STEPS.value // 4, 1)}"])
   hop = json.load(open(os.path.join(ae_dir, "model_config.json")))["model"]["downsampling_ratio"]
@@ -332,10 +334,12 @@ def _markdown(r: dict) -> str:
                  + (f"{s['mfcc_dist_to_trumpet']:.2f} | {s['mfcc_dist_to_base_set']:.2f} |"
                     if "mfcc_dist_to_trumpet" in s else "| |"))
   lines += ["", "| held-out audio through the autoencoder | mel SNR (dB) | SNR (dB) | "
-            "log-mel L1 (dB) |", "|---|---:|---:|---:|"]
+            "log-mel L1 (dB) | centroid in (Hz) | centroid decoded (Hz) |",
+            "|---|---:|---:|---:|---:|---:|"]
   for inst, q in r["autoencoder_reconstruction"].items():
     lines.append(f"| {inst} | {q['mel_snr_db']:.2f} | {q['snr_db']:.2f} | "
-                 f"{q['log_mel_l1_db']:.2f} |")
+                 f"{q['log_mel_l1_db']:.2f} | {q['centroid_in_hz']:.0f} | "
+                 f"{q['centroid_out_hz']:.0f} |")
   return "\n".join(lines) + "\n"
 
 

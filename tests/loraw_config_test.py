@@ -108,12 +108,17 @@ def test_training_section_as_loraw_reads_it_with_lora_and_as_the_original_withou
   mapped, _ = training_section.overrides(
       training_section.parse({"learning_rate": 3e-4}), use_lora=True, lora_lr=None)
   assert mapped == {"opt.learning_rate": 3e-4}
-  # Full fine-tuning: the EMA and the InverseLR schedule are not this loop's, each one line.
-  with pytest.raises(training_section.TrainingSectionError, match="use_ema true"):
-    training_section.overrides(mc.training, use_lora=False, lora_lr=None)
+  # Full fine-tuning, as stable-audio-tools: the EMA and InverseLR, per optimiser step.
+  mapped, _ = training_section.overrides(mc.training, use_lora=False, lora_lr=None)
+  assert mapped == {"opt.ema_beta": 0.9999, "opt.ema_power": 0.75, "opt.learning_rate": 5e-5,
+                    "opt.b1": 0.9, "opt.b2": 0.999, "opt.eps": 1e-8, "opt.weight_decay": 1e-3,
+                    "opt.decay": "inverse", "opt.warmup_steps": 0, "opt.inv_gamma": 1e6,
+                    "opt.inv_power": 0.5, "opt.inv_warmup": 0.99, "opt.final_lr_fraction": 0.0}
   no_ema = dict(SAO["training"], use_ema=False, cfg_dropout_prob=0.2)
-  with pytest.raises(training_section.TrainingSectionError, match="scheduler"):
-    training_section.overrides(training_section.parse(no_ema), use_lora=False, lora_lr=None)
+  step = copy.deepcopy(no_ema)
+  step["optimizer_configs"]["diffusion"]["scheduler"] = {"type": "StepLR", "config": {}}
+  with pytest.raises(training_section.TrainingSectionError, match="type .StepLR. is not supported"):
+    training_section.parse(step)
   no_ema["optimizer_configs"] = {"diffusion": {"optimizer": no_ema["optimizer_configs"][
       "diffusion"]["optimizer"]}}
   mapped, _ = training_section.overrides(training_section.parse(no_ema), False, None)

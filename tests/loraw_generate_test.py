@@ -64,7 +64,8 @@ def world(tmp_path_factory):
   family = dit_family.make(config, "float32")
   abstract = jax.eval_shape(lambda k: family.model.init(k, *family.init_args())["params"],
                             jax.random.key(0))
-  base_weights.write_flax(_random(abstract, 0, 0.3), str(tmp / "base.safetensors"), "test")
+  base_weights.write_flax(_random(abstract, 0, 0.3), str(tmp / "base.safetensors"), "test",
+                          config)
   ae_config = oobleck_config.config_from_original(MODEL_CONFIG["model"]["pretransform"], RATE)
   oobleck_convert.save(_random(oobleck.abstract_params(ae_config), 1, 0.5),
                        str(tmp / "ae.safetensors"))

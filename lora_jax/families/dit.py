@@ -160,6 +160,15 @@ def batch_spec(config: DitConfig) -> dict[str, Example]:
           "seconds_total": Example((), "float32")}
 
 
+def text_encoder_metadata(config: DitConfig) -> dict[str, str]:
+  """What a whole-model file of this family records about its text encoder: the prompt
+  conditioner's parameters differ between the two (an embedding table, or T5's proj_out), so a
+  base trained with one cannot run with the other."""
+  if config.text_encoder == "t5":
+    return {"text_encoder": "t5", "t5_width": str(config.t5_width)}
+  return {"text_encoder": config.text_encoder}
+
+
 def make(config: DitConfig, compute_dtype: str) -> Family:
   """The dit family for a model size, a latent length and a compute dtype."""
   return Family(
@@ -172,4 +181,5 @@ def make(config: DitConfig, compute_dtype: str) -> Family:
       partition_rules=PARTITION_RULES,
       synthetic=lambda n, seed: synthetic(config, n, seed),
       loss_weight=lambda batch: jnp.sum(batch["padding_mask"]) * config.io_channels,
-      prepare=functools.partial(prepare, cfg_dropout=config.cfg_dropout))
+      prepare=functools.partial(prepare, cfg_dropout=config.cfg_dropout),
+      weights_metadata=text_encoder_metadata(config))

@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 import numpy as np
+import safetensors
 from absl import logging
 
 from lora_jax import tree_paths
@@ -94,9 +95,45 @@ def dit_family_init_args(config: dit_family.DitConfig) -> tuple:
   return family.init_args()
 
 
-def write_flax(params: Any, path: str, name: str) -> None:
-  """The parameters as the Flax file `training.base_params` reads."""
-  flax_weights.save_params(params, path, {"model_family": dit_family.NAME, "name": name})
+def write_flax(params: Any, path: str, name: str, config: dit_family.DitConfig) -> None:
+  """The parameters as the Flax file `training.base_params` reads, with the text encoder they
+  were made for."""
+  flax_weights.save_params(params, path, {"model_family": dit_family.NAME, "name": name,
+                                          **dit_family.text_encoder_metadata(config)})
+
+
+def _describe(text_encoder: str, t5_width: str) -> str:
+  if text_encoder == "t5":
+    return f"'t5' (the frozen T5 of --t5-dir, width {t5_width or 'unknown'})"
+  return f"{text_encoder!r} (the trainable byte-token embedding, no --t5-dir)"
+
+
+def _recorded_text_encoder(path: str) -> tuple[str, str]:
+  """(text encoder, T5 width or '') of a Flax file: its record, or for a file written before the
+  record existed, what its prompt conditioner's keys say (an embedding table, or T5's proj_out)."""
+  meta = flax_weights.read_metadata(path)
+  if "text_encoder" in meta:
+    return meta["text_encoder"], meta.get("t5_width", "")
+  prompt = f"conditioner.conditioners.{conditioned.PROMPT_ID}."
+  with safetensors.safe_open(path, framework="np") as f:
+    keys = [k for k in f.keys() if k.startswith(prompt)]
+    if any(k.startswith(prompt + "embedding.") for k in keys):
+      return "embedding", ""
+    kernel = prompt + "proj_out.kernel"
+    return "t5", str(f.get_slice(kernel).get_shape()[0]) if kernel in keys else ""
+
+
+def check_text_encoder(path: str, config: dit_family.DitConfig) -> None:
+  """One line naming both when a Flax base file was made for another text encoder than the
+  run's (the prompt conditioner's weights would otherwise fail to load as a bare shape error)."""
+  text_encoder, width = _recorded_text_encoder(path)
+  want = dit_family.text_encoder_metadata(config)
+  if text_encoder != want["text_encoder"] or (
+      width and text_encoder == "t5" and width != want["t5_width"]):
+    raise flax_weights.WeightFileError(
+        f"{path}: this base DiT was trained with text encoder {_describe(text_encoder, width)}, "
+        f"this run uses {_describe(want['text_encoder'], want.get('t5_width', ''))}; run with "
+        "the base's text encoder")
 
 
 def kernels_only(abstract: Any) -> dict:

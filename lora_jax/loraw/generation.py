@@ -54,6 +54,7 @@ class Request:
 def load_base(path: str, config: dit_family.DitConfig, seed: int) -> Any:
   """The base parameters from a Flax file of the dit family or an original checkpoint."""
   if base_weights.is_flax_file(path):
+    base_weights.check_text_encoder(path, config)
     family = dit_family.make(config, "float32")
     abstract = jax.eval_shape(lambda k: family.model.init(k, *family.init_args())["params"],
                               jax.random.key(0))

@@ -5,14 +5,20 @@ Every family plays the same pieces (the rendered evaluation set's recipe, `lora_
 eval_set`, one General MIDI program per family), so families differ in timbre, not in the music.
 The last piece of each genre in the set's fixed order is held out of every training run
 (autoencoder, base, adapters); the rest trains. A WAV's prompt (`<name>.txt`) is its family.
+Each WAV is peak-normalised to `PEAK`: fluidsynth's renders sit near -30 dB RMS, where a freshly
+initialised autoencoder's biases drown the signal (docs/loraw.md, the autoencoder's diagnosis).
 """
 
 import dataclasses
 import os
-import shutil
+
+import numpy as np
 
 from lora_jax import atomic
 from lora_jax.audio import eval_set
+from lora_jax.data.dit import wav
+
+PEAK = 0.9  # each file's peak after normalisation
 
 GENRES = ("essen_folk", "celtic_fiddle", "baroque_chorale")
 
@@ -41,8 +47,8 @@ def build(out: str, instruments: tuple[Instrument, ...], per_genre: int, max_sec
         os.makedirs(folder, exist_ok=True)
         dest = os.path.join(folder, e.wav)
         if not os.path.isfile(dest):
-          with atomic.atomic_path(dest) as tmp:
-            shutil.copyfile(os.path.join(render_dir, e.wav), tmp)
+          audio, rate = wav.read(os.path.join(render_dir, e.wav))
+          wav.write(dest, audio * (PEAK / max(float(np.abs(audio).max()), 1e-6)), rate)
         prompt = os.path.splitext(dest)[0] + ".txt"
         if not os.path.isfile(prompt):
           atomic.write_text(prompt, inst.name)

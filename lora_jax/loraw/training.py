@@ -155,6 +155,8 @@ def run(config_dict: Any, user_overrides: dict[str, Any], flags: Flags) -> loop.
                                    model.text_len, prompts)
   dit_family.make(model, "float32").check_arrays(arrays, flags.dataset_config)
   base = None
+  if flags.pretrained_ckpt_path and base_path == flags.pretrained_ckpt_path:
+    base_weights.check_text_encoder(base_path, model)
   if flags.pretrained_ckpt_path and base_path != flags.pretrained_ckpt_path:
     base = base_weights.from_original(flags.pretrained_ckpt_path, model, config.training.seed)
   init = None
@@ -167,7 +169,7 @@ def run(config_dict: Any, user_overrides: dict[str, Any], flags: Flags) -> loop.
 
   pre_encoded.write_npz(arrays, latents_path)
   if base is not None:
-    base_weights.write_flax(base, base_path, config.name)
+    base_weights.write_flax(base, base_path, config.name, model)
   if init is not None:
     lora.save_adapter(config.training.init_adapter, init)
   logging.info("%d latent clips of %d frames from %s", len(arrays["latents"]),

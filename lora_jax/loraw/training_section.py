@@ -9,12 +9,15 @@ with the reason, or refused with one line naming it:
   optimizer_configs   full fine-tuning: `diffusion.optimizer` of type Adam or AdamW with `lr`,
                       `betas`, `eps`, `weight_decay` (torch's AdamW default 0.01 when absent; Adam
                       only without weight decay: torch's Adam adds it to the gradient, which is not
-                      AdamW's decay); it wins over learning_rate, as in the original. A
-                      `scheduler` is refused (the loop's schedule is opt.warmup_steps/opt.decay;
-                      InverseLR is not implemented). With --use-lora: inert, because LoRAW
-                      replaces the whole optimizer by Adam on the LoRA factors.
-  use_ema             the loop keeps no EMA: true is refused in full fine-tuning; with --use-lora
-                      inert, as LoRAW trims the EMA.
+                      AdamW's decay); it wins over learning_rate, as in the original. Its
+                      `scheduler` of type InverseLR (`inv_gamma`, `power`, `warmup`, `final_lr`,
+                      the original's defaults 1, 1, 0, 0) is opt.decay 'inverse', stepped per
+                      optimiser step as the original's (interval 'step'); other types are refused.
+                      With --use-lora: inert, because LoRAW replaces the whole optimizer by Adam
+                      on the LoRA factors.
+  use_ema             full fine-tuning: true keeps stable-audio-tools' EMA of the weights
+                      (opt.ema_beta 0.9999, opt.ema_power 3/4, its ema_pytorch settings), which
+                      is what the run exports; with --use-lora inert, as LoRAW trims the EMA.
   cfg_dropout_prob    model.cfg_dropout.
   timestep_sampler    'uniform' only (t ~ U(0, 1)).
   mask_padding        true only: the loss here always averages over real frames (the original's
@@ -34,6 +37,7 @@ from lora_jax import errors
 
 INERT = {"demo": "demos are generate_loraw.py's", "log_loss_info": "the loop logs its losses",
          "pre_encoded": "the data are always pre-encoded latents"}
+EMA_BETA, EMA_POWER = 0.9999, 0.75  # stable-audio-tools' EMA(beta=0.9999, power=3/4)
 _MAPPED = {"learning_rate", "optimizer_configs", "use_ema", "cfg_dropout_prob",
            "timestep_sampler", "mask_padding"}
 
@@ -48,7 +52,7 @@ class TrainingSection:
 
   learning_rate: float | None
   optimizer: dict[str, Any] | None  # opt.* fields from optimizer_configs.diffusion.optimizer
-  has_scheduler: bool
+  scheduler: dict[str, Any] | None  # opt.* fields of an InverseLR scheduler
   use_ema: bool | None
   cfg_dropout: float | None
   inert: tuple[str, ...]  # keys given that do nothing here
@@ -61,7 +65,32 @@ def _rate(value: Any, where: str) -> float:
   return float(value)
 
 
-def _optimizer(configs: Any) -> tuple[dict[str, Any], bool]:
+def _scheduler(scheduler: Any, lr: float, where: str) -> dict[str, Any]:
+  """opt.* fields of stable-audio-tools' InverseLR (its constructor's defaults when absent)."""
+  if not isinstance(scheduler, dict) or scheduler.get("type") != "InverseLR":
+    kind = scheduler.get("type") if isinstance(scheduler, dict) else scheduler
+    raise TrainingSectionError(f"{where} type {kind!r} is not supported (InverseLR)")
+  cfg = scheduler.get("config", {})
+  unknown = sorted(set(cfg) - {"inv_gamma", "power", "warmup", "final_lr"}) if isinstance(
+      cfg, dict) else ["config"]
+  if unknown:
+    raise TrainingSectionError(f"{where}.config.{unknown[0]} is not supported (inv_gamma, power, "
+                               "warmup, final_lr)")
+  warmup, power = cfg.get("warmup", 0.0), cfg.get("power", 1.0)
+  final = cfg.get("final_lr", 0.0)
+  for name, value, ok in (("warmup", warmup, lambda v: 0 <= v < 1),
+                          ("power", power, lambda v: v >= 0),
+                          ("final_lr", final, lambda v: 0 <= v <= lr)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+      raise TrainingSectionError(f"{where}.config.{name} {value!r} is out of range (warmup in "
+                                 f"[0, 1), power >= 0, final_lr in [0, lr {lr:g}])")
+  return {"decay": "inverse", "warmup_steps": 0,
+          "inv_gamma": _rate(cfg.get("inv_gamma", 1.0), f"{where}.config.inv_gamma"),
+          "inv_power": float(power), "inv_warmup": float(warmup),
+          "final_lr_fraction": float(final) / lr}
+
+
+def _optimizer(configs: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
   where = "training.optimizer_configs"
   if not isinstance(configs, dict) or set(configs) != {"diffusion"}:
     raise TrainingSectionError(f"{where} must be {{'diffusion': ...}} (the DiT's optimizer), got "
@@ -97,7 +126,9 @@ def _optimizer(configs: Any) -> tuple[dict[str, Any], bool]:
     raise TrainingSectionError(f"{where}: Adam with weight_decay {decay} (L2 added to the "
                                "gradient) is not supported; use AdamW (decoupled decay)")
   out["weight_decay"] = float(decay)
-  return out, "scheduler" in diffusion
+  scheduler = (_scheduler(diffusion["scheduler"], out["learning_rate"],
+                          f"{where}.diffusion.scheduler") if "scheduler" in diffusion else None)
+  return out, scheduler
 
 
 def parse(section: Any) -> TrainingSection:
@@ -123,7 +154,7 @@ def parse(section: Any) -> TrainingSection:
                               or not 0 <= dropout < 1):
     raise TrainingSectionError(f"training.cfg_dropout_prob must be in [0, 1), got {dropout!r}")
   optimizer, scheduler = (_optimizer(section["optimizer_configs"])
-                          if "optimizer_configs" in section else (None, False))
+                          if "optimizer_configs" in section else (None, None))
   rate = section.get("learning_rate")
   return TrainingSection(None if rate is None else _rate(rate, "training.learning_rate"),
                          optimizer, scheduler, use_ema,
@@ -148,15 +179,10 @@ def overrides(section: TrainingSection, use_lora: bool, lora_lr: float | None
       notes.append("training.use_ema inert with --use-lora: LoRAW drops the EMA")
     return out, notes
   if section.use_ema:
-    raise TrainingSectionError("training.use_ema true: this loop keeps no EMA of the weights; set "
-                               "it false for full fine-tuning (with --use-lora LoRAW drops it)")
-  if section.has_scheduler:
-    raise TrainingSectionError(
-        "training.optimizer_configs.diffusion.scheduler is not supported in full fine-tuning "
-        "(InverseLR is not implemented); remove it and set --config.opt.warmup_steps / "
-        "--config.opt.decay")
+    out.update({"opt.ema_beta": EMA_BETA, "opt.ema_power": EMA_POWER})
   if section.optimizer is not None:
     out.update({f"opt.{k}": v for k, v in section.optimizer.items()})
+    out.update({f"opt.{k}": v for k, v in (section.scheduler or {}).items()})
   elif section.learning_rate is not None:
     out.update({"opt.learning_rate": section.learning_rate, "opt.weight_decay": 0.0})
   return out, notes

@@ -50,8 +50,11 @@ class OptConfig:
 
   learning_rate: float
   warmup_steps: int
-  decay: str  # 'cosine', 'linear' or 'constant' after warm-up
+  decay: str  # 'cosine', 'linear' or 'constant' after warm-up, or 'inverse' (InverseLR)
   final_lr_fraction: float  # the decayed learning rate as a fraction of the peak
+  inv_gamma: float  # 'inverse': steps until the rate falls to 2^-inv_power of the peak
+  inv_power: float  # 'inverse': the decay's exponent
+  inv_warmup: float  # 'inverse': exponential warm-up factor in [0, 1) (0: none)
   weight_decay: float  # decoupled, on parameters with two or more dimensions
   b1: float
   b2: float
@@ -59,10 +62,21 @@ class OptConfig:
   clip_norm: float  # global-norm clipping threshold; 0 turns clipping off
   grad_accum_steps: int  # micro-batches per optimiser step
   lr_groups: tuple[tuple[str, float], ...]  # (regex over trainable paths, lr multiplier)
+  ema_beta: float  # > 0: keep an EMA of the trained weights (stable-audio-tools': 0.9999)
+  ema_power: float  # the EMA's warm-up exponent (stable-audio-tools': 3/4)
 
   def __post_init__(self):
-    if self.decay not in ("cosine", "linear", "constant"):
-      raise ConfigError(f"opt.decay must be 'cosine', 'linear' or 'constant', got {self.decay!r}")
+    if self.decay not in ("cosine", "linear", "constant", "inverse"):
+      raise ConfigError(f"opt.decay must be 'cosine', 'linear', 'constant' or 'inverse', got "
+                        f"{self.decay!r}")
+    if self.decay == "inverse" and self.warmup_steps:
+      raise ConfigError(f"opt.warmup_steps {self.warmup_steps}: opt.decay 'inverse' warms up by "
+                        "its own opt.inv_warmup; set opt.warmup_steps to 0")
+    _check("opt.inv_gamma", self.inv_gamma, 0.0, low_open=True)
+    _check("opt.inv_power", self.inv_power, 0.0)
+    _check("opt.inv_warmup", self.inv_warmup, 0.0, 1.0, high_open=True)
+    _check("opt.ema_beta", self.ema_beta, 0.0, 1.0, high_open=True)
+    _check("opt.ema_power", self.ema_power, 0.0, low_open=True)
     _check("opt.learning_rate", self.learning_rate, 0.0)  # 0: evaluation-only runs (tests)
     _check("opt.warmup_steps", self.warmup_steps, 0)
     _check("opt.final_lr_fraction", self.final_lr_fraction, 0.0, 1.0)
@@ -197,6 +211,12 @@ class TrainConfig:
   ckpt: CkptConfig
   mesh: MeshConfig
   training: TrainingConfig
+
+  def __post_init__(self):
+    if self.opt.ema_beta and self.training.relora_every:
+      raise ConfigError(f"opt.ema_beta {self.opt.ema_beta} with training.relora_every "
+                        f"{self.training.relora_every}: each ReLoRA fold restarts the optimiser "
+                        "state, which holds the EMA; use one or the other")
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -43,8 +43,11 @@ def opt(**overrides: Any) -> ml_collections.ConfigDict:
   return _group(dict(
       learning_rate=1e-3,  # peak
       warmup_steps=100,  # linear from 0
-      decay="cosine",  # 'cosine', 'linear' or 'constant'
+      decay="cosine",  # 'cosine', 'linear', 'constant' or 'inverse' (InverseLR)
       final_lr_fraction=0.1,  # end of decay, as a fraction of the peak
+      inv_gamma=1.0,  # 'inverse': (1 + step / inv_gamma)^-inv_power
+      inv_power=1.0,
+      inv_warmup=0.0,  # 'inverse': rate x (1 - inv_warmup^(step + 1))
       weight_decay=0.01,  # AdamW, on >= 2-D parameters only
       b1=0.9,
       b2=0.999,
@@ -52,6 +55,8 @@ def opt(**overrides: Any) -> ml_collections.ConfigDict:
       clip_norm=1.0,  # global-norm clipping; 0 turns it off
       grad_accum_steps=1,  # micro-batches per optimiser step
       lr_groups=(),  # ((regex over trainable paths, lr multiplier), ...)
+      ema_beta=0.0,  # > 0: an EMA of the trained weights, exported instead of them
+      ema_power=0.75,
   ), overrides, "opt")
 
 

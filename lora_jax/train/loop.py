@@ -29,6 +29,7 @@ from lora_jax.interop import flax_weights
 from lora_jax.train import batches
 from lora_jax.train import checkpoint
 from lora_jax.train import mesh as mesh_lib
+from lora_jax.train import optimizer as optimizer_lib
 from lora_jax.train import metrics as metrics_lib
 from lora_jax.train import precision
 from lora_jax.train import preemption
@@ -352,11 +353,14 @@ def _train(config: TrainConfig, workdir: str, prepared: _Prepared, stop_after: i
     export_step = None
     if ended != "stopped":
       export_step = best_step if config.ckpt.export == "best" and best_step is not None else step
-      export_params, export_base = state.params, frozen.base
+      export_state, export_base = state, frozen.base
       if export_step != step:
-        export_params = ckpts.restore(export_step, setup.abstract_state())[0].params
+        export_state = ckpts.restore(export_step, setup.abstract_state())[0]
         if reset:
           export_base = ckpts.restore_base(export_step, abstract_base)
+      # With an EMA (opt.ema_beta) the average is what is exported, as stable-audio-tools does.
+      export_params = (optimizer_lib.ema_of(export_state.opt_state) if config.opt.ema_beta
+                       else export_state.params)
       if reset:  # the folded base with the last adapter: the whole of what the run learned
         export_params = relora.merged_model(export_base, (
             *frozen.parents, lora.Adapter(export_params, frozen.scales)))

@@ -32,6 +32,10 @@ FREE = frozenset({
     "ckpt.every_steps", "ckpt.keep_last", "ckpt.keep_best", "ckpt.export",
     "mesh.data", "mesh.fsdp", "mesh.model", "training.base_params", "training.init_adapter",
 })
+# Fields added after checkpoints were written, with the value that trains as those runs did: a
+# checkpoint that does not record one resumes when the run has that value.
+ABSENT_AS = {"opt.inv_gamma": 1.0, "opt.inv_power": 1.0, "opt.inv_warmup": 0.0,
+             "opt.ema_beta": 0.0, "opt.ema_power": 0.75}
 FIXED = ("family", "model.", "lora.", "training.type", "training.parent_adapter")
 CORRUPT_DIR = "corrupt_checkpoints"
 
@@ -54,6 +58,7 @@ def changed_fields(saved_config: str, config: str) -> dict[str, tuple[Any, Any]]
   """{dotted field: (checkpoint's value, this run's)} of two `TrainConfig.to_json()` texts,
   less the FREE fields; a field only one side has shows `<absent>` on the other."""
   old, new = _flat(json.loads(saved_config)), _flat(json.loads(config))
+  old = {**{k: v for k, v in ABSENT_AS.items() if k in new}, **old}
   absent = "<absent>"
   return {k: (old.get(k, absent), new.get(k, absent)) for k in sorted(old.keys() | new.keys())
           if k not in FREE and old.get(k, absent) != new.get(k, absent)}
