@@ -12,6 +12,7 @@ from lora_jax.train import optimizer
 from lora_jax.train.config import OptConfig
 
 OPT = OptConfig(learning_rate=1.0, warmup_steps=4, decay="cosine", final_lr_fraction=0.1,
+                inv_gamma=1.0, inv_power=1.0, inv_warmup=0.0, ema_beta=0.0, ema_power=0.75,
                 weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, clip_norm=1.0, grad_accum_steps=1,
                 lr_groups=())
 

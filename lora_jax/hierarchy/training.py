@@ -69,6 +69,7 @@ def _train_config(name: str, model: music_lm.LmConfig, spec: lora.LoraSpec,
       opt=train_config.OptConfig(
           learning_rate=stage.learning_rate, warmup_steps=int(round(stage.warmup_fraction * steps)),
           decay=opt.decay, final_lr_fraction=opt.final_lr_fraction,
+          inv_gamma=1.0, inv_power=1.0, inv_warmup=0.0, ema_beta=0.0, ema_power=0.75,
           weight_decay=stage.weight_decay, b1=opt.b1, b2=opt.b2, eps=opt.eps,
           clip_norm=opt.clip_norm, grad_accum_steps=1, lr_groups=()),
       data=train_config.DataConfig(
