@@ -33,6 +33,7 @@ import numpy as np
 from lora_jax import errors
 from lora_jax.lora import dora
 from lora_jax.lora.adapter import Adapter
+from lora_jax.models import bf16_dense
 from lora_jax.quant import dense as quant_dense
 
 FOLD_WIDENING = True  # see `_foldable`; a switch for bench/lora_step_ab.py
@@ -256,8 +257,9 @@ def inject(actives: Sequence[Active], rng: jax.Array | None = None):
       y = y_adapted if kept is None else jnp.where(kept, y_adapted, y)
     return y
 
-  # The quantised-kernel interceptor is the inner one: every `next_fn` above reaches it.
-  with nn.intercept_methods(interceptor), quant_dense.dequantized():
+  # The quantised-kernel interceptor is inside this one: every `next_fn` above reaches it; the
+  # oneDNN one innermost, for the plain float kernels it leaves.
+  with nn.intercept_methods(interceptor), quant_dense.dequantized(), bf16_dense.use_onednn():
     yield
   missing = sorted(set().union(*map(set, tables)) - used) if tables else []
   if missing:
