@@ -17,6 +17,7 @@ from lora_jax.kernels import onednn
 from lora_jax.models import bf16_dense
 from lora_jax.models import bf16_matmul
 from lora_jax.models import dense_dispatch as dispatch
+import testlib
 
 BF16_ULP = 2.0 ** -7  # bfloat16 keeps 8 significant bits: one ulp is 2^-7 of the leading power of 2
 CPU = frozenset({"avx512f", "avx512_bf16"})
@@ -110,6 +111,36 @@ def test_dense_layers_forward_and_gradients_match_xla_bfloat16(kernel):
   # Two layers' forward and dW, and the second's dx: the first's dx is not asked for.
   assert hlo.count(onednn.TARGET) == 5
   assert onednn.TARGET not in jax.jit(_loss, static_argnums=2).lower(params, x, False).as_text()
+
+
+def _lora_loss(adapter_params, base, scales, x, onednn):
+  bf16_dense.USE_ONEDNN = onednn
+  try:
+    y = lora.apply(_Mlp(), base, [lora.Active(lora.Adapter(adapter_params, scales))], x)
+  finally:
+    bf16_dense.USE_ONEDNN = True
+  return jnp.mean(y.astype(jnp.float32) ** 2)
+
+
+@needs_kernel
+def test_lora_factors_products_and_gradients_match_xla_bfloat16(kernel):
+  """LoRA's own products in a bfloat16 layer (x A, (x A) s B and their gradients) run oneDNN and
+  give XLA's bfloat16 loss and A/B gradients within bfloat16 rounding (B random, not 0)."""
+  base, x = _setup()
+  x = x.astype(jnp.bfloat16)  # a delta is computed in its input's dtype
+  spec = lora.LoraSpec(rank=4, alpha=8.0, target_modules=("in", "out"))
+  adapter = testlib.random_adapter(base, spec, 0)
+  grad = jax.jit(jax.value_and_grad(_lora_loss), static_argnums=4)
+  (l_dnn, g_dnn), (l_xla, g_xla) = (grad(adapter.params, base, adapter.scales, x, flag)
+                                    for flag in (True, False))
+  np.testing.assert_allclose(l_dnn, l_xla, rtol=4 * BF16_ULP)
+  for a, b in zip(jax.tree.leaves(g_dnn), jax.tree.leaves(g_xla)):
+    np.testing.assert_allclose(_f32(a), _f32(b), atol=4 * BF16_ULP * np.abs(_f32(b)).max())
+  hlo = jax.jit(jax.grad(_lora_loss), static_argnums=4).lower(
+      adapter.params, base, adapter.scales, x, True).as_text()
+  # Per layer: the base forward and dx (3 of them: the first layer's dx is not needed), and
+  # LoRA's x A, (x A) s B, g B^T, dB, dA and dx (the first layer's dx again not needed).
+  assert hlo.count(onednn.TARGET) == 3 + 11
 
 
 @needs_kernel
