@@ -69,8 +69,10 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
-def library_path(source: pathlib.Path = SOURCE, link: tuple[str, ...] = ()) -> pathlib.Path:
-  """Where the library for this source, toolchain, jaxlib and CPU lives (built or not)."""
+def library_path(source: pathlib.Path | None = None, link: tuple[str, ...] = ()) -> pathlib.Path:
+  """Where the library for this source (default: the attention kernel), toolchain, jaxlib and CPU
+  lives (built or not)."""
+  source = source or SOURCE  # read at call time: tests point SOURCE at a changed copy
   key = hashlib.sha256()
   for part in (source.read_bytes(), " ".join(FLAGS + LIBRARY_FLAGS + link).encode(),
                jaxlib.__version__.encode(),
@@ -91,10 +93,11 @@ def compile_command(source: os.PathLike, output: os.PathLike, *extra: str,
           f"-I{jax.ffi.include_dir()}", *extra, str(source), "-o", str(output)]
 
 
-def build(force: bool = False, source: pathlib.Path = SOURCE,
+def build(force: bool = False, source: pathlib.Path | None = None,
           link: tuple[str, ...] = ()) -> pathlib.Path:
-  """Compiles a kernel for this machine (a no-op when the cached library is current); `link`
-  names the libraries it links against (-ldnnl)."""
+  """Compiles a kernel (default: the attention kernel) for this machine, a no-op when the cached
+  library is current; `link` names the libraries it links against (-ldnnl)."""
+  source = source or SOURCE
   target = library_path(source, link)
   if target.exists() and not force:
     return target
