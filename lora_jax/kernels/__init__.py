@@ -1,7 +1,7 @@
 """Compiled CPU kernels, called from jitted code through XLA's FFI.
 
 Two kernels: causal self-attention, forward and backward (`causal_attention.cc`), which
-`lora_jax.models.attention` uses for float32 on CPU when it is built; and a bfloat16 matmul through
+`lora_jax.models.attention` uses for float32 (and bfloat16, upcast) on CPU when it is built; and a bfloat16 matmul through
 oneDNN (`bf16_matmul.cc`, built by `lora_jax.kernels.onednn` where Debian's libdnnl-dev is
 installed), which bfloat16 dense layers use on CPUs with bfloat16 instructions. Both are built once
 per machine:
