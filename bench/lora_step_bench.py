@@ -2,6 +2,15 @@
 
   .venv/bin/python bench/lora_step_bench.py                 # 4 layers, d=256, T=512, batch 8, r=16
   .venv/bin/python bench/lora_step_bench.py --layers=2 --seq_len=256 --steps=5   # quicker
+  .venv/bin/python bench/lora_step_bench.py --dtype=bfloat16 --skip_memory   # bfloat16 compute
+
+--dtype=bfloat16 trains in bfloat16 compute with float32 adapters, optimiser state and base
+(training.precision='bfloat16'), against PEFT under torch.autocast("cpu", dtype=torch.bfloat16);
+the peak is then the best bfloat16 2048^3 matmul (jnp, torch, and the oneDNN kernel of
+lora_jax.models.bf16_matmul where it is built), and two more things are measured: the same step
+with the oneDNN dense products switched off (XLA's dot: the A/B), and the loss curve of a short
+run on the music_lm family's synthetic Markov-chain tokens in bfloat16 against float32, same
+data and seed (--loss_steps).
 
 Everything is measured in this one run, in float32, on this machine's CPU, with the host malloc
 set as the launch scripts set it (lora_jax.allocator: freed memory kept for the next step; it
@@ -47,6 +56,9 @@ import torch  # noqa: E402
 
 from lora_jax import allocator  # noqa: E402
 from lora_jax import families  # noqa: E402
+from lora_jax.families import music_lm  # noqa: E402
+from lora_jax.models import bf16_dense  # noqa: E402
+from lora_jax.models import bf16_matmul  # noqa: E402
 from lora_jax.train import config as config_lib  # noqa: E402
 from lora_jax.train import mesh as mesh_lib  # noqa: E402
 from lora_jax.train import state as state_lib  # noqa: E402
@@ -56,17 +68,24 @@ CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs
 TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "ff.in", "ff.out")
 
 
-def matmul_peak(n: int = 2048, repeats: int = 5) -> dict[str, float]:
-  """GFLOP/s of an n^3 float32 matmul in jnp, numpy and torch (best of `repeats` each)."""
+def matmul_peak(n: int = 2048, repeats: int = 5, dtype: str = "float32") -> dict[str, float]:
+  """GFLOP/s of an n^3 matmul of `dtype` in jnp, numpy (float32 only), torch, and for bfloat16
+  the oneDNN kernel where it is built (best of `repeats` each)."""
   a = np.random.default_rng(0).standard_normal((n, n), np.float32)
   flops = 2 * n ** 3
   out = {}
-  ja = jnp.asarray(a)
+  ja = jnp.asarray(a, dtype)
   mm = jax.jit(lambda x: x @ x)
   mm(ja).block_until_ready()
-  ta = torch.from_numpy(a)
-  for name, fn in (("jnp", lambda: mm(ja).block_until_ready()), ("numpy", lambda: a @ a),
-                   ("torch", lambda: ta @ ta)):
+  ta = torch.from_numpy(a).to(getattr(torch, dtype))
+  runs = [("jnp", lambda: mm(ja).block_until_ready()), ("torch", lambda: ta @ ta)]
+  if dtype == "float32":
+    runs.append(("numpy", lambda: a @ a))
+  elif bf16_dense.path_for(jnp.bfloat16) == "onednn_bf16":
+    onednn_mm = jax.jit(lambda x: bf16_matmul.product(x, x))
+    onednn_mm(ja).block_until_ready()
+    runs.append(("onednn_ffi", lambda: onednn_mm(ja).block_until_ready()))
+  for name, fn in runs:
     fn()
     best = min(_timed(fn) for _ in range(repeats))
     out[name] = flops / best / 1e9
@@ -103,6 +122,7 @@ def jax_setup(args, training_type: str, batch: int, d: int, layers: int, d_ff: i
       "data.batch_size": batch, "training.type": training_type, "mesh.data": 1,
       "training.steps": 1000, "opt.warmup_steps": 0, "opt.clip_norm": 0.0,
       "data.synthetic_examples": 64,  # unused here: the bench feeds its own batches
+      "training.precision": args.dtype,
   }
   config = config_lib.load(CONFIG, None, overrides)
   family = families.lookup(config.family).make(config.model, config.training.precision)
@@ -119,11 +139,22 @@ def jax_batch(batch: int, t: int, vocab: int) -> dict:
           "mask": np.ones((1, batch, t), np.float32)}
 
 
-def jax_stepper(args):
-  """A function that runs `args.steps` of our LoRA step and returns the seconds they took."""
+def jax_stepper(args, onednn: bool = True):
+  """A function that runs `args.steps` of our LoRA step and returns the seconds they took;
+  `onednn` False traces the bfloat16 dense products as XLA's dot (the A/B)."""
   setup, fn = jax_setup(args, "lora", args.batch, args.d_model, args.layers, args.d_ff)
   batch = jax_batch(args.batch, args.seq_len, args.vocab)
   holder = {"state": setup.state}
+  bf16_dense.USE_ONEDNN = onednn  # read at trace time, so this step keeps it once compiled
+  try:
+    hlo = fn.lower(setup.state, setup.frozen, batch).as_text()
+    # Compiles now: a fresh jit per setup, so each setting keeps its own program.
+    holder["state"], _ = fn(holder["state"], setup.frozen, batch)
+  finally:
+    bf16_dense.USE_ONEDNN = True
+  calls = hlo.count(bf16_matmul.onednn.TARGET)
+  print(f"  lora_jax step{'' if onednn else ' (oneDNN off)'}: {calls} oneDNN product calls "
+        "in its program")
 
   def run() -> float:
     t = time.perf_counter()
@@ -148,14 +179,16 @@ def peft_stepper(args):
   model = peft.get_peft_model(MusicTransformer(config), peft.LoraConfig(
       r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0, target_modules=list(TARGETS)))
   model.train()
+  autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
   opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3,
                           weight_decay=0.01)
   x = torch.randint(0, args.vocab, (args.batch, args.seq_len))
 
   def step():
-    logits = model(x)
-    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, args.vocab),
-                                             x[:, 1:].reshape(-1))
+    with autocast():
+      logits = model(x)
+      loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, args.vocab).float(),
+                                               x[:, 1:].reshape(-1))
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -170,7 +203,7 @@ def peft_stepper(args):
   return run
 
 
-def interleaved_tokens_per_s(args) -> tuple[float, float, dict[str, float]]:
+def interleaved_tokens_per_s(args) -> tuple[dict[str, float], dict[str, float]]:
   """Best tokens/s of each framework, and the best matmul peak, over `args.rounds` rounds.
 
   This machine's speed drifts by 20% or more over minutes (other tenants of the host): timing one
@@ -178,15 +211,36 @@ def interleaved_tokens_per_s(args) -> tuple[float, float, dict[str, float]]:
   each round runs all three in turn, and each keeps its best round.
   """
   runners = {"jax": jax_stepper(args), "peft": peft_stepper(args)}
+  if args.dtype == "bfloat16" and bf16_dense.path_for(jnp.bfloat16) == "onednn_bf16":
+    runners["jax_xla_dot"] = jax_stepper(args, onednn=False)
   best = {name: float("inf") for name in runners}
   peak = {}
   for _ in range(args.rounds):
     for name, run in runners.items():
       best[name] = min(best[name], run())
-    for name, gflops in matmul_peak(repeats=2).items():
+    for name, gflops in matmul_peak(repeats=2, dtype=args.dtype).items():
       peak[name] = max(peak.get(name, 0.0), gflops)
   tokens = args.steps * args.batch * args.seq_len
-  return tokens / best["jax"], tokens / best["peft"], peak
+  return {name: tokens / seconds for name, seconds in best.items()}, peak
+
+
+def loss_curves(args) -> dict[str, list[float]]:
+  """Training loss per step of the bench model in float32 and bfloat16 compute: same seed, same
+  batches of the music_lm family's synthetic Markov-chain tokens, the project's own step."""
+  curves = {}
+  for dtype in ("float32", "bfloat16"):
+    run_args = argparse.Namespace(**{**vars(args), "dtype": dtype})
+    setup, fn = jax_setup(run_args, "lora", args.batch, args.d_model, args.layers, args.d_ff)
+    shape = argparse.Namespace(vocab_size=args.vocab, seq_len=args.seq_len)  # what it reads
+    data = music_lm.synthetic(shape, args.loss_steps * args.batch, seed=0)
+    state, losses = setup.state, []
+    for i in range(args.loss_steps):
+      rows = slice(i * args.batch, (i + 1) * args.batch)
+      batch = {k: v[None, rows] for k, v in data.items()}
+      state, metrics = fn(state, setup.frozen, batch)
+      losses.append(float(metrics["loss"]))
+    curves[dtype] = losses
+  return curves
 
 
 def jax_step_memory(args, training_type: str) -> float:
@@ -221,6 +275,8 @@ def main():
   p.add_argument("--mem_d_model", type=int, default=1024)
   p.add_argument("--mem_seq_len", type=int, default=128)
   p.add_argument("--skip_memory", action="store_true")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  p.add_argument("--loss_steps", type=int, default=60)  # bfloat16 only; 0 skips the loss curves
   args = p.parse_args()
   torch.set_num_threads(os.cpu_count() or 1)
 
@@ -230,9 +286,15 @@ def main():
         f"{'yes' if kept else 'no'}")
   print(f"model: {args.layers} layers, d={args.d_model}, d_ff={args.d_ff}, vocab={args.vocab}, "
         f"T={args.seq_len}, batch {args.batch}, LoRA rank {args.rank} on {', '.join(TARGETS)}")
-  jax_tps, peft_tps, peak = interleaved_tokens_per_s(args)
+  print(f"compute dtype: {args.dtype}"
+        + (" (float32 adapters, optimiser state and base; PEFT under torch.autocast bfloat16)"
+           if args.dtype == "bfloat16" else ""))
+  print(f"load before timing (uptime): {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} "
+        f"{os.getloadavg()[2]:.2f}")
+  tps, peak = interleaved_tokens_per_s(args)
+  jax_tps, peft_tps = tps["jax"], tps["peft"]
   best_name = max(peak, key=peak.get)
-  print("float32 matmul 2048^3, best of the rounds, GFLOP/s: "
+  print(f"{args.dtype} matmul 2048^3, best of the rounds, GFLOP/s: "
         + ", ".join(f"{k} {v:.1f}" for k, v in peak.items())
         + f"  -> peak {peak[best_name]:.1f} ({best_name})")
   flops = step_flops(args.layers, args.d_model, args.d_ff, args.vocab, args.seq_len, args.batch,
@@ -241,6 +303,9 @@ def main():
   print(f"lora_jax LoRA step: {jax_tps:,.0f} tokens/s")
   print(f"PyTorch + PEFT:     {peft_tps:,.0f} tokens/s")
   print(f"ratio lora_jax / PEFT: {jax_tps / peft_tps:.2f}x")
+  if "jax_xla_dot" in tps:
+    print(f"lora_jax with XLA's dot instead of oneDNN: {tps['jax_xla_dot']:,.0f} tokens/s "
+          f"(oneDNN / XLA dot: {jax_tps / tps['jax_xla_dot']:.2f}x)")
   print(f"lora_jax achieved {achieved:.1f} GFLOP/s = {100 * achieved / peak[best_name]:.0f}% of "
         f"the measured peak ({flops / 1e9:.1f} GFLOP counted per step)")
   if not args.skip_memory:
@@ -250,6 +315,18 @@ def main():
           f"batch 1, T={args.mem_seq_len}: LoRA step {lora_bytes / 2**20:,.0f} MiB, full "
           f"fine-tuning {full_bytes / 2**20:,.0f} MiB -> LoRA/full = "
           f"{100 * lora_bytes / full_bytes:.0f}%")
+  if args.dtype == "bfloat16" and args.loss_steps:
+    curves = loss_curves(args)
+    f32, bf16 = curves["float32"], curves["bfloat16"]
+    print(f"loss curve, {args.loss_steps} LoRA steps on synthetic Markov-chain tokens, batch "
+          f"{args.batch}, same seed and data:")
+    print("  step  float32  bfloat16")
+    for i in sorted({0, *range(9, len(f32), 10), len(f32) - 1}):
+      print(f"  {i + 1:4d}  {f32[i]:7.4f}  {bf16[i]:8.4f}")
+    gap = max(abs(a - b) for a, b in zip(f32, bf16))
+    print(f"  largest |float32 - bfloat16| over the run: {gap:.4f}")
+  print(f"load after (uptime): {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} "
+        f"{os.getloadavg()[2]:.2f}")
   print(f"max resident set of this process: "
         f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:,.0f} MiB")
 

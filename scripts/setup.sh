@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine for lora_jax: a virtual environment with the package, PyTorch (CPU, for
 # interop and parity tests) and PEFT, the compiled CPU attention kernel (g++ and Eigen from Debian's
-# packages, installed here when missing), fluidsynth and a General MIDI soundfont (Debian's, for the
+# packages, installed here when missing) and the oneDNN bfloat16 matmul (libdnnl-dev), fluidsynth and a General MIDI soundfont (Debian's, for the
 # rendered audio the audio analysis is measured on), Debian's chromium (the studio's GUI test), plus
 # the real data the tests and demos read offline.
 #
@@ -74,11 +74,17 @@ if [[ "$ACCELERATOR" != cpu ]]; then
   exit 0
 fi
 
-# The compiled CPU attention kernel (lora_jax/kernels): a C++ compiler and Eigen's headers.
+# The compiled CPU kernels (lora_jax/kernels): a C++ compiler and Eigen's headers for attention,
+# and oneDNN (Debian's libdnnl-dev) for the bfloat16 matmul that bfloat16 dense layers use on CPUs
+# with avx512_bf16 or AMX (without it they run XLA's dot, which computes bfloat16 as float32).
 missing=()
 command -v g++ >/dev/null || missing+=(g++)
 if [[ -z "${EIGEN_INCLUDE_DIR:-}" && ! -f /usr/include/eigen3/Eigen/Core ]]; then
   missing+=(libeigen3-dev)
 fi
 apt_install ", or set CXX / EIGEN_INCLUDE_DIR" "${missing[@]}"
+# oneDNN is optional: where it cannot be installed, the kernel build says it is skipped.
+if [[ ! -f /usr/include/dnnl.hpp ]]; then
+  (apt_install "" libdnnl-dev) || echo "setup: libdnnl-dev not installed; bfloat16 dense layers will run XLA's dot"
+fi
 .venv/bin/python -m lora_jax.kernels

@@ -17,10 +17,12 @@ def _call(backend, dtype="float32", q=512, kv=512, head=64, causal=True, mask="n
 
 
 @pytest.mark.parametrize("call,path", [
-    # CPU: the compiled kernel when built and float32; the blockwise kernel otherwise.
+    # CPU: the compiled kernel when built, for float32 and (upcast) bfloat16; blockwise otherwise.
     (_call("cpu", cpu_kernel_built=True), "cpu_compiled"),
     (_call("cpu"), "cpu_blockwise"),
-    (_call("cpu", "bfloat16", cpu_kernel_built=True), "cpu_blockwise"),
+    (_call("cpu", "bfloat16", cpu_kernel_built=True), "cpu_compiled"),
+    (_call("cpu", "bfloat16"), "cpu_blockwise"),
+    (_call("cpu", "float16", cpu_kernel_built=True), "cpu_blockwise"),
     (_call("cpu", "float16", causal=False, mask="boolean"), "cpu_float16"),
     (_call("cpu", q=1, causal=False, mask="lengths"), "xla"),
     (_call("cpu", mask="boolean", cpu_kernel_built=True), "xla"),

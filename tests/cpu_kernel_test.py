@@ -71,9 +71,11 @@ def test_attention_dispatches_float32_causal_on_cpu_to_the_kernel():
   calls = lambda fn, *xs: str(jax.make_jaxpr(fn)(*xs))
   assert "lora_jax_causal_attention_fwd" in calls(
       lambda q: attention_lib.attention(q, q, q, is_causal=True), q)
-  # Not for bfloat16 (the jnp kernel), a mask, or non-causal attention.
-  assert "lora_jax_causal" not in calls(
+  # bfloat16 too (upcast around it); not float16, a mask, or non-causal attention.
+  assert "lora_jax_causal_attention_fwd" in calls(
       lambda q: attention_lib.attention(q, q, q, is_causal=True), q.astype(jnp.bfloat16))
+  assert "lora_jax_causal" not in calls(
+      lambda q: attention_lib.attention(q, q, q, is_causal=True), q.astype(jnp.float16))
   assert "lora_jax_causal" not in calls(
       lambda q: attention_lib.attention(q, q, q, is_causal=True,
                                         mask=jnp.ones((1, 1, 8, 8), bool)), q)
@@ -82,6 +84,23 @@ def test_attention_dispatches_float32_causal_on_cpu_to_the_kernel():
   model, params = testlib.tiny_model()
   assert "lora_jax_causal_attention_fwd" in calls(
       lambda p: model.apply({"params": p}, testlib.tokens()), params)
+
+
+def test_bfloat16_attention_is_the_float32_kernel_rounded_once():
+  """bfloat16 q, k, v through the kernel: the float64 attention of the same values, rounded to
+  bfloat16 once (no bfloat16 intermediates), and gradients in bfloat16 close to the blockwise
+  jnp kernel's."""
+  q, k, v = (x.astype(jnp.bfloat16) for x in _inputs((2, 70, 2, 16))[:3])
+  out = jax.jit(lambda q, k, v: attention_lib.attention(q, k, v, is_causal=True))(q, k, v)
+  assert out.dtype == jnp.bfloat16
+  ref = _reference(*(np.asarray(x, np.float32) for x in (q, k, v)))
+  np.testing.assert_allclose(np.asarray(out, np.float32), ref, rtol=2.0 ** -8, atol=1e-6)
+  loss = lambda f: lambda q, k, v: jnp.sum(f(q, k, v).astype(jnp.float32) ** 2)
+  kernel = jax.grad(loss(lambda *a: attention_lib.attention(*a, is_causal=True)), (0, 1, 2))
+  blockwise = jax.grad(loss(attention_lib.causal_attention), (0, 1, 2))
+  for a, b in zip(jax.jit(kernel)(q, k, v), jax.jit(blockwise)(q, k, v)):
+    b = np.asarray(b, np.float32)
+    np.testing.assert_allclose(np.asarray(a, np.float32), b, atol=2.0 ** -5 * np.abs(b).max())
 
 
 def test_switched_off_or_unbuilt_the_jnp_kernel_runs(monkeypatch, tmp_path):

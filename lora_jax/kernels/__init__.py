@@ -1,7 +1,10 @@
 """Compiled CPU kernels, called from jitted code through XLA's FFI.
 
-One kernel so far: causal self-attention, forward and backward (`causal_attention.cc`), which
-`lora_jax.models.attention` uses for float32 on CPU when it is built. It is built once per machine:
+Two kernels: causal self-attention, forward and backward (`causal_attention.cc`), which
+`lora_jax.models.attention` uses for float32 (and bfloat16, upcast) on CPU when it is built; and a bfloat16 matmul through
+oneDNN (`bf16_matmul.cc`, built by `lora_jax.kernels.onednn` where Debian's libdnnl-dev is
+installed), which bfloat16 dense layers use on CPUs with bfloat16 instructions. Both are built once
+per machine:
 
     python -m lora_jax.kernels            (scripts/setup.sh runs it)
 
@@ -66,10 +69,12 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
-def library_path() -> pathlib.Path:
-  """Where the library for this source, toolchain, jaxlib and CPU lives (built or not)."""
+def library_path(source: pathlib.Path | None = None, link: tuple[str, ...] = ()) -> pathlib.Path:
+  """Where the library for this source (default: the attention kernel), toolchain, jaxlib and CPU
+  lives (built or not)."""
+  source = source or SOURCE  # read at call time: tests point SOURCE at a changed copy
   key = hashlib.sha256()
-  for part in (SOURCE.read_bytes(), " ".join(FLAGS + LIBRARY_FLAGS).encode(),
+  for part in (source.read_bytes(), " ".join(FLAGS + LIBRARY_FLAGS + link).encode(),
                jaxlib.__version__.encode(),
                platform.machine().encode(), _cpu_flags().encode(),
                os.environ.get("CXX", "").encode()):
@@ -77,7 +82,7 @@ def library_path() -> pathlib.Path:
     key.update(b"\0")
   root = pathlib.Path(os.environ.get("LORA_JAX_KERNEL_DIR")
                       or pathlib.Path.home() / ".cache" / "lora_jax" / "kernels")
-  return root / f"causal_attention-{key.hexdigest()[:16]}.so"
+  return root / f"{source.stem}-{key.hexdigest()[:16]}.so"
 
 
 def compile_command(source: os.PathLike, output: os.PathLike, *extra: str,
@@ -88,9 +93,12 @@ def compile_command(source: os.PathLike, output: os.PathLike, *extra: str,
           f"-I{jax.ffi.include_dir()}", *extra, str(source), "-o", str(output)]
 
 
-def build(force: bool = False) -> pathlib.Path:
-  """Compiles the kernels for this machine (a no-op when the cached library is current)."""
-  target = library_path()
+def build(force: bool = False, source: pathlib.Path | None = None,
+          link: tuple[str, ...] = ()) -> pathlib.Path:
+  """Compiles a kernel (default: the attention kernel) for this machine, a no-op when the cached
+  library is current; `link` names the libraries it links against (-ldnnl)."""
+  source = source or SOURCE
+  target = library_path(source, link)
   if target.exists() and not force:
     return target
   _compiler(), _eigen_dir()  # a missing toolchain fails here, before any file is made
@@ -98,9 +106,10 @@ def build(force: bool = False) -> pathlib.Path:
   fd, partial = tempfile.mkstemp(suffix=".so.partial", dir=target.parent)
   os.close(fd)
   try:
-    done = subprocess.run(compile_command(SOURCE, partial), capture_output=True, text=True)
+    done = subprocess.run(compile_command(source, partial) + list(link), capture_output=True,
+                          text=True)
     if done.returncode != 0:
-      raise KernelBuildError(f"compiling {SOURCE.name} failed:\n{done.stderr[-4000:]}")
+      raise KernelBuildError(f"compiling {source.name} failed:\n{done.stderr[-4000:]}")
     os.replace(partial, target)  # whole or not at all: a reader never loads half a library
   finally:
     if os.path.exists(partial):

@@ -3,8 +3,8 @@
 `attention` runs the implementation `attention_dispatch.choose` picks for the call (backend,
 dtype, shapes, mask) and logs each distinct choice once:
 - on CPU, causal unmasked self-attention: `compiled_causal_attention` (the C++ kernel of
-  lora_jax/kernels through XLA's FFI, float32, when built; what the music transformer trains
-  with), else `causal_attention`, a blockwise jnp kernel with its own gradient (below). float16
+  lora_jax/kernels through XLA's FFI, float32, when built, and bfloat16 upcast around it; what
+  the music transformer trains with), else `causal_attention`, a blockwise jnp kernel with its own gradient (below). float16
   masked attention is spelled out (float16 matmuls, float32 softmax): jax.nn's gradient of it uses
   float32-accumulating float16 dots, which XLA:CPU does not implement.
 - on NVIDIA GPUs, bfloat16/float16 with a head size cuDNN takes: cuDNN's fused flash attention
@@ -62,7 +62,9 @@ def attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, *, mask=None, kv_lengths_B=None,
   path, why = dispatch.choose(call)
   _log_choice(path, why, call)
   if path == "cpu_compiled":
-    return compiled_causal_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK)
+    up = lambda x: x.astype(jnp.float32)  # bfloat16 runs the float32 kernel (the dispatch's why)
+    out = compiled_causal_attention(up(q_BxTxHxK), up(k_BxSxHxK), up(v_BxSxHxK))
+    return out.astype(q_BxTxHxK.dtype)
   if path == "cpu_blockwise":
     return _per_device_rows(causal_attention, q_BxTxHxK, k_BxSxHxK, v_BxSxHxK)
   if path == "cudnn":
@@ -136,7 +138,7 @@ def _log_choice(path: str, why: str, call: dispatch.Call) -> None:
 def _cpu_kernel_built(q_BxTxHxK) -> bool:
   # Only asked where it matters, so other backends and dtypes never try to load the library.
   return (USE_COMPILED_KERNEL and jax.default_backend() == "cpu"
-          and q_BxTxHxK.dtype == jnp.float32 and bool(kernels.load()))
+          and q_BxTxHxK.dtype in (jnp.float32, jnp.bfloat16) and bool(kernels.load()))
 
 
 def _gpu_capability() -> float | None:

@@ -86,8 +86,11 @@ class TextEmbedding(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BxL):
-    tok = nn.Embed(text_tokens.VOCAB_SIZE, self.features, name="embedding")(tokens_BxL)
-    pos = self.param("positions", nn.initializers.normal(0.02), (self.max_len, self.features))
+    # Summed in float32 whatever the weights are stored in (bfloat16 + bfloat16 rounds the sum).
+    tok = nn.Embed(text_tokens.VOCAB_SIZE, self.features, dtype=jnp.float32,
+                   name="embedding")(tokens_BxL)
+    pos = self.param("positions", nn.initializers.normal(0.02),
+                     (self.max_len, self.features)).astype(jnp.float32)
     mask_BxL = (tokens_BxL != text_tokens.PAD).astype(jnp.float32)
     # As the original's T5 conditioner: padded positions are zeros, not attended-away.
     return (tok + pos[None, :tokens_BxL.shape[1]]) * mask_BxL[..., None], mask_BxL

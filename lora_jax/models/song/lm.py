@@ -210,8 +210,10 @@ class QwTokenizerConditioner(nn.Module):
   def __call__(self, tokens_and_sections):
     tokens_BxL, sections_BxL = tokens_and_sections
     cfg = self.config
-    e = (nn.Embed(cfg.text_vocab_size, cfg.dim, name="output_proj")(tokens_BxL)
-         + nn.Embed(cfg.structure_vocab_size, cfg.dim, name="structure_emb")(sections_BxL))
+    # Summed in float32 whatever the weights are stored in (bfloat16 + bfloat16 rounds the sum).
+    e = (nn.Embed(cfg.text_vocab_size, cfg.dim, dtype=jnp.float32, name="output_proj")(tokens_BxL)
+         + nn.Embed(cfg.structure_vocab_size, cfg.dim, dtype=jnp.float32,
+                    name="structure_emb")(sections_BxL))
     return e, e
 
 
@@ -233,7 +235,9 @@ class QuantizedEmbeddingConditioner(nn.Module):
   def __call__(self, codes_BxKxL):
     cfg = self.config
     b = codes_BxKxL.shape[0]
-    embs = [nn.Embed(cfg.code_size + 2, cfg.dim, name=f"emb_{k}") for k in range(cfg.code_depth)]
+    # Summed in float32 whatever the weights are stored in, as the sequence's own embeddings.
+    embs = [nn.Embed(cfg.code_size + 2, cfg.dim, dtype=jnp.float32, name=f"emb_{k}")
+            for k in range(cfg.code_depth)]
     eot = lambda name: nn.Embed(1, cfg.dim, name=name)(jnp.zeros((b, 1), jnp.int32))
     e1 = jnp.concatenate([eot("EOT_emb"), embs[0](codes_BxKxL[:, 0])], axis=1)
     e2 = sum(embs[k](codes_BxKxL[:, k]) for k in range(1, codes_BxKxL.shape[1]))
