@@ -22,8 +22,9 @@ case "$ACCELERATOR" in
 esac
 
 PYTHON="${PYTHON:-python3}"
-if [[ ! -x .venv/bin/python ]]; then
-  "$PYTHON" -m venv .venv
+# A venv without pip is one an interrupted setup left half made: make it again.
+if [[ ! -x .venv/bin/python ]] || ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+  "$PYTHON" -m venv --clear .venv
 fi
 # Exactly torch 2.13.0: its CPU wheel is on disk here; any other version pulls a CUDA build.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
