@@ -15,13 +15,24 @@ import numpy as np
 
 
 def fetch(x: Any) -> np.ndarray:
-  """A numpy copy of `x`; a multi-device jax.Array keeps no host copy of its own afterwards."""
+  """A numpy copy of `x`; a multi-device jax.Array keeps no host copy of its own afterwards.
+
+  In a multi-process run an array is fetched from the blocks this process holds: that works when
+  they cover it (replicated, or split only over this process's devices), as np.asarray would.
+  """
   if not isinstance(x, jax.Array) or len(x.sharding.device_set) == 1:
     return np.asarray(x)
-  if not x.is_fully_addressable:
-    raise ValueError(f"array {x.shape} has shards on other hosts; fetch it on each host")
-  out = np.empty(x.shape, x.dtype)
+  blocks = {}
   for shard in x.addressable_shards:
-    if shard.replica_id == 0:  # each block once, however often it is replicated
-      out[shard.index] = np.asarray(shard.data)
+    blocks.setdefault(_block(shard.index), shard)  # each block once, however often replicated
+  needed = {_block(i) for i in x.sharding.devices_indices_map(x.shape).values()}
+  if needed - blocks.keys():
+    raise ValueError(f"array {x.shape} has blocks only on other hosts; fetch it on each host")
+  out = np.empty(x.shape, x.dtype)
+  for shard in blocks.values():
+    out[shard.index] = np.asarray(shard.data)
   return out
+
+
+def _block(index: tuple[slice, ...]) -> tuple:
+  return tuple(s.indices(1 << 62) for s in index)  # slices are not hashable before Python 3.12
