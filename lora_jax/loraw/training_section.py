@@ -70,12 +70,8 @@ def _scheduler(scheduler: Any, lr: float, where: str) -> dict[str, Any]:
   if not isinstance(scheduler, dict) or scheduler.get("type") != "InverseLR":
     kind = scheduler.get("type") if isinstance(scheduler, dict) else scheduler
     raise TrainingSectionError(f"{where} type {kind!r} is not supported (InverseLR)")
-  cfg = scheduler.get("config", {})
-  unknown = sorted(set(cfg) - {"inv_gamma", "power", "warmup", "final_lr"}) if isinstance(
-      cfg, dict) else ["config"]
-  if unknown:
-    raise TrainingSectionError(f"{where}.config.{unknown[0]} is not supported (inv_gamma, power, "
-                               "warmup, final_lr)")
+  cfg = _known_keys(scheduler.get("config", {}), ("inv_gamma", "power", "warmup", "final_lr"),
+                    f"{where}.config")
   warmup, power = cfg.get("warmup", 0.0), cfg.get("power", 1.0)
   final = cfg.get("final_lr", 0.0)
   for name, value, ok in (("warmup", warmup, lambda v: 0 <= v < 1),
@@ -104,12 +100,8 @@ def _optimizer(configs: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
     raise TrainingSectionError(f"{where}.diffusion.optimizer type "
                                f"{opt.get('type') if isinstance(opt, dict) else opt!r} is not "
                                "supported (Adam or AdamW)")
-  cfg = opt.get("config", {})
-  unknown = sorted(set(cfg) - {"lr", "betas", "eps", "weight_decay"}) if isinstance(
-      cfg, dict) else ["config"]
-  if unknown:
-    raise TrainingSectionError(f"{where}.diffusion.optimizer.config.{unknown[0]} is not "
-                               "supported (lr, betas, eps, weight_decay)")
+  cfg = _known_keys(opt.get("config", {}), ("lr", "betas", "eps", "weight_decay"),
+                    f"{where}.diffusion.optimizer.config")
   out = {"learning_rate": _rate(cfg.get("lr", 1e-3), f"{where}.diffusion.optimizer.config.lr")}
   betas = cfg.get("betas", [0.9, 0.999])
   if (not isinstance(betas, list) or len(betas) != 2
@@ -186,3 +178,11 @@ def overrides(section: TrainingSection, use_lora: bool, lora_lr: float | None
   elif section.learning_rate is not None:
     out.update({"opt.learning_rate": section.learning_rate, "opt.weight_decay": 0.0})
   return out, notes
+
+
+def _known_keys(cfg: object, known: tuple[str, ...], where: str) -> dict:
+  """`cfg` when it is a dict of only `known` keys; else one error naming the first other key."""
+  unknown = sorted(set(cfg) - set(known)) if isinstance(cfg, dict) else ["config"]
+  if unknown:
+    raise TrainingSectionError(f"{where}.{unknown[0]} is not supported ({', '.join(known)})")
+  return cfg
