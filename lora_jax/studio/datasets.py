@@ -275,6 +275,28 @@ def pack_dir(store: storage_lib.Storage, dataset: dict, style: str) -> str:
   return os.path.join(store.root, dataset["pack_dir"], *style.split("/"))
 
 
+_OTHER_KIND = {  # why a job of one kind refuses a dataset of the other
+    "midi": "is a song dataset (audio clips with lyrics): train it with type 'song'",
+    "song": "is a MIDI dataset; a song job trains on a song dataset (audio clips with lyrics, "
+            "tab 2)",
+}
+
+
+def ready(database: db_lib.Database, dataset_id: str, kind: str, error: type) -> dict:
+  """The dataset a job of `kind` trains on; NotFound, or `error` when it is not of that kind or
+  not ready."""
+  dataset = get(database, dataset_id)
+  if dataset is None:
+    raise db_lib.NotFound(f"no dataset {dataset_id}")
+  if dataset["kind"] != kind:
+    raise error(f"dataset {dataset_id} {_OTHER_KIND[kind]}")
+  if dataset["state"] != "ready":
+    raise error(f"dataset {dataset_id} is {dataset['state']}"
+                f"{': ' + dataset['message'] if dataset['message'] else ''}; a job needs a "
+                f"ready dataset")
+  return dataset
+
+
 def get(database: db_lib.Database, dataset_id: str) -> dict | None:
   row = database.one("SELECT * FROM datasets WHERE id = ?", (dataset_id,))
   if row is None:

@@ -137,16 +137,7 @@ def error_line(log: str) -> str:
 def create(database: db_lib.Database, store, base_model: str, name: str, level: str,
            dataset_id: str, parent_adapter_id: str | None, params: dict) -> str:
   """Check a training request against the state and queue it as a job; its id."""
-  dataset = datasets.get(database, dataset_id)
-  if dataset is None:
-    raise db_lib.NotFound(f"no dataset {dataset_id}")
-  if dataset["kind"] != "midi":
-    raise JobError(f"dataset {dataset_id} is a song dataset (audio clips with lyrics): train it "
-                   f"with type 'song'")
-  if dataset["state"] != "ready":
-    raise JobError(f"dataset {dataset_id} is {dataset['state']}"
-                   f"{': ' + dataset['message'] if dataset['message'] else ''}; a job needs a "
-                   f"ready dataset")
+  dataset = datasets.ready(database, dataset_id, "midi", JobError)
   style = dataset["style"]
   parent_lora = ""
   if level == "parent":

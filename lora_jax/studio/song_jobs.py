@@ -136,14 +136,7 @@ def create(database: db_lib.Database, store, base: SongBase | None, name: str, d
   """Check a song training request, write its folder and queue it; the job's id."""
   if base is None:
     raise SongJobError(no_base_message())
-  dataset = datasets.get(database, dataset_id)
-  if dataset is None:
-    raise db_lib.NotFound(f"no dataset {dataset_id}")
-  if dataset["kind"] != "song":
-    raise SongJobError(f"dataset {dataset_id} is a MIDI dataset; a song job trains on a song "
-                       f"dataset (audio clips with lyrics, tab 2)")
-  if dataset["state"] != "ready":
-    raise SongJobError(f"dataset {dataset_id} is {dataset['state']}; a job needs a ready dataset")
+  dataset = datasets.ready(database, dataset_id, "song", SongJobError)
   rows = _clips(database, store, dataset, base)
   _check_split(rows, params["val_fraction"] or VAL_FRACTION, dataset_id)
   job_id = db_lib.new_id()
