@@ -14,7 +14,7 @@ import safetensors.torch
 import torch
 from transformers import trainer_utils
 
-from lora_jax import lora, tree_paths
+from lora_jax import lora, quant, tree_paths
 from lora_jax.families import music_lm
 from lora_jax.interop import flax_weights, sharded_safetensors, torch_convert
 from lora_jax.lora import sharded_merge
@@ -28,6 +28,9 @@ _ROOT = pathlib.Path(__file__).parents[1]
 SPEC = lora.LoraSpec(rank=4, alpha=8, target_modules=("attn.q_proj", "attn.out_proj", "ff.in",
                                                       "head"))
 SPEC_2 = lora.LoraSpec(rank=2, alpha=4, target_modules=("attn.q_proj", "ff.out"))
+DORA = lora.LoraSpec(rank=4, alpha=8, target_modules=("attn.q_proj", "attn.out_proj", "ff.out"),
+                     use_dora=True)
+DORA_2 = lora.LoraSpec(rank=2, alpha=4, target_modules=("attn.q_proj",), use_dora=True)
 _COLLECTIVE = re.compile(r"all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute")
 
 
@@ -78,15 +81,72 @@ def test_sharded_merge_equals_the_unsharded_merge_and_keeps_every_sharding(param
       np.testing.assert_array_equal(got, expected, err_msg=str(keys))  # untouched, bit for bit
 
 
-def test_sharded_merge_refuses_dora_and_a_host_base(params, adapters):
-  dora_spec = lora.LoraSpec(rank=2, target_modules=("attn.q_proj",), use_dora=True)
-  adapter = testlib.random_adapter(params, dora_spec, 3)
-  base, _ = _sharded_base(params)
-  with pytest.raises(ValueError, match="cannot fold a DoRA adapter into a sharded base.*q_proj"):
-    lora.merge_sharded(base, [adapter])
+@pytest.mark.parametrize("fsdp,model,blend", [(8, 1, False), (1, 8, True), (4, 2, True)])
+def test_sharded_dora_merge_equals_the_unsharded_merge_with_one_psum_of_column_norms(
+    params, adapters, fsdp, model, blend):
+  # fsdp 8: q_proj's rows split over 8 devices, out_proj's and ff.out's columns; model 8: the
+  # reverse; fsdp 4 x model 2: rows and columns of every kernel. The blend puts two DoRA adapters
+  # and a plain one on q_proj, DoRA and plain on ff.out, at weights other than 1.
+  dora_adapters = [testlib.random_adapter(params, DORA, 3),
+                   testlib.random_adapter(params, DORA_2, 4)]
+  if blend:
+    chosen = dora_adapters + [adapters[1]]
+    weights = lora.blend_weights("additive", [0.8, 1.5, -0.7])
+  else:
+    chosen, weights = dora_adapters[:1], jax.numpy.ones(1)
+  want = lora.merge(jax.tree.map(np.array, params), chosen, weights, donate=True)
+  mesh = mesh_lib.make_mesh(MeshConfig(data=1, fsdp=fsdp, model=model))
+  shardings = mesh_lib.param_shardings(music_lm.PARTITION_RULES, params, mesh)
+  base = jax.device_put(jax.tree.map(np.asarray, params), shardings)
+
+  compiled = sharded_merge.jit_merge(shardings, chosen).lower(base, chosen, weights).compile()
+  hlo = compiled.as_text()
+  # The only collective: per DoRA kernel whose rows are split, one all-reduce (XLA may combine
+  # several into one tuple) of the column sums of squares, [DoRA adapters on it, block columns].
+  expected = []
+  for keys, sharding in tree_paths.flatten(shardings).items():
+    n_dora = sum(keys[:-1] in a.magnitudes() for a in chosen) if keys[-1] == "kernel" else 0
+    shape = tree_paths.flatten(params)[keys].shape
+    block = sharding.shard_shape(shape)
+    if n_dora and shape[0] > block[0]:  # rows split
+      expected.append(f"f32[{n_dora},{block[1]}]")
+  reduced = [shape for line in re.findall(r"= \(?([^=]*?)\)? all-reduce\(", hlo)
+             for shape in re.findall(r"f32\[\d+,\d+\]", line)]
+  assert sorted(reduced) == sorted(expected) and expected
+  assert set(_COLLECTIVE.findall(hlo)) == {"all-reduce"}
+  merged = compiled(base, chosen, weights)
+
+  assert tree_paths.flatten(base)[("blocks_0", "attn", "q_proj", "kernel")].is_deleted()
+  for (keys, got), expected, sharding in zip(tree_paths.flatten(merged).items(),
+                                             tree_paths.flatten(want).values(),
+                                             tree_paths.flatten(shardings).values()):
+    assert got.sharding == sharding, keys
+    got, expected = np.asarray(got), np.asarray(expected)
+    if keys[-1] == "kernel" and any(keys[:-1] in a.modules() for a in chosen):
+      assert not np.array_equal(expected, np.asarray(tree_paths.flatten(params)[keys]))
+      # Norms summed per row shard, products over narrower blocks, the same terms regrouped
+      # (W g + A (w c s B) for w ((W + s A B) c - W)): within 4 float32 ulps of the kernel's
+      # scale (measured at most 1.8).
+      tolerance = 4 * np.finfo(np.float32).eps * np.abs(expected).max()
+      assert np.abs(got - expected).max() <= tolerance, keys
+    else:
+      np.testing.assert_array_equal(got, expected, err_msg=str(keys))  # untouched, bit for bit
+
+
+def test_sharded_merge_refuses_a_quantised_or_host_base_and_a_misshapen_magnitude(params,
+                                                                                 adapters):
+  dora = testlib.random_adapter(params, DORA_2, 3)
+  with pytest.raises(ValueError, match="a quantised base cannot be merged sharded"):
+    lora.merge_sharded(quant.quantize_tree(params, "int8", "float32"), [dora])
   with pytest.raises(ValueError, match="jax.Arrays placed on a mesh; blocks.0.attn.k_proj.bias "
                                        "is a ndarray"):
     lora.merge_sharded(jax.tree.map(np.asarray, params), adapters)
+  flat = tree_paths.flatten(dora.params)
+  flat[("blocks_1", "attn", "q_proj", "lora_magnitude")] = jax.numpy.ones(31)
+  base, _ = _sharded_base(params)
+  with pytest.raises(ValueError, match=r"blocks.1.attn.q_proj: DoRA magnitude \(31,\) does not "
+                                       r"match factor B \(2, 32\)"):
+    lora.merge_sharded(base, [dora.replace(params=tree_paths.unflatten(flat))])
 
 
 def _torch_module(state_dict):
