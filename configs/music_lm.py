@@ -34,6 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.seq_len = 256  # tokens per training window (<= max_len)
   config.model.pooled_targets = ()  # token ids scored as one class (MIDI Program tokens)
   config.model.remat = False  # recompute blocks in the backward pass: less memory, more FLOPs
+  config.model.positions = "learned"  # or "rotary": queries and keys rotated, no pos_emb table
 
   config.lora = config_groups.lora()
   config.opt = config_groups.opt()

@@ -25,6 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.max_len = default.max_len  # longest sequence; size of the position embedding
   config.model.dropout = default.dropout  # embedding, attention-output, residual and ff dropout
   config.model.dtype = default.dtype  # compute dtype: 'float32' or 'bfloat16'
+  config.model.positions = default.positions  # "learned" (a pos_emb table) or "rotary" (no table)
   if arg == "tiny":
     config.model.update(vocab_size=64, d_model=32, n_heads=4, n_layers=2, d_ff=64, max_len=32)
   return config

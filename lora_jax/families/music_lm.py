@@ -60,6 +60,7 @@ class LmConfig:
   seq_len: int  # tokens per training window; <= max_len
   pooled_targets: tuple[int, ...] = ()  # ids scored as one class (see the module docstring)
   remat: bool = False  # recompute block activations in the backward pass (memory for FLOPs)
+  positions: str = "learned"  # TransformerConfig.positions: "learned" or "rotary"
 
   def __post_init__(self):
     object.__setattr__(self, "pooled_targets", tuple(int(i) for i in self.pooled_targets))
@@ -119,7 +120,8 @@ def make(config: LmConfig, compute_dtype: str) -> Family:
     raise ValueError(f"model.seq_len {config.seq_len} exceeds model.max_len {config.max_len}")
   size = TransformerConfig(
       vocab_size=config.vocab_size, d_model=config.d_model, n_heads=config.n_heads,
-      n_layers=config.n_layers, d_ff=config.d_ff, max_len=config.max_len, dropout=config.dropout)
+      n_layers=config.n_layers, d_ff=config.d_ff, max_len=config.max_len, dropout=config.dropout,
+      positions=config.positions)
   model = MusicTransformer(dataclasses.replace(size, dtype=compute_dtype), remat=config.remat)
   return Family(
       name=NAME,

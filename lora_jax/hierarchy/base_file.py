@@ -42,7 +42,8 @@ class BaseModel:
     s = self.settings
     return TransformerConfig(vocab_size=s.vocab_size, d_model=s.d_model, n_heads=s.n_heads,
                              n_layers=s.n_layers, d_ff=s.d_ff, max_len=s.max_len,
-                             dropout=s.dropout if dropout is None else dropout)
+                             dropout=s.dropout if dropout is None else dropout,
+                             positions=s.positions)
 
   def model(self) -> MusicTransformer:
     """The Flax module for inference (dropout off)."""
@@ -58,7 +59,8 @@ def abstract_params(settings: ModelSettings) -> Any:
   """Shapes and dtypes of a model of this size."""
   return transformer.abstract_params(TransformerConfig(
       vocab_size=settings.vocab_size, d_model=settings.d_model, n_heads=settings.n_heads,
-      n_layers=settings.n_layers, d_ff=settings.d_ff, max_len=settings.max_len))
+      n_layers=settings.n_layers, d_ff=settings.d_ff, max_len=settings.max_len,
+      positions=settings.positions))
 
 
 def save_model(path: str, params: Any, settings: ModelSettings, extra: dict) -> None:
@@ -76,8 +78,10 @@ def read_settings(path: str) -> tuple[ModelSettings, dict]:
     raise flax_weights.WeightFileError(
         f"{path} is not a lora_jax hierarchy model (format {metadata.get('format')!r}, expected "
         f"{FORMAT!r}: weights with their model size); train one with launch/train_base.py")
-  settings = config_lib.from_mapping(ModelSettings, json.loads(metadata["model"]),
-                                     f"{path} model")
+  fields = json.loads(metadata["model"])
+  # Files from before rotary positions existed used a learned table.
+  given = {} if "positions" in fields else {"positions": "learned"}
+  settings = config_lib.from_mapping(ModelSettings, fields, f"{path} model", **given)
   return settings, json.loads(metadata.get("extra", "{}"))
 
 

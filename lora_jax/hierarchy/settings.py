@@ -140,6 +140,7 @@ class ModelSettings:
   d_ff: int
   max_len: int  # longest sequence generation can reach (prompt + new tokens)
   dropout: float  # while training the base; adapters train over a deterministic base
+  positions: str = "learned"  # or "rotary" (TransformerConfig.positions); files before it: learned
 
 
 @dataclasses.dataclass(frozen=True)

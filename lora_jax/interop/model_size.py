@@ -16,7 +16,7 @@ from lora_jax.train import config as config_lib
 
 METADATA_KEY = "model_config"
 HIERARCHY_FORMAT = "lora_jax.hierarchy.model/1"  # `lora_jax.hierarchy.base_file`: key `model`
-_SIZE_FIELDS = ("vocab_size", "d_model", "n_heads", "n_layers", "d_ff", "max_len")
+_SIZE_FIELDS = ("vocab_size", "d_model", "n_heads", "n_layers", "d_ff", "max_len", "positions")
 
 
 class ModelSizeError(ValueError):
@@ -33,6 +33,8 @@ def recorded(metadata: Mapping[str, str], source: str) -> TransformerConfig | No
     return None
   fields = json.loads(text)
   given = {} if "dtype" in fields else {"dtype": "float32"}  # the hierarchy records no dtype
+  if "positions" not in fields:  # files from before rotary positions: a learned table
+    given["positions"] = "learned"
   return config_lib.from_mapping(TransformerConfig, fields, where, **given)
 
 

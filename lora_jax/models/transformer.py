@@ -15,8 +15,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lora_jax.models import rotary
 from lora_jax.models.attention import attention
 from lora_jax.models.activations import gelu
+
+
+POSITIONS = ("learned", "rotary")
+ROTARY_THETA = 10000.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,10 +36,21 @@ class TransformerConfig:
   max_len: int = 512
   dropout: float = 0.1
   dtype: str = "float32"  # compute dtype; parameters stay float32 unless cast by the caller
+  # "learned": a table of max_len position vectors added to the token embeddings (`pos_emb`);
+  # "rotary": queries and keys rotated by their positions (`models/rotary.py`, theta 10,000), no
+  # table. A model learns a note's distance to the last one far sooner with rotary positions in
+  # 1,024-token windows (docs/base_rhythm.md). Files from before this field are "learned".
+  positions: str = "learned"
 
   def __post_init__(self):
     if self.d_model % self.n_heads:
       raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+    if self.positions not in POSITIONS:
+      raise ValueError(f"positions {self.positions!r} is not one of {', '.join(POSITIONS)}")
+    if self.positions == "rotary" and (self.d_model // self.n_heads) % 2:
+      raise ValueError(f"rotary positions need an even head size, got "
+                       f"{self.d_model // self.n_heads} (d_model {self.d_model} over "
+                       f"{self.n_heads} heads)")
 
 
 def _dtype(config: TransformerConfig):
@@ -47,7 +63,7 @@ class Attention(nn.Module):
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, x_BxTxD, *, deterministic: bool, decode: bool = False):
+  def __call__(self, x_BxTxD, positions_BxT, *, deterministic: bool, decode: bool = False):
     cfg = self.config
     b, t, d = x_BxTxD.shape
     h, dh = cfg.n_heads, cfg.d_model // cfg.n_heads
@@ -55,6 +71,11 @@ class Attention(nn.Module):
     q_BxTxHxK = dense("q_proj")(x_BxTxD).reshape(b, t, h, dh)
     k_BxTxHxK = dense("k_proj")(x_BxTxD).reshape(b, t, h, dh)
     v_BxTxHxK = dense("v_proj")(x_BxTxD).reshape(b, t, h, dh)
+    if cfg.positions == "rotary":
+      # Keys enter the cache rotated, so a cached key is never rotated again.
+      cos_BxTxK, sin_BxTxK = rotary.tables(positions_BxT, dh, ROTARY_THETA, q_BxTxHxK.dtype)
+      q_BxTxHxK = rotary.apply(q_BxTxHxK, cos_BxTxK, sin_BxTxK)
+      k_BxTxHxK = rotary.apply(k_BxTxHxK, cos_BxTxK, sin_BxTxK)
 
     if decode:
       # One new position per call; keys and values of earlier positions come from the cache.
@@ -105,11 +126,11 @@ class Block(nn.Module):
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, x_BxTxD, deterministic: bool, decode: bool = False):
+  def __call__(self, x_BxTxD, deterministic: bool, decode: bool, positions_BxT):
     cfg = self.config
     drop = nn.Dropout(cfg.dropout)
     h = nn.LayerNorm(epsilon=1e-5, dtype=_dtype(cfg), name="ln1")(x_BxTxD)
-    h = Attention(cfg, name="attn")(h, deterministic=deterministic, decode=decode)
+    h = Attention(cfg, name="attn")(h, positions_BxT, deterministic=deterministic, decode=decode)
     x_BxTxD = x_BxTxD + drop(h, deterministic=deterministic)
     h = nn.LayerNorm(epsilon=1e-5, dtype=_dtype(cfg), name="ln2")(x_BxTxD)
     h = FeedForward(cfg, name="ff")(h, deterministic=deterministic)
@@ -146,12 +167,13 @@ class MusicTransformer(nn.Module):
     # logits).
     embed = lambda n, name: nn.Embed(n, cfg.d_model, dtype=jnp.float32, name=name)
     x_BxTxD = embed(cfg.vocab_size, "tok_emb")(tokens_BxT)
-    x_BxTxD = x_BxTxD + embed(cfg.max_len, "pos_emb")(positions_BxT)
+    if cfg.positions == "learned":
+      x_BxTxD = x_BxTxD + embed(cfg.max_len, "pos_emb")(positions_BxT)
     x_BxTxD = nn.Dropout(cfg.dropout)(x_BxTxD, deterministic=deterministic).astype(_dtype(cfg))
     # Positional flags: remat specialises on them (argument 0 is the module itself).
     block = nn.remat(Block, static_argnums=(2, 3)) if self.remat else Block
     for i in range(cfg.n_layers):
-      x_BxTxD = block(cfg, name=f"blocks_{i}")(x_BxTxD, deterministic, decode)
+      x_BxTxD = block(cfg, name=f"blocks_{i}")(x_BxTxD, deterministic, decode, positions_BxT)
     x_BxTxD = nn.LayerNorm(epsilon=1e-5, dtype=_dtype(cfg), name="ln_f")(x_BxTxD)
     logits_BxTxV = nn.Dense(cfg.vocab_size, dtype=_dtype(cfg), name="head")(x_BxTxD)
     return logits_BxTxV.astype(jnp.float32)

@@ -35,7 +35,7 @@ FREE = frozenset({
 # Fields added after checkpoints were written, with the value that trains as those runs did: a
 # checkpoint that does not record one resumes when the run has that value.
 ABSENT_AS = {"opt.inv_gamma": 1.0, "opt.inv_power": 1.0, "opt.inv_warmup": 0.0,
-             "opt.ema_beta": 0.0, "opt.ema_power": 0.75}
+             "opt.ema_beta": 0.0, "opt.ema_power": 0.75, "model.positions": "learned"}
 FIXED = ("family", "model.", "lora.", "training.type", "training.parent_adapter")
 CORRUPT_DIR = "corrupt_checkpoints"
 

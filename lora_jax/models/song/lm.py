@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from lora_jax.models.activations import gelu
+from lora_jax.models import rotary
 from lora_jax.models.attention import attention
 
 CONDITIONERS = ("description", "type_info", "prompt_audio")
@@ -84,20 +85,6 @@ class RMSNorm(nn.Module):
     return scale.astype(x.dtype) * h.astype(x.dtype)
 
 
-def rotary(positions_S, head_dim: int, theta: float, dtype):
-  """cos, sin [S, head_dim] of the Llama rotary embedding (rotate-half layout)."""
-  work = _work(dtype)
-  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=work) / head_dim))
-  freqs = positions_S.astype(work)[:, None] * inv_freq[None, :]
-  emb = jnp.concatenate([freqs, freqs], axis=-1)
-  return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
-
-
-def _rotate_half(x):
-  half = x.shape[-1] // 2
-  return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-
-
 class LlamaAttention(nn.Module):
   """Causal self-attention with rotary positions; with `cache_len` > 0 keys and values of earlier
   calls are kept in the `cache` collection and each call continues the sequence."""
@@ -123,10 +110,9 @@ class LlamaAttention(nn.Module):
       cached_v = self.variable("cache", "value", jnp.zeros, shape, v.dtype)
       index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
       start = index.value if is_initialized else start
-    cos_SxK, sin_SxK = rotary(start + jnp.arange(s), dh, self.theta, x_BxSxD.dtype)
-    cos, sin = cos_SxK[None, :, None, :], sin_SxK[None, :, None, :]
-    q = q * cos + _rotate_half(q) * sin
-    k = k * cos + _rotate_half(k) * sin
+    cos_SxK, sin_SxK = rotary.tables(start + jnp.arange(s), dh, self.theta, x_BxSxD.dtype)
+    q = rotary.apply(q, cos_SxK[None], sin_SxK[None])
+    k = rotary.apply(k, cos_SxK[None], sin_SxK[None])
     if self.cache_len and is_initialized:
       cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, (0, start, 0, 0))
       cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, (0, start, 0, 0))
