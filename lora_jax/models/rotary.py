@@ -8,13 +8,14 @@ p_q - p_k. Tables are made in float32 (float64 stays float64), then cast to the 
 import jax.numpy as jnp
 
 
-def _work(dtype):
+def work_dtype(dtype):
+  """Where tables, norms and softmax are computed: float32, or float64 for float64."""
   return jnp.float64 if dtype == jnp.float64 else jnp.float32
 
 
 def tables(positions, head_dim: int, theta: float, dtype):
   """cos, sin of shape positions.shape + (head_dim,)."""
-  work = _work(dtype)
+  work = work_dtype(dtype)
   inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=work) / head_dim))
   freqs = positions.astype(work)[..., None] * inv_freq
   angles = jnp.concatenate([freqs, freqs], axis=-1)

@@ -69,9 +69,8 @@ class SongLMConfig:
     return self.code_size
 
 
-def _work(dtype):
-  # Norms, softmax and rotary tables in float32 (the original's upcast); float64 stays float64.
-  return jnp.float64 if dtype == jnp.float64 else jnp.float32
+# Norms, softmax and rotary tables in float32 (the original's upcast); float64 stays float64.
+_work = rotary.work_dtype
 
 
 class RMSNorm(nn.Module):
